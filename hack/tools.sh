@@ -65,6 +65,23 @@ helm_ldflags() {
   printf '%s' "$ldf"
 }
 
+# The kwok binary has no built-in stages (kwokctl injects them). Take the default node and pod stages
+# from the same kwok module the binary was built from: Ready nodes with lease heartbeats, pods that
+# start Running, complete when owned by a Job, and go away when deleted.
+kwok_stages() {
+  local dest="$out/kwok-stages.yaml" src f
+  src=$(cd "$root/tools/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  [ -n "$src" ] && [ -d "$src/kustomize/stage" ] || (cd "$root/tools/kwok" && go mod download sigs.k8s.io/kwok)
+  src=$(cd "$root/tools/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  {
+    for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+             pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+      echo "---"; cat "$src/kustomize/stage/$f.yaml"
+    done
+  } > "$dest.tmp"
+  mv "$dest.tmp" "$dest"
+}
+
 all_key=$( { cat "$root/tools/versions.env" "$root"/tools/*/go.mod "$root"/tools/*/go.sum; echo "$go_version"; } \
   | sha256sum | cut -c1-12)
 out="$cache/bin-$all_key"
@@ -81,7 +98,8 @@ for tool in "$@"; do
     etcd) build etcd "$ETCD_VERSION" "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION" \
            etcd=go.etcd.io/etcd/server/v3 ;;
     kwok) build kwok "$KWOK_VERSION" "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
-           kwok=sigs.k8s.io/kwok/cmd/kwok ;;
+           kwok=sigs.k8s.io/kwok/cmd/kwok
+          kwok_stages ;;
     helm) build helm "$HELM_VERSION" "$(helm_ldflags)" helm=helm.sh/helm/v3/cmd/helm ;;
     *) echo "unknown tool: $tool (want k8s, etcd, kwok or helm)" >&2; exit 2 ;;
   esac

@@ -1,0 +1,27 @@
+# The two commands a newcomer needs: `make demo` (the seed's walkthrough on a local stack) and
+# `make test` (the whole suite against a real control plane). `make tools` builds the pinned
+# Kubernetes tools from their Go modules and prints, as its last line, where they are.
+SHELL := /usr/bin/env bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help tools test lint fmt
+
+help:
+	@echo "make demo   - the seed's walkthrough on a local stack (control plane, kwok, cloudsim, eklet, ...)"
+	@echo "make test   - unit, integration and end-to-end tests against a real control plane"
+	@echo "make tools  - build the pinned test-bed tools (etcd, kube-*, kubectl, kwok, helm); prints their directory"
+	@echo "make lint   - rustfmt and clippy, as CI runs them"
+
+tools:
+	@hack/tools.sh
+
+test:
+	@bin=$$(hack/tools.sh | tail -n 1) && TKE_TESTBED_BIN=$$bin $(CARGO) test --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
