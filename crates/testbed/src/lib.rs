@@ -28,7 +28,8 @@ use kube::{
 
 pub use nodes::NodeSpec;
 use pki::Pki;
-use process::{Proc, Supervisor};
+pub use process::Proc;
+use process::Supervisor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -286,6 +287,16 @@ impl ControlPlane {
         let proc = supervisor.spawn(name, &program, args, envs)?;
         self.procs.lock().unwrap_or_else(|e| e.into_inner()).push(proc);
         Ok(())
+    }
+
+    /// Starts a process under test (a component of ours, a benchmark peer) next to the control plane.
+    /// It is killed when the returned handle is dropped, when the control plane stops, and when the
+    /// test binary dies. Its arguments must name a path inside [`ControlPlane::run_dir`] (for example
+    /// `--kubeconfig` with [`ControlPlane::kubeconfig`]) so that the watchdog recognises it.
+    pub fn spawn_process(&self, name: &str, program: &Path, args: &[String], envs: &[(&str, &str)]) -> Result<Proc> {
+        let mut supervisor = self.supervisor.lock().unwrap_or_else(|e| e.into_inner());
+        let supervisor = supervisor.as_mut().ok_or_else(|| Error::Tools("control plane stopped".into()))?;
+        Ok(supervisor.spawn(name, program, args, envs)?)
     }
 
     /// Polls `url` until it answers 200, failing early (with its log) when a process has exited.

@@ -48,6 +48,7 @@ impl Proc {
         self.child.id()
     }
 
+    /// SIGKILL, then reap. Safe to call more than once.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -58,6 +59,12 @@ impl Proc {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
