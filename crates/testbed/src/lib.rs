@@ -42,7 +42,11 @@ pub enum Error {
     #[error("{0} exited during start-up; last lines of {1}:\n{2}")]
     Exited(String, PathBuf, String),
     #[error("{what} not healthy after {after:?}; logs in {logs}")]
-    NotHealthy { what: String, after: Duration, logs: PathBuf },
+    NotHealthy {
+        what: String,
+        after: Duration,
+        logs: PathBuf,
+    },
     #[error("io on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -94,7 +98,10 @@ impl ControlPlane {
     /// The control plane shared by every test in this test binary, started on first use. Isolate
     /// tests by namespace ([`ControlPlane::namespace`]) and by node labels.
     pub async fn shared() -> Result<Arc<ControlPlane>> {
-        SHARED.get_or_try_init(|| async { ControlPlane::start(Options::default()).await.map(Arc::new) }).await.cloned()
+        SHARED
+            .get_or_try_init(|| async { ControlPlane::start(Options::default()).await.map(Arc::new) })
+            .await
+            .cloned()
     }
 
     /// Starts a fresh control plane of its own; it is stopped when dropped.
@@ -119,7 +126,11 @@ impl ControlPlane {
         let mut cp = cp;
         cp.boot(&options).await?;
         cp.started_in = begun.elapsed();
-        eprintln!("[testbed] control plane healthy in {:.1}s ({})", cp.started_in.as_secs_f64(), cp.apiserver_url);
+        eprintln!(
+            "[testbed] control plane healthy in {:.1}s ({})",
+            cp.started_in.as_secs_f64(),
+            cp.apiserver_url
+        );
         Ok(cp)
     }
 
@@ -149,7 +160,8 @@ impl ControlPlane {
                 "--log-level=warn".into(),
             ],
         )?;
-        self.wait_healthy("etcd", &format!("{etcd_url}/health"), Duration::from_secs(30)).await?;
+        self.wait_healthy("etcd", &format!("{etcd_url}/health"), Duration::from_secs(30))
+            .await?;
 
         let pki = &self.pki;
         self.apiserver_url = format!("https://127.0.0.1:{apiserver}");
@@ -165,19 +177,32 @@ impl ControlPlane {
             format!("--client-ca-file={}", p(&pki.ca.cert_file)),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", p(&pki.service_account_pub)),
-            format!("--service-account-signing-key-file={}", p(&pki.service_account_key)),
+            format!(
+                "--service-account-signing-key-file={}",
+                p(&pki.service_account_key)
+            ),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
             "--authorization-mode=Node,RBAC".into(),
             "--allow-privileged=true".into(),
-            format!("--kubelet-client-certificate={}", p(&pki.apiserver_kubelet_client.cert_file)),
-            format!("--kubelet-client-key={}", p(&pki.apiserver_kubelet_client.key_file)),
+            format!(
+                "--kubelet-client-certificate={}",
+                p(&pki.apiserver_kubelet_client.cert_file)
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                p(&pki.apiserver_kubelet_client.key_file)
+            ),
             "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
             "--profiling=false".into(),
             "--v=1".into(),
         ];
         self.spawn("kube-apiserver", &args)?;
-        self.wait_healthy("kube-apiserver", &format!("{}/readyz", self.apiserver_url), Duration::from_secs(90))
-            .await?;
+        self.wait_healthy(
+            "kube-apiserver",
+            &format!("{}/readyz", self.apiserver_url),
+            Duration::from_secs(90),
+        )
+        .await?;
         self.write_kubeconfig()?;
 
         let kubeconfig = p(&self.kubeconfig);
@@ -195,7 +220,10 @@ impl ControlPlane {
         kcm_args.extend([
             "--controllers=*".into(),
             format!("--root-ca-file={}", p(&self.pki.ca.cert_file)),
-            format!("--service-account-private-key-file={}", p(&self.pki.service_account_key)),
+            format!(
+                "--service-account-private-key-file={}",
+                p(&self.pki.service_account_key)
+            ),
             format!("--cluster-signing-cert-file={}", p(&self.pki.ca.cert_file)),
             format!("--cluster-signing-key-file={}", p(&self.pki.ca.key_file)),
             // The node-lifecycle controller stays on: virtual nodes must heartbeat like real ones.
@@ -208,11 +236,18 @@ impl ControlPlane {
         self.spawn("kube-controller-manager", &kcm_args)?;
 
         let mut sched_args = component_auth(scheduler);
-        sched_args.extend(["--kube-api-qps=200".into(), "--kube-api-burst=400".into(), "--v=1".into()]);
+        sched_args.extend([
+            "--kube-api-qps=200".into(),
+            "--kube-api-burst=400".into(),
+            "--v=1".into(),
+        ]);
         self.spawn("kube-scheduler", &sched_args)?;
 
         let mut health = vec![
-            ("kube-controller-manager", format!("https://127.0.0.1:{kcm}/healthz")),
+            (
+                "kube-controller-manager",
+                format!("https://127.0.0.1:{kcm}/healthz"),
+            ),
             ("kube-scheduler", format!("https://127.0.0.1:{scheduler}/healthz")),
         ];
         if let Some(config) = &options.second_scheduler_config {
@@ -238,10 +273,14 @@ impl ControlPlane {
 
         // The controller manager creates `default` service accounts; pods cannot be created before.
         let client = self.client().await?;
-        wait::until(Duration::from_secs(60), "the default ServiceAccount in namespace default", || {
-            let api: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-            async move { api.get_opt("default").await.ok().flatten().is_some() }
-        })
+        wait::until(
+            Duration::from_secs(60),
+            "the default ServiceAccount in namespace default",
+            || {
+                let api: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+                async move { api.get_opt("default").await.ok().flatten().is_some() }
+            },
+        )
         .await?;
         if !options.nodes.is_empty() {
             nodes::create(&client, &options.nodes).await?;
@@ -251,10 +290,16 @@ impl ControlPlane {
 
     fn start_kwok(&self) -> Result<()> {
         let home = self.run_dir.join("kwok-home");
-        std::fs::create_dir_all(&home).map_err(|source| Error::Io { path: home.clone(), source })?;
+        std::fs::create_dir_all(&home).map_err(|source| Error::Io {
+            path: home.clone(),
+            source,
+        })?;
         let stages = self.bin_dir.join("kwok-stages.yaml");
         if !stages.is_file() {
-            return Err(Error::Tools(format!("{} is missing; run `make tools`", stages.display())));
+            return Err(Error::Tools(format!(
+                "{} is missing; run `make tools`",
+                stages.display()
+            )));
         }
         let home_str = home.display().to_string();
         self.spawn_with_env(
@@ -263,7 +308,11 @@ impl ControlPlane {
                 format!("--kubeconfig={}", self.kubeconfig.display()),
                 format!("--config={}", stages.display()),
                 "--manage-all-nodes=false".into(),
-                format!("--manage-nodes-with-annotation-selector={}={}", nodes::KWOK_ANNOTATION, "fake"),
+                format!(
+                    "--manage-nodes-with-annotation-selector={}={}",
+                    nodes::KWOK_ANNOTATION,
+                    "fake"
+                ),
                 "--node-lease-duration-seconds=40".into(),
                 "--cidr=10.244.0.0/16".into(),
                 "--node-ip=10.244.0.1".into(),
@@ -283,7 +332,9 @@ impl ControlPlane {
             other => self.bin(other),
         };
         let mut supervisor = self.supervisor.lock().unwrap_or_else(|e| e.into_inner());
-        let supervisor = supervisor.as_mut().ok_or_else(|| Error::Tools("control plane stopped".into()))?;
+        let supervisor = supervisor
+            .as_mut()
+            .ok_or_else(|| Error::Tools("control plane stopped".into()))?;
         let proc = supervisor.spawn(name, &program, args, envs)?;
         self.procs.lock().unwrap_or_else(|e| e.into_inner()).push(proc);
         Ok(())
@@ -293,9 +344,17 @@ impl ControlPlane {
     /// It is killed when the returned handle is dropped, when the control plane stops, and when the
     /// test binary dies. Its arguments must name a path inside [`ControlPlane::run_dir`] (for example
     /// `--kubeconfig` with [`ControlPlane::kubeconfig`]) so that the watchdog recognises it.
-    pub fn spawn_process(&self, name: &str, program: &Path, args: &[String], envs: &[(&str, &str)]) -> Result<Proc> {
+    pub fn spawn_process(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, &str)],
+    ) -> Result<Proc> {
         let mut supervisor = self.supervisor.lock().unwrap_or_else(|e| e.into_inner());
-        let supervisor = supervisor.as_mut().ok_or_else(|| Error::Tools("control plane stopped".into()))?;
+        let supervisor = supervisor
+            .as_mut()
+            .ok_or_else(|| Error::Tools("control plane stopped".into()))?;
         Ok(supervisor.spawn(name, program, args, envs)?)
     }
 
@@ -329,7 +388,11 @@ impl ControlPlane {
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
         for proc in procs.iter_mut() {
             if proc.exited().is_some() {
-                return Err(Error::Exited(proc.name.clone(), proc.log.clone(), proc.log_tail(30)));
+                return Err(Error::Exited(
+                    proc.name.clone(),
+                    proc.log.clone(),
+                    proc.log_tail(30),
+                ));
             }
         }
         Ok(())
@@ -383,8 +446,16 @@ current-context: testbed
     pub async fn namespace(&self, prefix: &str) -> Result<String> {
         let client = self.client().await?;
         let name = format!("{prefix}-{}", random_suffix());
-        let ns = Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
         let what = format!("the default ServiceAccount in namespace {name}");
         wait::until(Duration::from_secs(60), &what, || {
             let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
@@ -453,7 +524,10 @@ pub fn tools_dir() -> Result<PathBuf> {
             return Ok(PathBuf::from(dir));
         }
         let script = workspace_root().join("hack/tools.sh");
-        eprintln!("[testbed] TKE_TESTBED_BIN unset; running {} (builds missing tools)", script.display());
+        eprintln!(
+            "[testbed] TKE_TESTBED_BIN unset; running {} (builds missing tools)",
+            script.display()
+        );
         let out = std::process::Command::new("bash")
             .arg(&script)
             .stderr(std::process::Stdio::inherit())
@@ -475,9 +549,10 @@ pub fn tools_dir() -> Result<PathBuf> {
 
 /// The root of this repository.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-    })
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
 /// Run directories live under `$TKE_TESTBED_DIR`, else on tmpfs (`/dev/shm`) where the machine has
@@ -489,19 +564,27 @@ fn new_run_dir() -> Result<PathBuf> {
         None => std::env::temp_dir().join("tke-testbed"),
     };
     let dir = base.join(format!("run-{}-{}", std::process::id(), random_suffix()));
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        path: dir.clone(),
+        source,
+    })?;
     Ok(dir)
 }
 
 fn write_file(path: &Path, contents: &str) -> Result<()> {
-    std::fs::write(path, contents).map_err(|source| Error::Io { path: path.to_owned(), source })
+    std::fs::write(path, contents).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Lowercase letters and digits, safe in object names.
 pub fn random_suffix() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..6).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect()
+    (0..6)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect()
 }
 
 /// `N` distinct free loopback ports. They are released before use, so a port can in principle be taken
@@ -510,9 +593,17 @@ pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
     let mut listeners = Vec::with_capacity(N);
     let mut ports = [0u16; N];
     for port in ports.iter_mut() {
-        let l = TcpListener::bind("127.0.0.1:0")
-            .map_err(|source| Error::Io { path: "127.0.0.1:0".into(), source })?;
-        *port = l.local_addr().map_err(|source| Error::Io { path: "127.0.0.1:0".into(), source })?.port();
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
+            path: "127.0.0.1:0".into(),
+            source,
+        })?;
+        *port = l
+            .local_addr()
+            .map_err(|source| Error::Io {
+                path: "127.0.0.1:0".into(),
+                source,
+            })?
+            .port();
         listeners.push(l);
     }
     Ok(ports)

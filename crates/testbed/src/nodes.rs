@@ -30,7 +30,13 @@ pub struct NodeSpec {
 impl NodeSpec {
     /// A node with 4 CPUs, 8Gi of memory and room for 110 pods.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), cpu: "4".into(), memory: "8Gi".into(), pods: 110, labels: BTreeMap::new() }
+        Self {
+            name: name.into(),
+            cpu: "4".into(),
+            memory: "8Gi".into(),
+            pods: 110,
+            labels: BTreeMap::new(),
+        }
     }
 
     pub fn cpu(mut self, cpu: &str) -> Self {
@@ -76,12 +82,18 @@ impl NodeSpec {
                 name: Some(self.name.clone()),
                 labels: Some(labels),
                 annotations: Some(
-                    [(KWOK_ANNOTATION.to_string(), "fake".to_string()), ("node.alpha.kubernetes.io/ttl".into(), "0".into())]
-                        .into(),
+                    [
+                        (KWOK_ANNOTATION.to_string(), "fake".to_string()),
+                        ("node.alpha.kubernetes.io/ttl".into(), "0".into()),
+                    ]
+                    .into(),
                 ),
                 ..Default::default()
             },
-            spec: Some(CoreNodeSpec { provider_id: Some(format!("kwok://{}", self.name)), ..Default::default() }),
+            spec: Some(CoreNodeSpec {
+                provider_id: Some(format!("kwok://{}", self.name)),
+                ..Default::default()
+            }),
             status: Some(NodeStatus {
                 allocatable: Some(resources.clone()),
                 capacity: Some(resources),
@@ -103,7 +115,13 @@ pub async fn create(client: &Client, specs: &[NodeSpec]) -> Result<()> {
         wait::until(Duration::from_secs(90), &what, || {
             let api = api.clone();
             let name = spec.name.clone();
-            async move { api.get_opt(&name).await.ok().flatten().is_some_and(|n| is_ready_and_untainted(&n)) }
+            async move {
+                api.get_opt(&name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|n| is_ready_and_untainted(&n))
+            }
         })
         .await?;
     }

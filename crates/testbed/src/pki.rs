@@ -49,14 +49,22 @@ pub struct Pki {
 
 impl Pki {
     pub fn generate(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
 
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name.push(DnType::CommonName, "tke-testbed-ca");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "tke-testbed-ca");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let ca = write_pair(dir, "ca", ca_cert.pem(), ca_key.serialize_pem())?;
         let ca_issuer = Issuer::new(ca_params, ca_key);
@@ -85,8 +93,11 @@ impl Pki {
             ],
         )?;
         pki.admin = pki.issue_client("admin", "kubernetes-admin", &["system:masters"])?;
-        pki.apiserver_kubelet_client =
-            pki.issue_client("apiserver-kubelet-client", "kube-apiserver-kubelet-client", &["system:masters"])?;
+        pki.apiserver_kubelet_client = pki.issue_client(
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+        )?;
 
         let sa = KeyPair::generate()?;
         write(&pki.service_account_key, &sa.serialize_pem())?;
@@ -100,7 +111,10 @@ impl Pki {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_>>()?;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.ca_issuer)?;
         write_pair(&self.dir, file_stem, cert.pem(), key.serialize_pem())
@@ -114,7 +128,10 @@ impl Pki {
         for group in groups {
             params.distinguished_name.push(DnType::OrganizationName, *group);
         }
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.ca_issuer)?;
         write_pair(&self.dir, file_stem, cert.pem(), key.serialize_pem())
@@ -133,9 +150,17 @@ fn write_pair(dir: &Path, stem: &str, cert_pem: String, key_pem: String) -> Resu
     let key_file = dir.join(format!("{stem}.key"));
     write(&cert_file, &cert_pem)?;
     write(&key_file, &key_pem)?;
-    Ok(CertPair { cert_pem, key_pem, cert_file, key_file })
+    Ok(CertPair {
+        cert_pem,
+        key_pem,
+        cert_file,
+        key_file,
+    })
 }
 
 fn write(path: &Path, contents: &str) -> Result<()> {
-    std::fs::write(path, contents).map_err(|source| Error::Write { path: path.to_owned(), source })
+    std::fs::write(path, contents).map_err(|source| Error::Write {
+        path: path.to_owned(),
+        source,
+    })
 }

@@ -82,8 +82,15 @@ impl Supervisor {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|source| Error::Io { path: path.clone(), source })?;
-        let mut supervisor = Self { run_dir: run_dir.to_owned(), pids, watchdog: None };
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        let mut supervisor = Self {
+            run_dir: run_dir.to_owned(),
+            pids,
+            watchdog: None,
+        };
         supervisor.watchdog = Some(supervisor.start_watchdog()?);
         Ok(supervisor)
     }
@@ -111,18 +118,37 @@ fi
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|source| Error::Spawn { name: "watchdog".into(), program: "sh".into(), source })
+            .map_err(|source| Error::Spawn {
+                name: "watchdog".into(),
+                program: "sh".into(),
+                source,
+            })
     }
 
     /// Starts `program` with `args`, output to `<run>/logs/<name>.log`. Every program the test bed runs
     /// receives a path inside the run directory in its arguments, which is how the watchdog recognises
     /// it.
-    pub fn spawn(&mut self, name: &str, program: &Path, args: &[String], envs: &[(&str, &str)]) -> Result<Proc> {
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, &str)],
+    ) -> Result<Proc> {
         let logs = self.run_dir.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|source| Error::Io { path: logs.clone(), source })?;
+        std::fs::create_dir_all(&logs).map_err(|source| Error::Io {
+            path: logs.clone(),
+            source,
+        })?;
         let log = logs.join(format!("{name}.log"));
-        let out = File::create(&log).map_err(|source| Error::Io { path: log.clone(), source })?;
-        let err = out.try_clone().map_err(|source| Error::Io { path: log.clone(), source })?;
+        let out = File::create(&log).map_err(|source| Error::Io {
+            path: log.clone(),
+            source,
+        })?;
+        let err = out.try_clone().map_err(|source| Error::Io {
+            path: log.clone(),
+            source,
+        })?;
         let mut command = Command::new(program);
         command.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         for (k, v) in envs {
@@ -135,7 +161,11 @@ fi
         })?;
         let _ = writeln!(self.pids, "{}", child.id());
         let _ = self.pids.flush();
-        Ok(Proc { name: name.to_owned(), log, child })
+        Ok(Proc {
+            name: name.to_owned(),
+            log,
+            child,
+        })
     }
 }
 

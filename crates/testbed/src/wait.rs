@@ -23,7 +23,9 @@ where
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    tokio::time::timeout(timeout, poll).await.map_err(|_| Error::Timeout(timeout, what.to_owned()))
+    tokio::time::timeout(timeout, poll)
+        .await
+        .map_err(|_| Error::Timeout(timeout, what.to_owned()))
 }
 
 /// Watches the objects `config` selects until `done` holds for the current set of them, and returns
@@ -59,5 +61,7 @@ where
         }
         Vec::new()
     };
-    tokio::time::timeout(timeout, watch).await.map_err(|_| Error::Timeout(timeout, what.to_owned()))
+    tokio::time::timeout(timeout, watch)
+        .await
+        .map_err(|_| Error::Timeout(timeout, what.to_owned()))
 }

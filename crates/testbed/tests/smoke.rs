@@ -30,8 +30,9 @@ async fn a_deployment_runs_scales_down_and_goes_away_on_kwok_nodes() -> anyhow::
     // Two local nodes only this test's pods select, so other tests sharing the control plane do not
     // disturb the placement.
     let group = format!("smoke-{}", random_suffix());
-    let nodes: Vec<NodeSpec> =
-        (1..=2).map(|i| NodeSpec::new(format!("{group}-{i}")).label("testbed.tke.io/group", &group)).collect();
+    let nodes: Vec<NodeSpec> = (1..=2)
+        .map(|i| NodeSpec::new(format!("{group}-{i}")).label("testbed.tke.io/group", &group))
+        .collect();
     cp.add_nodes(&nodes).await?;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -54,17 +55,34 @@ async fn a_deployment_runs_scales_down_and_goes_away_on_kwok_nodes() -> anyhow::
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let selector = watcher::Config::default().labels("app=web");
-    let up = wait::for_objects(pods.clone(), selector.clone(), WAIT, "3 Running pods", |p| running(p) == 3).await?;
+    let up = wait::for_objects(pods.clone(), selector.clone(), WAIT, "3 Running pods", |p| {
+        running(p) == 3
+    })
+    .await?;
     for pod in &up {
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-        assert!(node.starts_with(&group), "pod {:?} landed on {node}, not on this test's nodes", pod.metadata.name);
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        assert!(
+            node.starts_with(&group),
+            "pod {:?} landed on {node}, not on this test's nodes",
+            pod.metadata.name
+        );
     }
 
     deployments
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
         .await?;
-    let after_scale =
-        wait::for_objects(pods.clone(), selector.clone(), WAIT, "exactly 1 pod left", |p| p.len() == 1).await?;
+    let after_scale = wait::for_objects(pods.clone(), selector.clone(), WAIT, "exactly 1 pod left", |p| {
+        p.len() == 1
+    })
+    .await?;
     assert_eq!(running(&after_scale), 1, "the one pod left is Running");
 
     deployments.delete("web", &DeleteParams::background()).await?;
@@ -84,7 +102,13 @@ async fn the_server_reports_the_pinned_kubernetes_version() -> anyhow::Result<()
 
     // kubectl, built from the same module, agrees.
     let out = std::process::Command::new(cp.bin("kubectl"))
-        .args(["--kubeconfig", &cp.kubeconfig().display().to_string(), "version", "-o", "json"])
+        .args([
+            "--kubeconfig",
+            &cp.kubeconfig().display().to_string(),
+            "version",
+            "-o",
+            "json",
+        ])
         .output()?;
     let version: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(version["serverVersion"]["gitVersion"], pinned.as_str());
