@@ -2,7 +2,7 @@
 # Builds the pinned test-bed tools (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, kwok, helm) from their Go modules under tools/, into a cache directory keyed by the
 # pinned version, the tool module's go.mod/go.sum and the Go version. Work already done is skipped.
-# Usage: hack/tools.sh [k8s|etcd|kwok|helm]...   (default: all)
+# Usage: hack/tools.sh [k8s|etcd|kwok|helm|vk]...   (default: all but vk, the benchmark peer)
 # The last line printed on stdout is the directory that holds all the binaries.
 set -euo pipefail
 
@@ -101,7 +101,10 @@ for tool in "$@"; do
            kwok=sigs.k8s.io/kwok/cmd/kwok
           kwok_stages ;;
     helm) build helm "$HELM_VERSION" "$(helm_ldflags)" helm=helm.sh/helm/v3/cmd/helm ;;
-    *) echo "unknown tool: $tool (want k8s, etcd, kwok or helm)" >&2; exit 2 ;;
+    # The benchmark peer: virtual-kubelet with its mock provider. Not needed by the tests.
+    vk) build vk "$VK_VERSION" "-s -w" \
+          virtual-kubelet=github.com/virtual-kubelet/virtual-kubelet/cmd/virtual-kubelet ;;
+    *) echo "unknown tool: $tool (want k8s, etcd, kwok, helm or vk)" >&2; exit 2 ;;
   esac
 done
 echo "$out"

@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tke-resilience", version, about = "Burst pending pods to serverless cloud containers through a virtual node")]
+#[command(
+    name = "tke-resilience",
+    version,
+    about = "Burst pending pods to serverless cloud containers through a virtual node"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
