@@ -82,6 +82,8 @@
 //! assert_eq!(outcome.decision, tke_policy::BurstDecision::Cloud);
 //! ```
 
+#[cfg(feature = "clap")]
+pub mod args;
 pub mod decision;
 pub mod eligibility;
 pub mod explain;
@@ -92,6 +94,8 @@ pub mod switch;
 pub mod virtual_node;
 pub mod workload;
 
+#[cfg(feature = "clap")]
+pub use args::PolicyArgs;
 pub use decision::{BurstDecision, PlacementInput, PlacementOutcome, Warning, decide};
 pub use eligibility::{AnnotationMatch, ClaimStatus, Eligibility, EligibilityConfig, VolumeLookup, check};
 pub use explain::{ExplainInput, Explanation, explain};

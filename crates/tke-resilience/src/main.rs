@@ -1,5 +1,7 @@
 //! `tke-resilience`: one binary, one subcommand per component.
 
+mod explain;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -9,20 +11,62 @@ use clap::{Parser, Subcommand};
     about = "Burst pending pods to serverless cloud containers through a virtual node"
 )]
 struct Cli {
+    /// Log format: `text` for people, `json` for log pipelines. The level comes from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Print the version of this binary.
-    Version,
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Subcommand)]
+enum Command {
+    /// Explain, rule by rule, whether a pod may burst to the cloud and where it would go.
+    Explain(explain::Args),
+    /// Print the version of this binary.
+    Version,
+    /// The tke-scheduler extender: kube-scheduler asks it whether a pod stays local or goes to the cloud.
+    SchedulerExtender(tke_extender::Args),
+    /// A local server speaking the Tencent Cloud EKS container-instance API, for demos and tests.
+    Cloudsim(tke_cloudsim::Args),
+    /// eks-admission, the toleration controller: unschedulable pods that may burst get the virtual node's toleration.
+    Admission(tke_admission::Args),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // ring is the only rustls provider in the tree; install it before any TLS client or server.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
+        Command::Explain(args) => {
+            if let Err(error) = explain::run(args).await {
+                eprintln!("error: {error}");
+                std::process::exit(1);
+            }
+        }
         Command::Version => println!("tke-resilience {}", env!("CARGO_PKG_VERSION")),
+        Command::SchedulerExtender(args) => tke_extender::run(args).await?,
+        Command::Cloudsim(args) => tke_cloudsim::run(args).await?,
+        Command::Admission(args) => tke_admission::run(args).await?,
     }
     Ok(())
 }

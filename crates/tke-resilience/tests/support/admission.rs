@@ -1,0 +1,1 @@
+//! Starting `tke-resilience admission` for end-to-end tests.

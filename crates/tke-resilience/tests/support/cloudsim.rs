@@ -1,0 +1,1 @@
+//! Starting `tke-resilience cloudsim` for end-to-end tests.

@@ -1,0 +1,1 @@
+//! Starting `tke-resilience eklet` for end-to-end tests.

@@ -1,0 +1,1 @@
+//! Starting `tke-resilience extender` for end-to-end tests.
