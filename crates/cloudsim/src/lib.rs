@@ -1,1 +1,181 @@
-//! `cloudsim`: a local server that speaks the EKS container-instance API, for the demo, the tests and the benchmarks.
+//! `cloudsim`: a local server that speaks the EKS container-instance API, for the demo, the tests and
+//! the benchmarks. The real `tke_tencent` client talks to it unchanged: it verifies TC3 signatures
+//! with the same code the client signs with, runs instances through a realistic lifecycle, enforces
+//! per-subnet quotas and per-action rate limits, and injects faults on demand.
+//!
+//! `tke-resilience cloudsim` runs it ([`Args`], [`run`]); tests start it in-process with [`serve`] on
+//! `127.0.0.1:0` and steer it through the returned [`Handle`] (or over HTTP: `GET /admin/stats`,
+//! `GET`/`POST /admin/faults`, `POST /admin/crash`, `POST /admin/clock`).
+//!
+//! What it supports of the real API: the five EKSCI actions eklet uses plus
+//! DescribeEKSContainerInstanceRegions; the Describe filters `eks-ci-name`, `status`, `private-ip`,
+//! `eip-address` and `vpc-id` (the documented ones — the API has no tags, so a caller identifies its
+//! instances by name or by environment variables it sets). See `instances` for the lifecycle and
+//! the predictable log lines.
+
+mod api;
+mod args;
+pub mod clock;
+pub mod faults;
+pub mod instances;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tke_tencent::Credentials;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use args::{Args, run};
+pub use faults::{ErrorRates, FailNext, Faults, Stats};
+pub use instances::{EXIT_AFTER_ENV, EXIT_CODE_ENV, Refusal};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cloudsim cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+    #[error("invalid faults: {0}")]
+    Faults(String),
+    #[error("no credentials to accept: give at least one SecretId/SecretKey pair")]
+    NoCredentials,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub region: String,
+    /// The key pairs whose signatures are accepted.
+    pub credentials: Vec<Credentials>,
+    /// From create to Running.
+    pub start_delay: Duration,
+    /// From a container's exit to its restart.
+    pub restart_delay: Duration,
+    /// Between two log lines of a running container.
+    pub log_interval: Duration,
+    /// Most live instances per subnet id; subnets not listed are unlimited.
+    pub quotas: BTreeMap<String, usize>,
+    /// Per action; 0 turns the limit off.
+    pub rate_limit_per_second: u32,
+    pub faults: Faults,
+    /// For instance ids, request ids and random faults; `None` seeds from the OS.
+    pub seed: Option<u64>,
+    /// The clock stands still unless advanced through the handle or `POST /admin/clock`.
+    pub manual_clock: bool,
+    /// Largest accepted difference between `X-TC-Timestamp` and the server's clock.
+    pub max_clock_skew: Duration,
+}
+
+impl Config {
+    /// The real API's behaviour: 20 requests/s per action, five minutes of clock skew, instances
+    /// running one second after creation.
+    pub fn new(credentials: Credentials) -> Self {
+        Self {
+            region: "ap-guangzhou".to_string(),
+            credentials: vec![credentials],
+            start_delay: Duration::from_secs(1),
+            restart_delay: Duration::from_secs(1),
+            log_interval: Duration::from_secs(1),
+            quotas: BTreeMap::new(),
+            rate_limit_per_second: tke_tencent::rate_limit::DEFAULT_PER_SECOND,
+            faults: Faults::default(),
+            seed: None,
+            manual_clock: false,
+            max_clock_skew: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A running simulator. Dropping it stops the server.
+#[derive(Debug)]
+pub struct Handle {
+    addr: SocketAddr,
+    sim: Arc<api::Sim>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Handle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, the endpoint to give the client.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client configuration pointing at this simulator, in its region.
+    pub fn client_config(&self, credentials: Credentials) -> tke_tencent::ClientConfig {
+        let region = self.sim.region().to_string();
+        tke_tencent::ClientConfig {
+            endpoint: self.endpoint(),
+            ..tke_tencent::ClientConfig::new(region, credentials)
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.sim.stats()
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.sim.faults()
+    }
+
+    pub fn set_faults(&self, faults: Faults) -> Result<()> {
+        self.sim.set_faults(faults).map_err(Error::Faults)
+    }
+
+    /// Ends the current run of a container now with `exit_code`; the first container when `None`.
+    pub fn crash(&self, eks_ci_id: &str, container: Option<&str>, exit_code: i64) -> Result<(), Refusal> {
+        self.sim.crash(eks_ci_id, container, exit_code)
+    }
+
+    /// Moves the simulator's clock forward (the only way a manual clock moves).
+    pub fn advance_clock(&self, by: Duration) {
+        self.sim.clock.advance(by);
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits for the server to end.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok(result) => Ok(result?),
+                Err(join) => Err(Error::Listen(std::io::Error::other(join))),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+/// Serves the simulator on `listener` in a background task.
+pub async fn serve(config: Config, listener: TcpListener) -> Result<Handle> {
+    if config.credentials.is_empty() {
+        return Err(Error::NoCredentials);
+    }
+    config.faults.validate().map_err(Error::Faults)?;
+    let addr = listener.local_addr()?;
+    let sim = Arc::new(api::Sim::new(config));
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let app = api::router(sim.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                // A dropped handle stops the server as an explicit shutdown does.
+                let _ = stop.await;
+            })
+            .await
+    });
+    Ok(Handle {
+        addr,
+        sim,
+        shutdown: Some(shutdown),
+        task: Some(task),
+    })
+}

@@ -1,0 +1,228 @@
+//! `tke-resilience cloudsim`: the command line. Credentials are never flags (they would show in `ps`
+//! and in shell history): they come from `TENCENTCLOUD_SECRET_ID` / `TENCENTCLOUD_SECRET_KEY` (and
+//! optional `TENCENTCLOUD_SESSION_TOKEN`) or from `--credentials-file`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tke_tencent::Credentials;
+
+use crate::faults::{ANY_ACTION, ErrorRates, Faults};
+use crate::{Config, serve};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8780")]
+    pub listen: SocketAddr,
+    /// The region served; requests for others get UnsupportedRegion.
+    #[arg(long, default_value = "ap-guangzhou")]
+    pub region: String,
+    /// The accepted credentials: a mounted Secret directory (files secretID, secretKey) or a
+    /// key=value file; without it, TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY.
+    #[arg(long, env = "CLOUDSIM_CREDENTIALS_FILE")]
+    pub credentials_file: Option<PathBuf>,
+    /// From create to Running, e.g. 1s, 250ms, 0.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub start_delay: Duration,
+    /// From a container's exit to its restart.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub restart_delay: Duration,
+    /// Between two log lines of a running container.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub log_interval: Duration,
+    /// Most live instances in a subnet, as SUBNET=N; repeatable.
+    #[arg(long = "quota", value_name = "SUBNET=N", value_parser = parse_quota)]
+    pub quotas: Vec<(String, usize)>,
+    /// Requests per second per action before RequestLimitExceeded; 0 for no limit.
+    #[arg(long, default_value_t = tke_tencent::rate_limit::DEFAULT_PER_SECOND)]
+    pub rate_limit: u32,
+    /// A subnet whose creates fail with ResourcesSoldOut; repeatable.
+    #[arg(long = "sold-out-subnet", value_name = "SUBNET")]
+    pub sold_out_subnets: Vec<String>,
+    /// Share (0-1) of all calls refused with RequestLimitExceeded.
+    #[arg(long, default_value_t = 0.0)]
+    pub throttle_rate: f64,
+    /// Share (0-1) of all calls refused with InternalError.
+    #[arg(long, default_value_t = 0.0)]
+    pub internal_error_rate: f64,
+    /// Added before every API answer.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub latency: Duration,
+    /// Seed for ids and random faults, for reproducible runs.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl Args {
+    pub fn config(&self, credentials: Credentials) -> Config {
+        let mut faults = Faults {
+            latency_ms: u64::try_from(self.latency.as_millis()).unwrap_or(u64::MAX),
+            sold_out_subnets: self.sold_out_subnets.iter().cloned().collect(),
+            ..Faults::default()
+        };
+        if self.throttle_rate > 0.0 || self.internal_error_rate > 0.0 {
+            let rates = ErrorRates {
+                throttle: self.throttle_rate,
+                internal_error: self.internal_error_rate,
+            };
+            faults.error_rates.insert(ANY_ACTION.to_string(), rates);
+        }
+        Config {
+            region: self.region.clone(),
+            start_delay: self.start_delay,
+            restart_delay: self.restart_delay,
+            log_interval: self.log_interval,
+            quotas: self.quotas.iter().cloned().collect::<BTreeMap<_, _>>(),
+            rate_limit_per_second: self.rate_limit,
+            faults,
+            seed: self.seed,
+            ..Config::new(credentials)
+        }
+    }
+}
+
+/// `250ms`, `1s`, `2m`, `1h`, or a bare number of seconds (`0`, `1.5`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 250ms, 1s or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
+}
+
+fn parse_quota(text: &str) -> Result<(String, usize), String> {
+    let (subnet, count) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not SUBNET=N"))?;
+    let count = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: {count:?} is not a number of instances"))?;
+    let subnet = subnet.trim();
+    if subnet.is_empty() {
+        return Err(format!("{text:?} names no subnet"));
+    }
+    Ok((subnet.to_string(), count))
+}
+
+/// Runs the simulator until Ctrl-C or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The binary may have installed a subscriber already; keep it.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let credentials = match &args.credentials_file {
+        Some(path) => Credentials::from_path(path).context("reading the credentials cloudsim accepts")?,
+        None => Credentials::from_env().context(
+            "cloudsim needs the credentials it accepts: set TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY or pass --credentials-file",
+        )?,
+    };
+    let secret_id = credentials.secret_id.clone();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cloudsim cannot listen on {}", args.listen))?;
+    let handle = serve(args.config(credentials), listener).await?;
+    tracing::info!(
+        address = %handle.local_addr(),
+        endpoint = %handle.endpoint(),
+        region = %args.region,
+        %secret_id,
+        start_delay = ?args.start_delay,
+        rate_limit = args.rate_limit,
+        "cloudsim listening"
+    );
+    shutdown_signal().await;
+    tracing::info!("cloudsim stopping");
+    handle.shutdown().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn durations_take_the_usual_units_and_bare_seconds() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn flags_become_the_configuration() {
+        let cli = Cli::try_parse_from([
+            "cloudsim",
+            "--start-delay=0",
+            "--quota=subnet-a=3",
+            "--quota",
+            "subnet-b=0",
+            "--sold-out-subnet=subnet-c",
+            "--throttle-rate=0.1",
+            "--rate-limit=5",
+            "--latency=20ms",
+        ])
+        .unwrap();
+        let config = cli.args.config(Credentials::new("AKID", "key"));
+        assert_eq!(config.start_delay, Duration::ZERO);
+        assert_eq!(
+            config.quotas,
+            BTreeMap::from([("subnet-a".into(), 3), ("subnet-b".into(), 0)])
+        );
+        assert!(config.faults.sold_out_subnets.contains("subnet-c"));
+        assert_eq!(config.faults.error_rates[ANY_ACTION].throttle, 0.1);
+        assert_eq!((config.rate_limit_per_second, config.faults.latency_ms), (5, 20));
+    }
+
+    #[test]
+    fn credentials_are_not_flags() {
+        assert!(Cli::try_parse_from(["cloudsim", "--secret-key=x"]).is_err());
+        assert!(Cli::try_parse_from(["cloudsim", "--quota=nonsense"]).is_err());
+    }
+}
