@@ -5,11 +5,12 @@ SHELL := /usr/bin/env bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help tools test lint fmt
+.PHONY: help tools test lint fmt up down demo
 
 help:
 	@echo "make demo   - the seed's walkthrough on a local stack (control plane, kwok, cloudsim, eklet, ...)"
 	@echo "make test   - unit, integration and end-to-end tests against a real control plane"
+	@echo "make up     - start the local stack in the background; make down stops it"
 	@echo "make tools  - build the pinned test-bed tools (etcd, kube-*, kubectl, kwok, helm); prints their directory"
 	@echo "make lint   - rustfmt and clippy, as CI runs them"
 
@@ -22,6 +23,15 @@ test:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+up:
+	@hack/stack.sh up
+
+down:
+	@hack/stack.sh down
+
+demo:
+	@hack/demo.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,0 +1,286 @@
+//! `tke-stack`: the local stack behind `make up` — a test-bed control plane with two kwok "IDC"
+//! nodes, cloudsim, eklet (provider `tencent` against cloudsim), eks-admission and tke-scheduler
+//! (a second kube-scheduler with the extender). It stays in the foreground until SIGTERM or
+//! SIGINT, then stops everything it started; the test bed's watchdog does the same if it is
+//! killed outright.
+//!
+//! Usage: `tke-stack --state-dir .stack --binary target/debug/tke-resilience`
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use tke_testbed::{ControlPlane, NodeSpec, Options, Proc, random_suffix, wait};
+
+const REGION: &str = "ap-guangzhou";
+const ZONE: &str = "ap-guangzhou-3";
+
+struct Args {
+    state_dir: PathBuf,
+    binary: PathBuf,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut state_dir = PathBuf::from(".stack");
+    let mut binary = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--state-dir" => state_dir = args.next().context("--state-dir needs a value")?.into(),
+            "--binary" => binary = Some(PathBuf::from(args.next().context("--binary needs a value")?)),
+            other => bail!("unknown argument {other:?}; usage: tke-stack --state-dir DIR --binary PATH"),
+        }
+    }
+    let binary = binary.context("--binary PATH (the tke-resilience binary) is required")?;
+    Ok(Args {
+        state_dir,
+        binary: std::fs::canonicalize(&binary).with_context(|| binary.display().to_string())?,
+    })
+}
+
+fn step(n: usize, what: &str) {
+    println!("[stack] {n}/6 {what}");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let begun = Instant::now();
+    std::fs::create_dir_all(&args.state_dir)?;
+    let state = std::fs::canonicalize(&args.state_dir)?;
+    let _ = std::fs::remove_file(state.join("ready"));
+
+    let [
+        extender_port,
+        cloudsim_port,
+        eklet_metrics,
+        kubelet_port,
+        admission_metrics,
+    ] = tke_testbed::free_ports::<5>()?;
+    let extender = SocketAddr::from(([127, 0, 0, 1], extender_port));
+
+    step(
+        1,
+        "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, tke-scheduler, kwok",
+    );
+    let scheduler_config =
+        std::fs::read_to_string(tke_testbed::workspace_root().join("deploy/tke-scheduler.yaml"))?
+            .replace("${EXTENDER_URL}", &format!("http://{extender}"));
+    let nodes = (1..=2)
+        .map(|i| {
+            NodeSpec::new(format!("idc-node-{i}"))
+                .cpu("4")
+                .memory("8Gi")
+                .pods(110)
+        })
+        .collect();
+    let cp = ControlPlane::start(Options {
+        second_scheduler_config: Some(scheduler_config),
+        nodes,
+    })
+    .await
+    .context("starting the control plane")?;
+    let run = cp.run_dir().to_owned();
+    let kubeconfig = cp.kubeconfig().display().to_string();
+
+    // Demo credentials, fresh for every stack; cloudsim accepts only these.
+    let secret_id = format!("AKIDlocal{}", random_suffix());
+    let secret_key = format!("{}{}{}", random_suffix(), random_suffix(), random_suffix());
+    let credentials = run.join("cloud-credentials");
+    std::fs::write(
+        &credentials,
+        format!("secretID={secret_id}\nsecretKey={secret_key}\n"),
+    )?;
+    let credentials_flag = format!("--credentials-file={}", credentials.display());
+    let cloudsim_url = format!("http://127.0.0.1:{cloudsim_port}");
+    let subnet = format!(
+        "subnet-{}",
+        random_suffix()
+            .chars()
+            .chain(random_suffix().chars())
+            .take(8)
+            .collect::<String>()
+    );
+
+    step(2, "cloudsim, the local Tencent Cloud EKS container-instance API");
+    let mut procs: Vec<Proc> = Vec::new();
+    procs.push(cp.spawn_process(
+        "cloudsim",
+        &args.binary,
+        &[
+            "cloudsim".into(),
+            format!("--listen=127.0.0.1:{cloudsim_port}"),
+            format!("--region={REGION}"),
+            credentials_flag.clone(),
+        ],
+        &[],
+    )?);
+    wait_http(&format!("{cloudsim_url}/admin/stats"), "cloudsim", &mut procs).await?;
+
+    step(3, &format!("eklet: virtual node eklet-{subnet}"));
+    procs.push(cp.spawn_process(
+        "eklet",
+        &args.binary,
+        &[
+            "eklet".into(),
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--cloud-endpoint={cloudsim_url}"),
+            credentials_flag.clone(),
+            format!("--region={REGION}"),
+            "--vpc-id=vpc-local".into(),
+            "--security-group-id=sg-local".into(),
+            format!("--subnet={subnet}={ZONE}"),
+            "--cluster-id=cls-local".into(),
+            "--node-ip=127.0.0.1".into(),
+            format!("--kubelet-port={kubelet_port}"),
+            format!("--metrics-port={eklet_metrics}"),
+            "--bind-address=127.0.0.1".into(),
+        ],
+        &[],
+    )?);
+    let client = cp.client().await?;
+    let node_name = format!("eklet-{subnet}");
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait::until(
+        Duration::from_secs(60),
+        &format!("virtual node {node_name} Ready"),
+        || {
+            let nodes = nodes.clone();
+            let name = node_name.clone();
+            async move {
+                nodes.get_opt(&name).await.ok().flatten().is_some_and(|n| {
+                    n.status
+                        .and_then(|s| s.conditions)
+                        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+            }
+        },
+    )
+    .await
+    .with_context(|| logs_hint(&procs))?;
+
+    step(4, "eks-admission, the toleration controller");
+    procs.push(cp.spawn_process(
+        "admission",
+        &args.binary,
+        &[
+            "admission".into(),
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--metrics-port={admission_metrics}"),
+            "--metrics-bind-address=127.0.0.1".into(),
+        ],
+        &[],
+    )?);
+    wait_http(
+        &format!("http://127.0.0.1:{admission_metrics}/healthz"),
+        "admission",
+        &mut procs,
+    )
+    .await?;
+
+    step(5, "tke-scheduler's extender");
+    procs.push(cp.spawn_process(
+        "scheduler-extender",
+        &args.binary,
+        &[
+            "scheduler-extender".into(),
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--listen={extender}"),
+        ],
+        &[],
+    )?);
+    wait_http(
+        &format!("http://{extender}/readyz"),
+        "scheduler-extender",
+        &mut procs,
+    )
+    .await?;
+
+    step(6, "writing .stack/kubeconfig and .stack/env");
+    std::fs::copy(cp.kubeconfig(), state.join("kubeconfig"))?;
+    std::fs::write(
+        state.join("env"),
+        format!(
+            "CLOUDSIM_ENDPOINT={cloudsim_url}\nTENCENTCLOUD_SECRET_ID={secret_id}\nTENCENTCLOUD_SECRET_KEY={secret_key}\nTENCENTCLOUD_REGION={REGION}\n"
+        ),
+    )?;
+    let logs = state.join("logs");
+    let _ = std::fs::remove_file(&logs);
+    std::os::unix::fs::symlink(run.join("logs"), &logs)?;
+    std::fs::write(state.join("ready"), "")?;
+    println!(
+        "[stack] up in {:.0}s: API server {}, cloudsim {cloudsim_url}, virtual node {node_name}",
+        begun.elapsed().as_secs_f64(),
+        cp.apiserver_url()
+    );
+    println!("[stack] export KUBECONFIG={}", state.join("kubeconfig").display());
+    println!("[stack] logs in {}", logs.display());
+
+    supervise(&mut procs).await;
+    println!("[stack] stopping");
+    drop(procs);
+    drop(cp);
+    for file in ["ready", "kubeconfig", "env", "logs", "pid"] {
+        let _ = std::fs::remove_file(state.join(file));
+    }
+    Ok(())
+}
+
+/// Until SIGTERM or SIGINT; says so when a component dies, and keeps the rest running so its log
+/// can be read.
+async fn supervise(procs: &mut [Proc]) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return;
+    };
+    let mut reported = vec![false; procs.len()];
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = tick.tick() => {
+                for (proc, reported) in procs.iter_mut().zip(reported.iter_mut()) {
+                    if !*reported && let Some(status) = proc.exited() {
+                        *reported = true;
+                        eprintln!("[stack] {} exited ({status}); its log: {}", proc.name, proc.log.display());
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn wait_http(url: &str, what: &str, procs: &mut [Proc]) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(resp) = http.get(url).send().await
+            && resp.status().is_success()
+        {
+            return Ok(());
+        }
+        for proc in procs.iter_mut() {
+            if let Some(status) = proc.exited() {
+                bail!("{} exited ({status}):\n{}", proc.name, proc.log_tail(30));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not answer {url} within 60s; {}", logs_hint(procs));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn logs_hint(procs: &[Proc]) -> String {
+    let logs: Vec<String> = procs.iter().map(|p| p.log.display().to_string()).collect();
+    format!("logs: {}", logs.join(", "))
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# `make demo`: the seed's walkthrough on the local stack. Starts it (make up), shows each command
+# before running it, and stops the stack at the end unless KEEP=1.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+"$root/hack/stack.sh" up
+bin=$("$root/hack/tools.sh" 2>/dev/null | tail -n 1)
+export KUBECONFIG="$root/.stack/kubeconfig" PATH="$bin:$PATH"
+
+finish() {
+  if [ "${KEEP:-0}" = 1 ]; then
+    echo; echo "KEEP=1: the stack keeps running. export KUBECONFIG=$KUBECONFIG; make down stops it."
+  else
+    echo; "$root/hack/stack.sh" down
+  fi
+}
+trap finish EXIT
+
+show() { printf '\n$ %s\n' "$*"; "$@"; }
+
+# Waits until the Deployment's pods are exactly `want`, all Running and none terminating.
+wait_pods() {
+  local want=$1 deadline=$((SECONDS + 180)) running total
+  while :; do
+    running=$(kubectl get pod -l app=nginx --no-headers 2>/dev/null | awk '$3 == "Running"' | wc -l)
+    total=$(kubectl get pod -l app=nginx --no-headers 2>/dev/null | wc -l)
+    [ "$running" -eq "$want" ] && [ "$total" -eq "$want" ] && return 0
+    if [ $SECONDS -gt $deadline ]; then
+      echo "timed out waiting for $want Running pods:" >&2
+      kubectl get pod -owide >&2
+      kubectl get events --sort-by=.lastTimestamp >&2 | tail -20
+      exit 1
+    fi
+    sleep 1
+  done
+}
+
+echo
+echo "== The virtual node, registered by eklet (VERSION is the eklet version)"
+show kubectl get node
+
+echo
+echo "== The seed's nginx-deployment: 4 replicas, LOCAL_REPLICAS: \"1\", schedulerName: tke-scheduler"
+show kubectl apply -f examples/nginx-deployment.yaml
+wait_pods 4
+echo
+echo "== 1 replica on a local (IDC) node, 3 on the virtual node eklet-subnet-..."
+show kubectl get pod -owide
+
+echo
+echo "== Scale in: cloud replicas go first (eklet sets controller.kubernetes.io/pod-deletion-cost)"
+show kubectl scale deployment nginx-deployment --replicas=3
+wait_pods 3
+show kubectl get pod -owide
+
+local_pods=$(kubectl get pod -l app=nginx -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | grep -vc '^eklet-' || true)
+cloud_pods=$(kubectl get pod -l app=nginx -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | grep -c '^eklet-' || true)
+echo
+echo "== Result: $local_pods local, $cloud_pods in the cloud"
+if [ "$local_pods" -ne 1 ] || [ "$cloud_pods" -ne 2 ]; then
+  echo "expected 1 local and 2 in the cloud after scaling to 3" >&2
+  exit 1
+fi
