@@ -5,13 +5,14 @@ SHELL := /usr/bin/env bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help tools test lint fmt up down demo
+.PHONY: help tools test lint fmt up down demo bench
 
 help:
 	@echo "make demo   - the seed's walkthrough on a local stack (control plane, kwok, cloudsim, eklet, ...)"
 	@echo "make test   - unit, integration and end-to-end tests against a real control plane"
 	@echo "make up     - start the local stack in the background; make down stops it"
 	@echo "make tools  - build the pinned test-bed tools (etcd, kube-*, kubectl, kwok, helm); prints their directory"
+	@echo "make bench  - eklet vs virtual-kubelet's mock provider on one control plane (PODS=500 ROUNDS=1)"
 	@echo "make lint   - rustfmt and clippy, as CI runs them"
 
 tools:
@@ -32,6 +33,15 @@ down:
 
 demo:
 	@hack/demo.sh
+
+# Benchmarks, side by side in one run (not tests): eklet against virtual-kubelet's mock provider.
+PODS ?= 500
+ROUNDS ?= 1
+bench:
+	@bin=$$(hack/tools.sh k8s etcd kwok helm vk | tail -n 1) && \
+	  $(CARGO) build --release -q -p tke-resilience --bin tke-resilience -p tke-testbed --bin tke-bench && \
+	  TKE_TESTBED_BIN=$$bin target/release/tke-bench eklet --binary target/release/tke-resilience \
+	    --vk $$bin/virtual-kubelet --pods $(PODS) --rounds $(ROUNDS)
 
 fmt:
 	$(CARGO) fmt --all

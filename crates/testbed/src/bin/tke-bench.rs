@@ -1,0 +1,371 @@
+//! `tke-bench`: benchmarks run side by side on one test-bed control plane, reporting ratios.
+//!
+//! `tke-bench eklet --binary target/release/tke-resilience --vk PATH [--pods 500] [--rounds 1]`:
+//! N pods bound (by `spec.nodeName`) to one virtual node, first served by virtual-kubelet's mock
+//! provider, then by eklet with the `tencent` provider against cloudsim (zero start delay), on the
+//! same control plane. For each: time from the first create to the last pod Running, pods/s, p50/p99
+//! create-to-Running latency, and the node agent's peak RSS and CPU time.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, Client,
+    api::PostParams,
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use tke_testbed::{ControlPlane, Options, Proc, free_ports, random_suffix, wait};
+
+struct Args {
+    binary: PathBuf,
+    vk: PathBuf,
+    pods: usize,
+    rounds: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() != Some("eklet") {
+        bail!("usage: tke-bench eklet --binary PATH --vk PATH [--pods N] [--rounds R]");
+    }
+    let (mut binary, mut vk, mut pods, mut rounds) = (None, None, 500, 1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--binary" => binary = Some(PathBuf::from(value()?)),
+            "--vk" => vk = Some(PathBuf::from(value()?)),
+            "--pods" => pods = value()?.parse()?,
+            "--rounds" => rounds = value()?.parse()?,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    let canonical = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| p.display().to_string());
+    Ok(Args {
+        binary: canonical(binary.context("--binary PATH (tke-resilience) is required")?)?,
+        vk: canonical(vk.context("--vk PATH (virtual-kubelet) is required")?)?,
+        pods,
+        rounds,
+    })
+}
+
+/// One agent's run.
+struct Result_ {
+    agent: &'static str,
+    total: Duration,
+    latencies: Vec<Duration>,
+    peak_rss_kib: u64,
+    cpu: Duration,
+}
+
+impl Result_ {
+    fn pods_per_second(&self) -> f64 {
+        self.latencies.len() as f64 / self.total.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).copied().unwrap_or_default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let cp = ControlPlane::start(Options::default()).await?;
+    let client = cp.client().await?;
+    println!(
+        "[bench] control plane up in {:.1}s; {} pods per run, {} round(s)",
+        cp.started_in.as_secs_f64(),
+        args.pods,
+        args.rounds
+    );
+
+    let mut results = Vec::new();
+    for round in 1..=args.rounds {
+        println!("[bench] round {round}: virtual-kubelet (mock provider)");
+        results.push(run_vk(&cp, &client, &args).await?);
+        println!("[bench] round {round}: eklet (tencent provider, cloudsim)");
+        results.push(run_eklet(&cp, &client, &args).await?);
+    }
+
+    println!();
+    println!("| agent | pods | all Running | pods/s | p50 | p99 | peak RSS | CPU time |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &results {
+        println!(
+            "| {} | {} | {:.1}s | {:.1} | {:.2}s | {:.2}s | {} MiB | {:.1}s |",
+            r.agent,
+            r.latencies.len(),
+            r.total.as_secs_f64(),
+            r.pods_per_second(),
+            r.percentile(0.5).as_secs_f64(),
+            r.percentile(0.99).as_secs_f64(),
+            r.peak_rss_kib / 1024,
+            r.cpu.as_secs_f64()
+        );
+    }
+    let mean = |agent: &str, f: &dyn Fn(&Result_) -> f64| {
+        let xs: Vec<f64> = results.iter().filter(|r| r.agent == agent).map(f).collect();
+        xs.iter().sum::<f64>() / xs.len().max(1) as f64
+    };
+    let (vk, ek) = (
+        mean("virtual-kubelet", &|r| r.pods_per_second()),
+        mean("eklet", &|r| r.pods_per_second()),
+    );
+    println!();
+    println!(
+        "[bench] throughput ratio eklet / virtual-kubelet: {:.2}x",
+        ek / vk
+    );
+    let (vk99, ek99) = (
+        mean("virtual-kubelet", &|r| r.percentile(0.99).as_secs_f64()),
+        mean("eklet", &|r| r.percentile(0.99).as_secs_f64()),
+    );
+    println!(
+        "[bench] p99 latency ratio eklet / virtual-kubelet: {:.2}x",
+        ek99 / vk99
+    );
+    Ok(())
+}
+
+async fn run_vk(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::Result<Result_> {
+    let node = format!("vk-mock-{}", random_suffix());
+    let dir = cp.run_dir().join(&node);
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("mock.json");
+    std::fs::write(
+        &config,
+        json!({ &node: {"cpu": "1000", "memory": "4000Gi", "pods": "5000"} }).to_string(),
+    )?;
+    let cert = cp
+        .pki()
+        .issue_server(&node, &format!("system:node:{node}"), &["127.0.0.1"])?;
+    let [port, metrics] = free_ports::<2>()?;
+    let (cert_file, key_file) = (
+        cert.cert_file.display().to_string(),
+        cert.key_file.display().to_string(),
+    );
+    let port_s = port.to_string();
+    let proc = cp.spawn_process(
+        &node,
+        &args.vk,
+        &[
+            format!("--kubeconfig={}", cp.kubeconfig().display()),
+            "--provider=mock".into(),
+            format!("--provider-config={}", config.display()),
+            format!("--nodename={node}"),
+            format!("--metrics-addr=127.0.0.1:{metrics}"),
+            "--enable-node-lease".into(),
+        ],
+        &[
+            ("APISERVER_CERT_LOCATION", &cert_file),
+            ("APISERVER_KEY_LOCATION", &key_file),
+            ("KUBELET_PORT", &port_s),
+            ("VKUBELET_POD_IP", "127.0.0.1"),
+        ],
+    )?;
+    wait_node_ready(client, &node).await?;
+    measure("virtual-kubelet", cp, client, &node, proc, args.pods).await
+}
+
+async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::Result<Result_> {
+    let suffix = random_suffix();
+    let dir = cp.run_dir().join(format!("eklet-{suffix}"));
+    std::fs::create_dir_all(&dir)?;
+    let credentials = dir.join("cloud-credentials");
+    std::fs::write(&credentials, "secretID=AKIDbench\nsecretKey=bench-secret-key\n")?;
+    let [cloudsim_port, kubelet, metrics] = free_ports::<3>()?;
+    let cloudsim = cp.spawn_process(
+        &format!("cloudsim-{suffix}"),
+        &args.binary,
+        &[
+            "cloudsim".into(),
+            format!("--listen=127.0.0.1:{cloudsim_port}"),
+            format!("--credentials-file={}", credentials.display()),
+            "--start-delay=0s".into(),
+            // The real API allows 20 requests/s per action; eklet's batching is what is measured.
+            "--rate-limit=20".into(),
+        ],
+        &[],
+    )?;
+    let subnet = format!("subnet-{suffix}b");
+    let node = format!("eklet-{subnet}");
+    let proc = cp.spawn_process(
+        &node,
+        &args.binary,
+        &[
+            "eklet".into(),
+            format!("--kubeconfig={}", cp.kubeconfig().display()),
+            format!("--cloud-endpoint=http://127.0.0.1:{cloudsim_port}"),
+            format!("--credentials-file={}", credentials.display()),
+            "--region=ap-guangzhou".into(),
+            "--vpc-id=vpc-bench".into(),
+            "--security-group-id=sg-bench".into(),
+            format!("--subnet={subnet}=ap-guangzhou-3"),
+            format!("--cluster-id=bench{suffix}"),
+            "--node-ip=127.0.0.1".into(),
+            format!("--kubelet-port={kubelet}"),
+            format!("--metrics-port={metrics}"),
+            "--bind-address=127.0.0.1".into(),
+            "--node-pods=5000".into(),
+        ],
+        &[("RUST_LOG", "warn")],
+    )?;
+    wait_node_ready(client, &node).await?;
+    let result = measure("eklet", cp, client, &node, proc, args.pods).await;
+    drop(cloudsim);
+    result
+}
+
+async fn wait_node_ready(client: &Client, node: &str) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait::until(Duration::from_secs(60), &format!("node {node} Ready"), || {
+        let nodes = nodes.clone();
+        let node = node.to_owned();
+        async move {
+            nodes.get_opt(&node).await.ok().flatten().is_some_and(|n| {
+                n.status
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Creates `pods` pods bound to `node` and measures until all are Running.
+async fn measure(
+    agent: &'static str,
+    cp: &ControlPlane,
+    client: &Client,
+    node: &str,
+    mut proc: Proc,
+    pods: usize,
+) -> anyhow::Result<Result_> {
+    let ns = cp
+        .namespace(&format!("bench-{}", agent.split('-').next().unwrap_or(agent)))
+        .await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let running: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+
+    // Watch first so no transition is missed.
+    let watch = {
+        let (api, running) = (api.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(pod)) = events.next().await {
+                if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && let Some(name) = pod.metadata.name
+                {
+                    running
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(name)
+                        .or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+    let cpu_before = cpu_time(proc.pid());
+    let start = Instant::now();
+    stream::iter(0..pods)
+        .map(|i| {
+            let (api, created) = (api.clone(), created.clone());
+            let node = node.to_owned();
+            async move {
+                let name = format!("p-{i:05}");
+                let pod: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": name, "labels": {"app": "bench"}},
+                    "spec": {
+                        "nodeName": node,
+                        "automountServiceAccountToken": false,
+                        "tolerations": [{"operator": "Exists"}],
+                        "containers": [{"name": "app", "image": "nginx",
+                                        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}}]
+                    }
+                }))?;
+                api.create(&PostParams::default(), &pod).await?;
+                created
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name, Instant::now());
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let deadline = Duration::from_secs(900);
+    let all_running = wait::until(deadline, &format!("{pods} pods Running on {node}"), || {
+        let n = running.lock().unwrap_or_else(|e| e.into_inner()).len();
+        async move { n >= pods }
+    })
+    .await;
+    let total = start.elapsed();
+    let cpu = cpu_time(proc.pid()).saturating_sub(cpu_before);
+    let peak_rss_kib = peak_rss(proc.pid());
+    watch.abort();
+    if let Err(e) = all_running {
+        bail!(
+            "{agent}: {e}; {} Running; log {}",
+            running.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            proc.log.display()
+        );
+    }
+    let created = created.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let running = running.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let latencies = created
+        .iter()
+        .filter_map(|(name, at)| running.get(name).map(|done| done.saturating_duration_since(*at)))
+        .collect();
+    proc.kill();
+    Ok(Result_ {
+        agent,
+        total,
+        latencies,
+        peak_rss_kib,
+        cpu,
+    })
+}
+
+fn proc_file(pid: u32, file: &str) -> String {
+    std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join(file)).unwrap_or_default()
+}
+
+/// utime + stime, in clock ticks of 10 ms (USER_HZ is 100 on Linux).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = proc_file(pid, "stat");
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+fn peak_rss(pid: u32) -> u64 {
+    proc_file(pid, "status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
