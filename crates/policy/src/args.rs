@@ -39,7 +39,13 @@ impl PolicyArgs {
     pub fn eligibility(&self) -> EligibilityConfig {
         let defaults = EligibilityConfig::default();
         EligibilityConfig {
-            forbidden_namespaces: self.forbidden_namespaces.clone(),
+            // `--forbidden-namespaces "a, b"` means a and b.
+            forbidden_namespaces: self
+                .forbidden_namespaces
+                .iter()
+                .map(|ns| ns.trim().to_owned())
+                .filter(|ns| !ns.is_empty())
+                .collect(),
             fixed_ip_annotations: match self.fixed_ip_annotations.is_empty() {
                 true => defaults.fixed_ip_annotations,
                 false => self.fixed_ip_annotations.clone(),
@@ -87,6 +93,12 @@ mod tests {
         assert_eq!(config.fixed_ip_annotations, [AnnotationMatch::with_value("example.com/ip", "static")]);
         assert!(!config.fixed_ip_check);
         assert_eq!(cli.policy.switch_mode(), SwitchMode::LocalOverrides);
+    }
+
+    #[test]
+    fn spaces_around_listed_namespaces_are_ignored() {
+        let cli = Cli::parse_from(["x", "--forbidden-namespaces=infra, ops ,"]);
+        assert_eq!(cli.policy.eligibility().forbidden_namespaces, ["infra", "ops"]);
     }
 
     #[test]
