@@ -1,1 +1,314 @@
-//! `eklet`: the virtual node manager. One virtual node per cloud subnet, and the life of every pod bound to one.
+//! `eklet`: the virtual node manager. One virtual node per cloud subnet, and the life of every
+//! pod bound to one, run as a cloud sandbox through a [`provider::Provider`].
+//!
+//! [`run`] wires it: configuration → kube client and provider → metrics port → leader election
+//! → (as leader) virtual nodes with their heartbeats, one pod controller per node, adoption of
+//! existing sandboxes, the batched status loop and the orphan sweep.
+
+pub mod config;
+pub mod dns;
+pub mod events;
+pub mod kubelet;
+pub mod leader;
+pub mod metrics;
+pub mod node;
+pub mod pods;
+pub mod provider;
+pub mod quantity;
+pub mod sandboxes;
+
+use std::{collections::HashMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{Controller, controller, reflector::ObjectRef, watcher},
+};
+use tokio::sync::{mpsc, watch};
+
+pub use config::Args;
+use config::{ApiServerAddress, Config};
+use provider::Provider;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error("kubernetes client configuration: {0}")]
+    KubeConfig(String),
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Provider(#[from] provider::tencent::SetupError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::Error),
+    #[error(transparent)]
+    Leader(#[from] leader::Error),
+    #[error(transparent)]
+    Node(#[from] node::Error),
+    #[error("lost leadership; exiting so that a standby takes over")]
+    LeadershipLost,
+    #[error("{0} stopped unexpectedly")]
+    TaskEnded(&'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs eklet until SIGTERM/SIGINT (returns `Ok`) or a fatal error.
+pub async fn run(args: Args) -> Result<()> {
+    let mut config = Config::from_args(&args)?;
+    let client_config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| Error::KubeConfig(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::KubeConfig(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::KubeConfig(e.to_string()))?,
+    };
+    let apiserver = match config.pod_used_apiserver.clone() {
+        Some(address) => address,
+        None => client_config
+            .cluster_url
+            .to_string()
+            .parse::<ApiServerAddress>()?,
+    };
+    config.pod_used_apiserver = Some(apiserver.clone());
+    let client = Client::try_from(client_config)?;
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let provider = metrics::Measured::new(
+        provider::tencent::TencentProvider::from_args(&args)?,
+        metrics.clone(),
+    );
+
+    let kubelet_api = kubelet::Settings::from_args(&args, &config)?;
+    let metrics_addr = SocketAddr::new(args.bind_address, args.metrics_port);
+    let listener = metrics::bind(metrics_addr).await?;
+    let metrics_server = tokio::spawn(metrics::serve(listener, metrics.clone()));
+
+    let identity = format!(
+        "{}-{}",
+        std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "eklet".into()),
+        random_suffix()
+    );
+    let config = Arc::new(config);
+    let work = async {
+        let mut leadership = if args.leader_elect {
+            let acquire = leader::acquire(
+                client.clone(),
+                &args.namespace,
+                &config.cluster_id,
+                &identity,
+                args.leader_elect_lease_duration,
+            );
+            tokio::select! {
+                acquired = acquire => Some(acquired?),
+                () = shutdown_signal() => return Ok(()),
+            }
+        } else {
+            None
+        };
+        metrics.leader.set(1);
+        let lost = async {
+            match leadership.as_mut() {
+                Some(leadership) => leadership.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            result = lead(client.clone(), config.clone(), apiserver, provider, metrics.clone(), &identity, kubelet_api) => result,
+            () = lost => Err(Error::LeadershipLost),
+            () = shutdown_signal() => {
+                tracing::info!("shutting down");
+                Ok(())
+            }
+        };
+        metrics.leader.set(0);
+        // Released explicitly, so that a standby takes over now rather than after the lease expires.
+        if let Some(leadership) = leadership {
+            leadership.release().await;
+        }
+        result
+    };
+    tokio::select! {
+        result = work => result,
+        served = metrics_server => match served {
+            Ok(Err(e)) => Err(e.into()),
+            _ => Err(Error::TaskEnded("the metrics server")),
+        },
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+type Task = Pin<Box<dyn Future<Output = &'static str> + Send>>;
+
+/// Everything the leader does; returns only on a fatal error.
+async fn lead<P: Provider>(
+    client: Client,
+    config: Arc<Config>,
+    apiserver: ApiServerAddress,
+    provider: P,
+    metrics: Arc<metrics::Metrics>,
+    identity: &str,
+    kubelet_api: kubelet::Settings,
+) -> Result<()> {
+    let events = events::Events::new(client.clone(), identity);
+    let views = Arc::new(node::NodeViews::new(&config));
+    for subnet in &config.subnets {
+        node::register(&client, &config, provider.name(), subnet).await?;
+    }
+
+    let mut tasks: Vec<Task> = Vec::new();
+    for subnet in config.subnets.clone() {
+        let (client, config, name) = (client.clone(), config.clone(), provider.name());
+        tasks.push(Box::pin(async move {
+            node::heartbeat(client, config, name, subnet).await;
+            "a node heartbeat"
+        }));
+    }
+
+    // One pod controller per virtual node: a field selector names one node.
+    let mut controllers = Vec::new();
+    let mut stores = Vec::new();
+    let mut triggers = HashMap::new();
+    for node_name in views.names() {
+        let pods: Api<Pod> = Api::all(client.clone());
+        let selector = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+        let (wake_tx, wake_rx) = mpsc::unbounded_channel::<ObjectRef<Pod>>();
+        let (uncordon_tx, uncordon_rx) = mpsc::unbounded_channel::<()>();
+        let controller = Controller::new(pods, selector)
+            .with_config(controller::Config::default().concurrency(config.pod_sync_workers))
+            .reconcile_on(receiver_stream(wake_rx))
+            .reconcile_all_on(receiver_stream(uncordon_rx));
+        stores.push((node_name.clone(), controller.store()));
+        triggers.insert(node_name.clone(), wake_tx);
+        controllers.push(controller);
+        let (client, views, events) = (client.clone(), views.clone(), events.clone());
+        tasks.push(Box::pin(async move {
+            node::watch(client, views, events, node_name, uncordon_tx).await;
+            "a node watch"
+        }));
+    }
+
+    let (adopted, _) = watch::channel(false);
+    let node_cpu_millis = quantity::millis(&config.resources.cpu).unwrap_or(u64::MAX);
+    let node_memory_bytes = quantity::units(&config.resources.memory).unwrap_or(u64::MAX);
+    let ctx = Arc::new(pods::Context {
+        client: client.clone(),
+        provider,
+        config: config.clone(),
+        apiserver,
+        nodes: views,
+        registry: sandboxes::Registry::default(),
+        events,
+        metrics,
+        stores,
+        triggers,
+        adopted,
+        node_cpu_millis,
+        node_memory_bytes,
+    });
+
+    // The node's InternalIP is the leader's address: only the leader serves the kubelet API.
+    {
+        let ctx = ctx.clone();
+        tasks.push(Box::pin(async move {
+            kubelet::serve(kubelet_api, ctx).await;
+            "the kubelet API server"
+        }));
+    }
+
+    for controller in controllers {
+        let ctx = ctx.clone();
+        tasks.push(Box::pin(async move {
+            controller
+                .run(pods::reconcile::<P>, pods::error_policy::<P>, ctx)
+                .for_each(|outcome| async move {
+                    if let Err(error) = outcome {
+                        tracing::debug!(%error, "pod controller");
+                    }
+                })
+                .await;
+            "a pod controller"
+        }));
+    }
+
+    // Adoption: after every pod cache synced, take over what the cloud already runs for this
+    // cluster, then let reconciles proceed.
+    let adoption = {
+        let ctx = ctx.clone();
+        async move {
+            for (_, store) in &ctx.stores {
+                let _ = store.wait_until_ready().await;
+            }
+            // Until the cloud has been listed, no pod may get a sandbox: keep trying.
+            let mut delay = std::time::Duration::from_millis(500);
+            let report = loop {
+                match sandboxes::sweep(&ctx).await {
+                    Ok(report) => break report,
+                    Err(error) => {
+                        tracing::warn!(%error, retry_in = ?delay, "adoption failed");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                    }
+                }
+            };
+            tracing::info!(?report, "adoption done");
+            ctx.adopted.send_replace(true);
+        }
+    };
+    let run_tasks = futures::future::select_all(tasks);
+    tokio::pin!(run_tasks);
+    tokio::select! {
+        () = adoption => {}
+        (ended, _, _) = &mut run_tasks => return Err(Error::TaskEnded(ended)),
+    }
+    // Not spawned: when leadership ends, dropping this future stops everything.
+    tokio::select! {
+        (ended, _, _) = &mut run_tasks => Err(Error::TaskEnded(ended)),
+        () = sandboxes::sync_statuses(ctx.clone()) => Err(Error::TaskEnded("the status loop")),
+        () = sandboxes::sweep_periodically(ctx.clone()) => Err(Error::TaskEnded("the orphan sweep")),
+    }
+}
+
+fn receiver_stream<T: Send + 'static>(
+    receiver: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..6)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect()
+}

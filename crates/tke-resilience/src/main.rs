@@ -36,6 +36,8 @@ enum Command {
     Cloudsim(tke_cloudsim::Args),
     /// eks-admission, the toleration controller: unschedulable pods that may burst get the virtual node's toleration.
     Admission(tke_admission::Args),
+    /// eklet, the virtual node manager: one virtual node per cloud subnet, its pods run as cloud sandboxes.
+    Eklet(Box<tke_eklet::Args>),
 }
 
 fn init_logging(format: LogFormat) {
@@ -67,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         Command::SchedulerExtender(args) => tke_extender::run(args).await?,
         Command::Cloudsim(args) => tke_cloudsim::run(args).await?,
         Command::Admission(args) => tke_admission::run(args).await?,
+        Command::Eklet(args) => tke_eklet::run(*args).await?,
     }
     Ok(())
 }

@@ -1,1 +1,141 @@
-//! Starting `tke-resilience extender` for end-to-end tests.
+//! Starting `tke-resilience scheduler-extender` for end-to-end tests, and the tke-scheduler that
+//! calls it: a control plane whose second kube-scheduler runs `deploy/tke-scheduler.yaml`, the
+//! one copy of that configuration.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Pod;
+use tke_testbed::{ControlPlane, NodeSpec, Options, Proc};
+
+use super::{
+    admission::{PATIENCE, VirtualNode, http_get},
+    eklet::{Eklet, Identity, start_cloudsim},
+};
+
+/// The scheduler name pods select to be placed by tke-scheduler.
+pub const SCHEDULER_NAME: &str = "tke-scheduler";
+
+/// `deploy/tke-scheduler.yaml`.
+pub fn scheduler_config_path() -> PathBuf {
+    tke_testbed::workspace_root().join("deploy/tke-scheduler.yaml")
+}
+
+/// The scheduler configuration with `${EXTENDER_URL}` filled in; the test bed fills `${KUBECONFIG}`.
+pub fn scheduler_config(extender_url: &str) -> anyhow::Result<String> {
+    let path = scheduler_config_path();
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    if !text.contains("${EXTENDER_URL}") {
+        bail!("{} has no ${{EXTENDER_URL}} placeholder", path.display());
+    }
+    Ok(text.replace("${EXTENDER_URL}", extender_url))
+}
+
+/// A control plane running tke-scheduler next to the default scheduler, with `nodes` as local
+/// nodes, and the address its extender must listen on (start it with [`Extender::start`]).
+pub async fn control_plane(nodes: Vec<NodeSpec>) -> anyhow::Result<(ControlPlane, SocketAddr)> {
+    let [port] = tke_testbed::free_ports::<1>()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = scheduler_config(&format!("http://{addr}"))?;
+    let cp = ControlPlane::start(Options {
+        second_scheduler_config: Some(config),
+        nodes,
+    })
+    .await?;
+    Ok((cp, addr))
+}
+
+/// A running `tke-resilience scheduler-extender`.
+pub struct Extender {
+    proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Extender {
+    /// Starts the extender on `addr` against `cp` and waits until its caches are listed.
+    pub async fn start(cp: &ControlPlane, addr: SocketAddr, extra_args: &[&str]) -> anyhow::Result<Extender> {
+        let mut args = vec![
+            "scheduler-extender".to_owned(),
+            format!("--kubeconfig={}", cp.kubeconfig().display()),
+            format!("--listen={addr}"),
+        ];
+        args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+        let proc = cp.spawn_process(
+            "scheduler-extender",
+            &super::binary(),
+            &args,
+            &[("RUST_LOG", "info")],
+        )?;
+        let mut extender = Extender { proc, addr };
+        extender.wait_ready().await?;
+        Ok(extender)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let ready = async {
+            loop {
+                if let Some(status) = self.proc.exited() {
+                    bail!(
+                        "scheduler-extender exited with {status}:\n{}",
+                        self.proc.log_tail(30)
+                    );
+                }
+                if http_get(self.addr, "/readyz").await.is_ok() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, ready).await.with_context(|| {
+            format!(
+                "scheduler-extender not ready after {PATIENCE:?}:\n{}",
+                self.proc.log_tail(30)
+            )
+        })?
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        http_get(self.addr, "/metrics").await
+    }
+
+    /// The extender's log so far, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.proc.log_tail(lines)
+    }
+}
+
+/// A runtime that outlives every test of the binary, for the in-process servers (cloudsim) of a
+/// stack that tests share while each test has a runtime of its own.
+pub fn background() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|error| panic!("the background runtime cannot start: {error}"))
+    })
+}
+
+/// A virtual node (eklet on cloudsim) that stays up for the whole test binary.
+pub async fn shared_virtual_node(cp: &ControlPlane) -> anyhow::Result<VirtualNode> {
+    let cloud = background().spawn(start_cloudsim(|_| {})).await??;
+    let identity = Identity::unique();
+    let eklet = Eklet::start(cp, &cloud, &identity, &[]).await?;
+    Ok(VirtualNode {
+        name: identity.node(),
+        eklet,
+        cloud,
+    })
+}
+
+/// Pods bound to a node for which `is_local` holds, and to any other node.
+pub fn split_by_node(pods: &[Arc<Pod>], is_local: impl Fn(&str) -> bool) -> (usize, usize) {
+    let nodes: Vec<&str> = pods
+        .iter()
+        .filter_map(|pod| super::admission::node_of(pod))
+        .collect();
+    let local = nodes.iter().filter(|node| is_local(node)).count();
+    (local, nodes.len() - local)
+}

@@ -1,6 +1,7 @@
 //! Shared end-to-end support: start our components as real `tke-resilience` processes next to a test
 //! bed control plane. One file per component, each owned by that component's tests.
-#![allow(dead_code)]
+// Each test binary uses only part of the support code.
+#![allow(dead_code, unused_imports)]
 
 pub mod admission;
 pub mod cloudsim;

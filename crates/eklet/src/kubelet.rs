@@ -1,0 +1,530 @@
+//! eklet's side of the kubelet API (port 10241): the [`tke_kubelet_api::Backend`] over the
+//! leader's pod caches, its sandbox registry and its provider, and the TLS server started with
+//! the pod controllers (the node's InternalIP is the leader's address, so only the leader serves).
+//!
+//! Logs: providers return a log as text whose lines start with the RFC 3339 time they were
+//! written (the EKSCI log action, like `docker logs -t`); the time is split off so that
+//! `timestamps=true` shows it in the kubelet's form and `timestamps=false` does not show it.
+//! Providers cannot stream, so `follow` polls the provider every [`FOLLOW_POLL`] for lines since
+//! the last one seen, until the container stops, the pod goes away or the client hangs up. A log
+//! whose lines carry no time cannot be followed that way; it ends after what was written.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use futures::{StreamExt, stream};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::ObjectRef;
+use tke_kubelet_api::{
+    Backend, ContainerUsage, CpuUsage, KubeReviews, KubeletApi, LogLine, LogOptions, LogStream, PodUsage,
+    ServingCertificate,
+    backend::{self, ErrorKind},
+};
+use tke_policy::virtual_node;
+
+use crate::{
+    config::{self, Args, Config},
+    pods::Context,
+    provider::{self, ContainerState, DESCRIBE_BATCH, Provider},
+};
+
+/// How often a followed log asks the provider for new lines.
+pub const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+/// The kubelet port as configured: where it listens and its TLS.
+pub struct Settings {
+    listen: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl Settings {
+    /// Reads `--tls-cert-file`/`--tls-private-key-file` (or makes a self-signed certificate for
+    /// the node IP and node names) and `--client-ca-file`, so a bad file stops eklet at start.
+    pub fn from_args(args: &Args, config: &Config) -> config::Result<Settings> {
+        let nodes = node_names(config);
+        let mut names = vec![config.node_ip.to_string()];
+        names.extend(nodes.iter().cloned());
+        let common_name = format!(
+            "system:node:{}",
+            nodes.first().map(String::as_str).unwrap_or("eklet")
+        );
+        let invalid = |flag: &'static str, value: Option<&PathBuf>, error: tke_kubelet_api::tls::Error| {
+            config::Error::Invalid {
+                flag,
+                value: value.map(|p| p.display().to_string()).unwrap_or_default(),
+                reason: error.to_string(),
+            }
+        };
+        let serving = ServingCertificate::from_flags(
+            args.tls_cert_file.clone(),
+            args.tls_private_key_file.clone(),
+            &common_name,
+            names,
+        )
+        .map_err(|e| invalid("--tls-cert-file", args.tls_cert_file.as_ref(), e))?;
+        let tls = tke_kubelet_api::server_config(&serving, args.client_ca_file.as_deref());
+        let tls = tls.map_err(|e| {
+            let (flag, value) = match e {
+                tke_kubelet_api::tls::Error::ClientCa { .. } => ("--client-ca-file", &args.client_ca_file),
+                _ => ("--tls-cert-file", &args.tls_cert_file),
+            };
+            invalid(flag, value.as_ref(), e)
+        })?;
+        Ok(Settings {
+            listen: SocketAddr::new(args.bind_address, args.kubelet_port),
+            tls,
+        })
+    }
+}
+
+fn node_names(config: &Config) -> Vec<String> {
+    config
+        .subnets
+        .iter()
+        .map(|subnet| virtual_node::node_name(&subnet.id))
+        .collect()
+}
+
+/// Serves the kubelet API for every virtual node of this eklet until dropped; returns only if
+/// the port cannot be used.
+pub async fn serve<P: Provider>(settings: Settings, ctx: Arc<Context<P>>) {
+    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(addr = %settings.listen, %error, "cannot listen on the kubelet port");
+            return;
+        }
+    };
+    tracing::info!(addr = %settings.listen, "kubelet API listening");
+    let nodes = node_names(&ctx.config);
+    let reviews = KubeReviews::new(ctx.client.clone());
+    let api = KubeletApi::new(nodes, VirtualNodes { ctx }, reviews);
+    if let Err(error) = tke_kubelet_api::serve(listener, settings.tls, api).await {
+        tracing::error!(%error, "kubelet API server failed");
+    }
+}
+
+/// The pods of this eklet's virtual nodes, as the kubelet API sees them.
+pub struct VirtualNodes<P> {
+    ctx: Arc<Context<P>>,
+}
+
+impl<P: Provider> VirtualNodes<P> {
+    pub fn new(ctx: Arc<Context<P>>) -> VirtualNodes<P> {
+        VirtualNodes { ctx }
+    }
+}
+
+fn from_provider(error: provider::Error) -> backend::Error {
+    let kind = match error.kind {
+        provider::ErrorKind::NotFound => ErrorKind::NotFound,
+        provider::ErrorKind::Transient | provider::ErrorKind::SoldOut => ErrorKind::Unavailable,
+        provider::ErrorKind::Unsupported => ErrorKind::Unsupported,
+        // The cloud's refusals (no previous run, not started yet, bad tail) are about the request.
+        provider::ErrorKind::Permanent => ErrorKind::BadRequest,
+    };
+    backend::Error::new(kind, error.to_string())
+}
+
+/// Splits a leading RFC 3339 time off a provider's log line.
+fn parse_line(line: &str) -> LogLine {
+    if let Some((first, rest)) = line.split_once(' ')
+        && let Ok(time) = first.parse::<Timestamp>()
+    {
+        return LogLine {
+            time: Some(time),
+            text: rest.to_owned(),
+        };
+    }
+    LogLine {
+        time: None,
+        text: line.to_owned(),
+    }
+}
+
+fn parse_log(content: &str) -> Vec<LogLine> {
+    content.lines().map(parse_line).collect()
+}
+
+/// Where a followed log stands: the newest time seen and the lines seen at exactly that time (a
+/// poll "since" that time returns them again).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Cursor {
+    since: Option<Timestamp>,
+    seen_at_since: Vec<String>,
+}
+
+impl Cursor {
+    /// The lines of a poll that are new, advancing the cursor past them.
+    fn advance(&mut self, lines: Vec<LogLine>) -> Vec<LogLine> {
+        let mut fresh = Vec::new();
+        // Each poll repeats every line at `since`; match them once per poll.
+        let mut repeated = self.seen_at_since.clone();
+        for line in lines {
+            let Some(time) = line.time else {
+                // Without a time a line cannot be placed; it was shown by the first fetch.
+                continue;
+            };
+            match self.since {
+                Some(since) if time < since => continue,
+                Some(since) if time == since => {
+                    if let Some(i) = repeated.iter().position(|t| *t == line.text) {
+                        repeated.swap_remove(i);
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            fresh.push(line);
+        }
+        if let Some(newest) = fresh.iter().filter_map(|l| l.time).max() {
+            if self.since != Some(newest) {
+                self.seen_at_since.clear();
+            }
+            self.since = Some(newest);
+        }
+        let since = self.since;
+        self.seen_at_since
+            .extend(fresh.iter().filter(|l| l.time == since).map(|l| l.text.clone()));
+        fresh
+    }
+}
+
+struct Follow<P> {
+    ctx: Arc<Context<P>>,
+    uid: String,
+    container: String,
+    cursor: Cursor,
+    finished: bool,
+}
+
+impl<P: Provider> Follow<P> {
+    /// Whether the followed container can still write: its pod has a sandbox and the container
+    /// has not terminated.
+    fn still_running(&self) -> bool {
+        let Some(record) = self.ctx.registry.get(&self.uid) else {
+            return false;
+        };
+        if record.gone || record.observed.phase.is_terminal() {
+            return false;
+        }
+        !record
+            .observed
+            .containers
+            .iter()
+            .chain(&record.observed.init_containers)
+            .any(|c| c.name == self.container && matches!(c.state, ContainerState::Terminated { .. }))
+    }
+
+    async fn poll(&mut self) -> backend::Result<Vec<LogLine>> {
+        let Some(record) = self.ctx.registry.get(&self.uid) else {
+            return Ok(Vec::new());
+        };
+        let options = provider::LogOptions {
+            since_time: self.cursor.since,
+            timestamps: true,
+            ..provider::LogOptions::default()
+        };
+        let content = self
+            .ctx
+            .provider
+            .logs(&record.sandbox_id, &self.container, &options)
+            .await
+            .map_err(from_provider)?;
+        Ok(self.cursor.advance(parse_log(&content)))
+    }
+
+    /// The next batch of new lines, or `None` when the log has ended. Transient cloud errors
+    /// are retried at the next poll; others end the stream.
+    async fn next(mut self) -> Option<(Vec<backend::Result<LogLine>>, Self)> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            tokio::time::sleep(FOLLOW_POLL).await;
+            // Read the state before the lines: a container that stopped after this check still
+            // gets its last lines read by this poll or the next one.
+            let running = self.still_running();
+            if !running {
+                self.finished = true;
+            }
+            match self.poll().await {
+                Ok(lines) if lines.is_empty() => continue,
+                Ok(lines) => return Some((lines.into_iter().map(Ok).collect(), self)),
+                Err(error) if error.kind == ErrorKind::Unavailable && running => {
+                    tracing::debug!(%error, "following a log; trying again");
+                }
+                Err(error) => {
+                    self.finished = true;
+                    return Some((vec![Err(error)], self));
+                }
+            }
+        }
+    }
+}
+
+impl<P: Provider> Backend for VirtualNodes<P> {
+    fn pods(&self) -> Vec<Arc<Pod>> {
+        self.ctx
+            .stores
+            .iter()
+            .flat_map(|(_, store)| store.state())
+            .collect()
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        let key = ObjectRef::<Pod>::new(name).within(namespace);
+        self.ctx.stores.iter().find_map(|(_, store)| store.get(&key))
+    }
+
+    async fn logs(&self, pod: Arc<Pod>, container: &str, options: LogOptions) -> backend::Result<LogStream> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if !self.ctx.provider.capabilities().logs {
+            return Err(backend::Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "the {} provider cannot read container logs",
+                    self.ctx.provider.name()
+                ),
+            ));
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let Some(record) = self.ctx.registry.get(&uid) else {
+            return Err(backend::Error::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "container {container:?} in pod {name:?} is waiting to start: its cloud sandbox does not exist yet"
+                ),
+            ));
+        };
+        // The limit is the server's: the provider would count the time prefixes it strips.
+        let fetch = provider::LogOptions {
+            tail_lines: options.tail_lines,
+            since_seconds: options.since_seconds,
+            since_time: options.since_time,
+            limit_bytes: None,
+            previous: options.previous,
+            timestamps: true,
+        };
+        // Taken before the fetch: when nothing has been written yet, following starts here.
+        let asked_at = Timestamp::now();
+        let content = self
+            .ctx
+            .provider
+            .logs(&record.sandbox_id, container, &fetch)
+            .await
+            .map_err(from_provider)?;
+        let lines = parse_log(&content);
+        let written = stream::iter(lines.clone().into_iter().map(Ok));
+        let untimed = !lines.is_empty() && lines.iter().all(|l| l.time.is_none());
+        if !options.follow || options.previous || untimed {
+            return Ok(written.boxed());
+        }
+        let mut cursor = Cursor {
+            since: Some(asked_at),
+            seen_at_since: Vec::new(),
+        };
+        if lines.iter().any(|l| l.time.is_some()) {
+            cursor = Cursor::default();
+            cursor.advance(lines);
+        }
+        let follow = Follow {
+            ctx: self.ctx.clone(),
+            uid,
+            container: container.to_owned(),
+            cursor,
+            finished: false,
+        };
+        let later = stream::unfold(follow, Follow::next).flat_map(stream::iter);
+        Ok(written.chain(later).boxed())
+    }
+
+    async fn usage(&self, pods: &[Arc<Pod>]) -> backend::Result<Vec<PodUsage>> {
+        if !self.ctx.provider.capabilities().stats {
+            return Err(backend::Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "the {} provider reports no resource usage",
+                    self.ctx.provider.name()
+                ),
+            ));
+        }
+        let by_sandbox: std::collections::HashMap<String, String> = pods
+            .iter()
+            .filter_map(|pod| pod.metadata.uid.clone())
+            .filter_map(|uid| Some((self.ctx.registry.get(&uid)?.sandbox_id, uid)))
+            .collect();
+        let ids: Vec<String> = by_sandbox.keys().cloned().collect();
+        let mut usage = Vec::new();
+        for batch in ids.chunks(DESCRIBE_BATCH) {
+            let measured = self.ctx.provider.stats(batch).await.map_err(from_provider)?;
+            let time = Timestamp::now();
+            for stats in measured {
+                let Some(uid) = by_sandbox.get(&stats.id) else {
+                    continue;
+                };
+                usage.push(PodUsage {
+                    uid: uid.clone(),
+                    time,
+                    cpu: CpuUsage {
+                        nano_cores: stats.cpu_nano_cores,
+                        core_nano_seconds: None,
+                    },
+                    memory_working_set_bytes: stats.memory_working_set_bytes,
+                    containers: stats
+                        .containers
+                        .into_iter()
+                        .map(|(name, nano_cores, memory)| ContainerUsage {
+                            name,
+                            cpu: CpuUsage {
+                                nano_cores,
+                                core_nano_seconds: None,
+                            },
+                            memory_working_set_bytes: memory,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        Ok(usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(time: &str, text: &str) -> LogLine {
+        LogLine {
+            time: Some(time.parse().unwrap_or_else(|e| panic!("{e}"))),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn a_leading_rfc3339_time_is_split_off_and_other_lines_are_kept_whole() {
+        assert_eq!(
+            parse_log("2026-03-01T10:00:00.5Z web log line 0\nno time here\n\n"),
+            vec![
+                line("2026-03-01T10:00:00.5Z", "web log line 0"),
+                LogLine {
+                    time: None,
+                    text: "no time here".into()
+                },
+                LogLine {
+                    time: None,
+                    text: String::new()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_poll_since_the_last_time_yields_only_lines_not_seen_yet() {
+        let mut cursor = Cursor::default();
+        let first = cursor.advance(vec![
+            line("2026-03-01T10:00:00Z", "a"),
+            line("2026-03-01T10:00:01Z", "b"),
+            line("2026-03-01T10:00:01Z", "c"),
+        ]);
+        assert_eq!(first.len(), 3);
+        // The provider answers "since 10:00:01" with b and c again, then what is new.
+        let second = cursor.advance(vec![
+            line("2026-03-01T10:00:01Z", "b"),
+            line("2026-03-01T10:00:01Z", "c"),
+            line("2026-03-01T10:00:01Z", "d"),
+            line("2026-03-01T10:00:02Z", "e"),
+        ]);
+        assert_eq!(
+            second,
+            vec![
+                line("2026-03-01T10:00:01Z", "d"),
+                line("2026-03-01T10:00:02Z", "e")
+            ]
+        );
+        for _ in 0..3 {
+            let again = cursor.advance(vec![line("2026-03-01T10:00:02Z", "e")]);
+            assert!(again.is_empty(), "{again:?}");
+        }
+        assert_eq!(cursor.since, "2026-03-01T10:00:02Z".parse().ok());
+    }
+
+    #[test]
+    fn lines_older_than_the_cursor_are_never_shown_again() {
+        let mut cursor = Cursor::default();
+        cursor.advance(vec![line("2026-03-01T10:00:05Z", "x")]);
+        assert!(
+            cursor
+                .advance(vec![line("2026-03-01T10:00:04Z", "old")])
+                .is_empty()
+        );
+    }
+
+    fn settings(extra: &[&str]) -> config::Result<Settings> {
+        use clap::Parser;
+        let mut argv = vec![
+            "eklet",
+            "--subnet=subnet-a=ap-guangzhou-3",
+            "--cluster-id=cls-1",
+            "--region=ap-guangzhou",
+            "--vpc-id=vpc-1",
+        ];
+        argv.extend(extra);
+        let args = Args::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"));
+        Settings::from_args(&args, &Config::from_args(&args)?)
+    }
+
+    #[test]
+    fn without_certificate_flags_the_kubelet_port_gets_a_self_signed_certificate() {
+        let settings = settings(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(settings.listen.port(), 10241);
+    }
+
+    #[test]
+    fn bad_certificate_flags_stop_eklet_at_start_naming_the_flag() {
+        let error = settings(&["--client-ca-file=/nonexistent/ca.crt"])
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("--client-ca-file") && e.contains("/nonexistent/ca.crt")),
+            "{error:?}"
+        );
+        let error = settings(&["--tls-cert-file=/nonexistent/tls.crt"])
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("--tls-private-key-file")),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn cloud_errors_reach_the_client_with_a_fitting_status_and_the_clouds_message() {
+        let error = |kind| provider::Error {
+            action: "DescribeEksContainerInstanceLog",
+            kind,
+            code: "InvalidParameterValue".into(),
+            message: "Container web of instance eksci-1 has no previous run.".into(),
+            maybe_executed: false,
+        };
+        let mapped = from_provider(error(provider::ErrorKind::Permanent));
+        assert_eq!(mapped.kind, ErrorKind::BadRequest);
+        assert!(
+            mapped.message.contains("has no previous run"),
+            "{}",
+            mapped.message
+        );
+        assert_eq!(
+            from_provider(error(provider::ErrorKind::Transient)).kind,
+            ErrorKind::Unavailable
+        );
+        assert_eq!(
+            from_provider(error(provider::ErrorKind::NotFound)).kind,
+            ErrorKind::NotFound
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! What eklet reports to Prometheus, and the plain-HTTP port (10240) that serves it with
+//! `/healthz`. Cloud calls are counted at the provider boundary by [`Measured`], so every
+//! provider is measured the same way.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::provider::{
+    self, Capabilities, LogOptions, Provider, Sandbox, SandboxEvent, SandboxName, SandboxSpec, SandboxStats,
+    VolumeSpec,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics server: {0}")]
+    Serve(std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub action: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// Every metric eklet exports, under the `eklet_` prefix.
+pub struct Metrics {
+    registry: Registry,
+    /// Pods bound to this eklet's virtual nodes, by phase.
+    pub pods: Family<PhaseLabels, Gauge>,
+    /// From sandbox creation to the sandbox first seen Running.
+    pub create_to_running: Histogram,
+    pub cloud_calls: Family<ActionLabels, Counter>,
+    pub cloud_errors: Family<ErrorLabels, Counter>,
+    /// Pods refused a sandbox, by reason code.
+    pub refusals: Family<ReasonLabels, Counter>,
+    pub sandboxes_created: Counter,
+    pub sandboxes_deleted: Counter,
+    pub sandboxes_adopted: Counter,
+    pub orphans_deleted: Counter,
+    /// Sandboxes found for a pod that already had one; should stay 0.
+    pub duplicates_found: Counter,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("eklet");
+        let pods = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "pods",
+            "Pods bound to this eklet's virtual nodes, by phase",
+            pods.clone(),
+        );
+        // 0.1 s to ~30 min: cloudsim starts in milliseconds, real sandboxes in tens of seconds.
+        let create_to_running = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.1, 2.0, 15,
+        ));
+        registry.register(
+            "sandbox_create_to_running_seconds",
+            "Time from sandbox creation until it was first seen Running",
+            create_to_running.clone(),
+        );
+        let cloud_calls = Family::<ActionLabels, Counter>::default();
+        registry.register("cloud_calls", "Provider calls by action", cloud_calls.clone());
+        let cloud_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "cloud_errors",
+            "Failed provider calls by action and cloud error code",
+            cloud_errors.clone(),
+        );
+        let refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "pod_refusals",
+            "Pods refused a sandbox, by reason code",
+            refusals.clone(),
+        );
+        let sandboxes_created = Counter::default();
+        registry.register(
+            "sandboxes_created",
+            "Sandboxes created",
+            sandboxes_created.clone(),
+        );
+        let sandboxes_deleted = Counter::default();
+        registry.register(
+            "sandboxes_deleted",
+            "Sandboxes deleted for deleted or failed pods",
+            sandboxes_deleted.clone(),
+        );
+        let sandboxes_adopted = Counter::default();
+        registry.register(
+            "sandboxes_adopted",
+            "Existing sandboxes adopted after a start",
+            sandboxes_adopted.clone(),
+        );
+        let orphans_deleted = Counter::default();
+        registry.register(
+            "orphan_sandboxes_deleted",
+            "Sandboxes deleted because their pod is gone",
+            orphans_deleted.clone(),
+        );
+        let duplicates_found = Counter::default();
+        registry.register(
+            "duplicate_sandboxes_found",
+            "Extra sandboxes found for a pod that already had one",
+            duplicates_found.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this eklet is the active leader",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            pods,
+            create_to_running,
+            cloud_calls,
+            cloud_errors,
+            refusals,
+            sandboxes_created,
+            sandboxes_deleted,
+            sandboxes_adopted,
+            orphans_deleted,
+            duplicates_found,
+            leader,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    fn call<T>(&self, action: &'static str, result: &provider::Result<T>) {
+        self.cloud_calls
+            .get_or_create(&ActionLabels {
+                action: action.to_owned(),
+            })
+            .inc();
+        if let Err(e) = result {
+            self.cloud_errors
+                .get_or_create(&ErrorLabels {
+                    action: action.to_owned(),
+                    code: e.code.clone(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// Binds the plain-HTTP port, so a taken port fails the start instead of a background task.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// Serves `/metrics` and `/healthz` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics and /healthz");
+    }
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|| async { (StatusCode::OK, "ok").into_response() }),
+        );
+    axum::serve(listener, app).await.map_err(Error::Serve)
+}
+
+/// A provider whose every call is counted by action and cloud error code.
+pub struct Measured<P> {
+    inner: P,
+    metrics: Arc<Metrics>,
+}
+
+impl<P> Measured<P> {
+    pub fn new(inner: P, metrics: Arc<Metrics>) -> Self {
+        Measured { inner, metrics }
+    }
+}
+
+impl<P: Provider> Provider for Measured<P> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> provider::Result<Sandbox> {
+        let result = self.inner.create(spec).await;
+        self.metrics.call("create", &result);
+        result
+    }
+
+    async fn delete(&self, id: &str, grace: Duration) -> provider::Result<()> {
+        let result = self.inner.delete(id, grace).await;
+        self.metrics.call("delete", &result);
+        result
+    }
+
+    async fn describe(&self, ids: &[String]) -> provider::Result<Vec<Sandbox>> {
+        let result = self.inner.describe(ids).await;
+        self.metrics.call("describe", &result);
+        result
+    }
+
+    async fn find(&self, name: &SandboxName) -> provider::Result<Option<Sandbox>> {
+        let result = self.inner.find(name).await;
+        self.metrics.call("find", &result);
+        result
+    }
+
+    async fn list(&self, cluster_id: &str) -> provider::Result<Vec<Sandbox>> {
+        let result = self.inner.list(cluster_id).await;
+        self.metrics.call("list", &result);
+        result
+    }
+
+    async fn refresh_files(&self, id: &str, volume: &VolumeSpec) -> provider::Result<()> {
+        let result = self.inner.refresh_files(id, volume).await;
+        self.metrics.call("refresh_files", &result);
+        result
+    }
+
+    async fn logs(&self, id: &str, container: &str, options: &LogOptions) -> provider::Result<String> {
+        let result = self.inner.logs(id, container, options).await;
+        self.metrics.call("logs", &result);
+        result
+    }
+
+    async fn events(&self, id: &str) -> provider::Result<Vec<SandboxEvent>> {
+        let result = self.inner.events(id).await;
+        self.metrics.call("events", &result);
+        result
+    }
+
+    async fn stats(&self, ids: &[String]) -> provider::Result<Vec<SandboxStats>> {
+        let result = self.inner.stats(ids).await;
+        self.metrics.call("stats", &result);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_family_with_the_eklet_prefix() {
+        let metrics = Metrics::new();
+        metrics
+            .pods
+            .get_or_create(&PhaseLabels {
+                phase: "Running".into(),
+            })
+            .set(3);
+        metrics.create_to_running.observe(1.5);
+        metrics.call::<()>("create", &Err(provider::Error::unsupported("create", "x")));
+        let text = metrics.render();
+        assert!(text.contains("eklet_pods{phase=\"Running\"} 3"), "{text}");
+        assert!(
+            text.contains("eklet_sandbox_create_to_running_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eklet_cloud_calls_total{action=\"create\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eklet_cloud_errors_total{action=\"create\",code=\"UnsupportedByProvider\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,563 @@
+//! The provider boundary: the one trait eklet drives a cloud through, and the provider-neutral
+//! types that cross it. eklet resolves everything Kubernetes-specific (env, volume contents,
+//! tokens, DNS) into a [`SandboxSpec`] before it reaches a provider, and reads back [`Sandbox`]
+//! observations that it mirrors into Pod status; a provider never sees a Pod or the apiserver.
+//!
+//! Sandboxes are identified to the cloud by a deterministic [`SandboxName`] built from the
+//! cluster id and the pod UID, so a restarted eklet finds (adopts) what its predecessor created
+//! and a second sandbox for the same pod would be visible as a duplicate name.
+
+pub mod tencent;
+
+use std::{collections::BTreeMap, fmt, future::Future, time::Duration};
+
+use jiff::Timestamp;
+
+/// The most sandbox ids one [`Provider::describe`] call accepts.
+pub const DESCRIBE_BATCH: usize = 100;
+
+/// How a provider failure is handled; the pod controller maps each kind to a retry policy and a
+/// pod reason in one place (`pods::failure`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Throttling, 5xx, timeouts, connection errors: retried with backoff.
+    Transient,
+    /// The subnet's zone has no capacity now.
+    SoldOut,
+    /// The sandbox does not exist (deleting it again is success).
+    NotFound,
+    /// Retrying the same request cannot succeed (credentials, parameters, quota).
+    Permanent,
+    /// The provider does not implement this operation at all.
+    Unsupported,
+}
+
+/// A provider failure with the cloud's own code and message, shown verbatim on the Pod.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{action}: {code}: {message}")]
+pub struct Error {
+    pub action: &'static str,
+    pub kind: ErrorKind,
+    /// The cloud's error code, e.g. `ResourcesSoldOut`, or a client-side code.
+    pub code: String,
+    pub message: String,
+    /// Whether the request may have been executed although it failed (a timeout after sending,
+    /// a 5xx); a create that failed this way is looked up by name before it is retried.
+    pub maybe_executed: bool,
+}
+
+impl Error {
+    pub fn unsupported(action: &'static str, what: &str) -> Error {
+        Error {
+            action,
+            kind: ErrorKind::Unsupported,
+            code: "UnsupportedByProvider".into(),
+            message: format!("this provider cannot {what}"),
+            maybe_executed: false,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The cloud name of the sandbox that runs one pod: `eklet-<cluster-id>-<pod-uid>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SandboxName(String);
+
+const NAME_PREFIX: &str = "eklet-";
+
+impl SandboxName {
+    pub fn for_pod(cluster_id: &str, pod_uid: &str) -> SandboxName {
+        SandboxName(format!("{}{pod_uid}", Self::cluster_prefix(cluster_id)))
+    }
+
+    /// The prefix every sandbox of this cluster's eklet carries; what [`Provider::list`] filters on.
+    pub fn cluster_prefix(cluster_id: &str) -> String {
+        format!("{NAME_PREFIX}{cluster_id}-")
+    }
+
+    /// Recognises a name this cluster's eklet gave, returning the pod UID in it.
+    pub fn parse(cluster_id: &str, name: &str) -> Option<(SandboxName, String)> {
+        let uid = name.strip_prefix(&Self::cluster_prefix(cluster_id))?;
+        // Pod UIDs are RFC 4122 UUIDs; anything else was named by someone else.
+        let looks_like_uid = uid.len() == 36
+            && uid.chars().enumerate().all(|(i, c)| match i {
+                8 | 13 | 18 | 23 => c == '-',
+                _ => c.is_ascii_hexdigit(),
+            });
+        looks_like_uid.then(|| (SandboxName(name.to_owned()), uid.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SandboxName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Kinds of pod volume a provider may be able to mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VolumeKind {
+    Nfs,
+    /// Tencent Cloud Block Storage, from a PersistentVolume of the CBS CSI driver.
+    Cbs,
+    EmptyDir,
+    /// ConfigMap, Secret, projected and downward-API volumes: files eklet resolves.
+    Files,
+    HostPath,
+    CephFs,
+}
+
+impl VolumeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeKind::Nfs => "nfs",
+            VolumeKind::Cbs => "cbs",
+            VolumeKind::EmptyDir => "emptyDir",
+            VolumeKind::Files => "files",
+            VolumeKind::HostPath => "hostPath",
+            VolumeKind::CephFs => "cephfs",
+        }
+    }
+}
+
+/// Probe mechanisms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProbeKind {
+    Exec,
+    HttpGet,
+    TcpSocket,
+    Grpc,
+}
+
+/// What a provider can honour. eklet refuses a pod that needs more (`UnsupportedByProvider`,
+/// naming the feature) instead of silently running it wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    pub volumes: Vec<VolumeKind>,
+    /// Mounting a projected service-account token (and refreshing it, see
+    /// [`Provider::refresh_files`]).
+    pub service_account_token: bool,
+    /// Liveness and readiness probe mechanisms.
+    pub probes: Vec<ProbeKind>,
+    pub startup_probe: bool,
+    /// Whether the provider reports container readiness; otherwise a running container counts
+    /// as ready.
+    pub reports_readiness: bool,
+    /// Container logs through [`Provider::logs`].
+    pub logs: bool,
+    /// Resource usage through [`Provider::stats`].
+    pub stats: bool,
+}
+
+impl Capabilities {
+    pub fn mounts(&self, kind: VolumeKind) -> bool {
+        self.volumes.contains(&kind)
+    }
+}
+
+/// Everything a provider needs to run one pod, with Kubernetes references already resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSpec {
+    pub name: SandboxName,
+    pub pod: PodIdentity,
+    pub subnet_id: String,
+    pub zone: String,
+    pub containers: Vec<ContainerSpec>,
+    pub init_containers: Vec<ContainerSpec>,
+    pub restart_policy: RestartPolicy,
+    pub volumes: Vec<VolumeSpec>,
+    pub dns: Option<DnsSpec>,
+    pub registry_credentials: Vec<RegistryCredential>,
+    /// The pod's annotations; providers honour the ones they have fields for (EKS pod
+    /// annotations such as `eks.tke.cloud.tencent.com/cpu`).
+    pub annotations: BTreeMap<String, String>,
+    pub termination_grace: Duration,
+}
+
+/// Which pod a sandbox runs, for providers that label or tag what they create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub cluster_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "Always",
+            RestartPolicy::OnFailure => "OnFailure",
+            RestartPolicy::Never => "Never",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    /// Fully resolved, in the order the kubelet would set them (later entries win).
+    pub env: Vec<EnvVar>,
+    pub working_dir: Option<String>,
+    pub resources: Resources,
+    pub mounts: Vec<Mount>,
+    pub liveness_probe: Option<ProbeSpec>,
+    pub readiness_probe: Option<ProbeSpec>,
+    pub startup_probe: Option<ProbeSpec>,
+    pub capabilities_add: Vec<String>,
+    pub capabilities_drop: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+/// Values may come from Secrets: only names are shown.
+impl fmt::Debug for EnvVar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvVar")
+            .field("name", &self.name)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Requests and limits in base units.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Resources {
+    pub cpu_request_millis: Option<u64>,
+    pub cpu_limit_millis: Option<u64>,
+    pub memory_request_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub gpu: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub volume: String,
+    pub path: String,
+    pub read_only: bool,
+    pub sub_path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub action: ProbeAction,
+    pub initial_delay_seconds: i32,
+    pub period_seconds: i32,
+    pub timeout_seconds: i32,
+    pub success_threshold: i32,
+    pub failure_threshold: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeAction {
+    Exec { command: Vec<String> },
+    HttpGet { path: String, port: u16, scheme: String },
+    TcpSocket { port: u16 },
+    Grpc { port: u16, service: Option<String> },
+}
+
+impl ProbeAction {
+    pub fn kind(&self) -> ProbeKind {
+        match self {
+            ProbeAction::Exec { .. } => ProbeKind::Exec,
+            ProbeAction::HttpGet { .. } => ProbeKind::HttpGet,
+            ProbeAction::TcpSocket { .. } => ProbeKind::TcpSocket,
+            ProbeAction::Grpc { .. } => ProbeKind::Grpc,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub source: VolumeSource,
+}
+
+#[derive(Clone, PartialEq)]
+pub enum VolumeSource {
+    Nfs {
+        server: String,
+        path: String,
+        read_only: bool,
+    },
+    Cbs {
+        disk_id: String,
+    },
+    EmptyDir,
+    /// ConfigMap, Secret, projected or downward-API contents: relative path → bytes. A projected
+    /// service-account token is among them and must be refreshed through
+    /// [`Provider::refresh_files`] before it expires.
+    Files {
+        files: BTreeMap<String, Vec<u8>>,
+        mode: u32,
+    },
+}
+
+/// Files may hold Secret data and tokens: never print them.
+impl fmt::Debug for VolumeSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VolumeSource::Nfs {
+                server,
+                path,
+                read_only,
+            } => f
+                .debug_struct("Nfs")
+                .field("server", server)
+                .field("path", path)
+                .field("read_only", read_only)
+                .finish(),
+            VolumeSource::Cbs { disk_id } => f.debug_struct("Cbs").field("disk_id", disk_id).finish(),
+            VolumeSource::EmptyDir => f.write_str("EmptyDir"),
+            VolumeSource::Files { files, mode } => f
+                .debug_struct("Files")
+                .field("paths", &files.keys().collect::<Vec<_>>())
+                .field("mode", mode)
+                .finish(),
+        }
+    }
+}
+
+impl VolumeSource {
+    pub fn kind(&self) -> VolumeKind {
+        match self {
+            VolumeSource::Nfs { .. } => VolumeKind::Nfs,
+            VolumeSource::Cbs { .. } => VolumeKind::Cbs,
+            VolumeSource::EmptyDir => VolumeKind::EmptyDir,
+            VolumeSource::Files { .. } => VolumeKind::Files,
+        }
+    }
+}
+
+/// The sandbox's resolver configuration, from the `resolv-conf` annotation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnsSpec {
+    pub nameservers: Vec<String>,
+    pub searches: Vec<String>,
+    /// `(name, value)`; value is empty for flags such as `rotate`.
+    pub options: Vec<(String, String)>,
+}
+
+/// Image pull credentials from the pod's `imagePullSecrets`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredential {
+    pub server: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What the cloud reports about one sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sandbox {
+    pub id: String,
+    pub name: String,
+    pub phase: SandboxPhase,
+    pub ip: Option<String>,
+    pub created_at: Option<Timestamp>,
+    pub containers: Vec<ContainerStatus>,
+    pub init_containers: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SandboxPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl SandboxPhase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SandboxPhase::Succeeded | SandboxPhase::Failed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub image: String,
+    pub state: ContainerState,
+    pub restart_count: u32,
+    /// `None` when the provider does not report readiness.
+    pub ready: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContainerState {
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started_at: Option<Timestamp>,
+    },
+    Terminated {
+        exit_code: i32,
+        reason: String,
+        message: String,
+        started_at: Option<Timestamp>,
+        finished_at: Option<Timestamp>,
+    },
+}
+
+/// `kubectl logs` options a provider may honour.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    pub tail_lines: Option<u64>,
+    pub since_seconds: Option<u64>,
+    pub since_time: Option<Timestamp>,
+    pub limit_bytes: Option<u64>,
+    pub previous: bool,
+    pub timestamps: bool,
+}
+
+/// An event the cloud recorded for a sandbox (image pulls, starts, capacity problems).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxEvent {
+    pub reason: String,
+    pub message: String,
+    pub warning: bool,
+    pub count: u32,
+}
+
+/// Resource usage of one sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxStats {
+    pub id: String,
+    pub cpu_nano_cores: u64,
+    pub memory_working_set_bytes: u64,
+    pub containers: Vec<(String, u64, u64)>,
+}
+
+/// A cloud that runs sandboxes. One instance serves the whole process; every method may be
+/// called concurrently from many tasks, so implementations keep no per-call mutable state
+/// outside what they synchronise themselves (rate limiters, connection pools).
+///
+/// Concurrency contract, as virtual-kubelet's `PodLifecycleHandler` states it: eklet never
+/// calls `create` or `delete` concurrently for the same pod (one reconcile per pod at a time),
+/// but does call them concurrently for different pods, and calls `describe`/`list` concurrently
+/// with both. Arguments are borrowed for the call only; a provider copies what it keeps.
+pub trait Provider: Send + Sync + 'static {
+    /// Short name, e.g. `tencent`; shown in metrics and in the node's container runtime version.
+    fn name(&self) -> &'static str;
+
+    /// What this provider can honour; constant for the life of the provider.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Creates the sandbox for `spec` and returns it as first observed. Not idempotent in the
+    /// cloud: eklet calls it only after making sure (adoption map, then [`Provider::find`] after
+    /// an ambiguous failure) that no sandbox named `spec.name` exists.
+    fn create(&self, spec: &SandboxSpec) -> impl Future<Output = Result<Sandbox>> + Send;
+
+    /// Deletes a sandbox, letting its containers stop within `grace` where the cloud supports
+    /// it. Deleting a sandbox that no longer exists returns `Ok`. May be called more than once.
+    fn delete(&self, id: &str, grace: Duration) -> impl Future<Output = Result<()>> + Send;
+
+    /// The current state of up to [`DESCRIBE_BATCH`] sandboxes in one call. Sandboxes that no
+    /// longer exist are absent from the answer.
+    fn describe(&self, ids: &[String]) -> impl Future<Output = Result<Vec<Sandbox>>> + Send;
+
+    /// The sandbox with this name, if one exists; used after a create whose outcome is unknown.
+    fn find(&self, name: &SandboxName) -> impl Future<Output = Result<Option<Sandbox>>> + Send;
+
+    /// Every sandbox this cluster's eklet created (named with [`SandboxName::cluster_prefix`]),
+    /// for adoption after a restart and for finding orphans.
+    fn list(&self, cluster_id: &str) -> impl Future<Output = Result<Vec<Sandbox>>> + Send;
+
+    /// Replaces the contents of a files volume (a refreshed service-account token) in a running
+    /// sandbox. Only called when [`Capabilities::service_account_token`] is true.
+    fn refresh_files(&self, id: &str, volume: &VolumeSpec) -> impl Future<Output = Result<()>> + Send;
+
+    /// A container's log, as far as the options allow.
+    fn logs(
+        &self,
+        id: &str,
+        container: &str,
+        options: &LogOptions,
+    ) -> impl Future<Output = Result<String>> + Send;
+
+    /// What the cloud recorded about a sandbox, newest first.
+    fn events(&self, id: &str) -> impl Future<Output = Result<Vec<SandboxEvent>>> + Send;
+
+    /// Resource usage of the given sandboxes.
+    fn stats(&self, ids: &[String]) -> impl Future<Output = Result<Vec<SandboxStats>>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandbox_name_carries_the_cluster_and_the_pod_uid_and_parses_back() {
+        let uid = "2f6c0d5e-1111-2222-3333-444455556666";
+        let name = SandboxName::for_pod("cls-a1", uid);
+        assert_eq!(name.as_str(), "eklet-cls-a1-2f6c0d5e-1111-2222-3333-444455556666");
+        assert_eq!(
+            SandboxName::parse("cls-a1", name.as_str()),
+            Some((name.clone(), uid.to_owned()))
+        );
+    }
+
+    #[test]
+    fn names_from_another_cluster_or_not_ending_in_a_uid_are_not_ours() {
+        let name = SandboxName::for_pod("cls-a1", "2f6c0d5e-1111-2222-3333-444455556666");
+        assert_eq!(SandboxName::parse("cls-a", name.as_str()), None);
+        assert_eq!(SandboxName::parse("cls-a1", "eklet-cls-a1-web"), None);
+        assert_eq!(
+            SandboxName::parse("cls-a1", "eklet-cls-a1-2f6c0d5e-1111-2222-3333-44445555666g"),
+            None
+        );
+        assert_eq!(SandboxName::parse("cls-a1", ""), None);
+    }
+
+    #[test]
+    fn volume_contents_never_show_in_debug_output() {
+        let source = VolumeSource::Files {
+            files: [("token".to_owned(), b"s3cr3t".to_vec())].into(),
+            mode: 0o644,
+        };
+        let shown = format!("{source:?}");
+        assert!(shown.contains("token") && !shown.contains("s3cr3t"), "{shown}");
+        let env = EnvVar {
+            name: "DB_PASSWORD".into(),
+            value: "hunter2".into(),
+        };
+        assert!(!format!("{env:?}").contains("hunter2"));
+        let credential = RegistryCredential {
+            server: "ccr".into(),
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{credential:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,643 @@
+//! The `tencent` provider: sandboxes are EKS container instances, driven through the signed
+//! EKSCI API of `tke-tencent` (CreateEKSContainerInstances, DescribeEKSContainerInstances,
+//! DeleteEKSContainerInstances, DescribeEKSContainerInstanceEvent,
+//! DescribeEksContainerInstanceLog). The API mounts only NFS and CBS volumes and reports no
+//! container readiness, which its [`Capabilities`] say; an instance's name is the sandbox name,
+//! the API's only free-form field, so adoption lists the VPC and keeps the names this cluster
+//! gave.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use tke_tencent::{
+    ClientConfig, Credentials,
+    annotations::{self, overrides_from_annotations},
+    model::{
+        self, Capabilities as ModelCapabilities, CbsVolume, Container, CreateEksContainerInstancesRequest,
+        DnsConfig, DnsConfigOption, EksCi, EksCiVolume, EnvironmentVariable, Filter, ImageRegistryCredential,
+        InstanceStatus, LivenessOrReadinessProbe, NfsVolume, SecurityContext, VolumeMount, filter_names,
+    },
+    rate_limit::RateLimits,
+    spec::{ContainerResources, Spec, pod_totals},
+    time::parse_api_time,
+};
+
+use super::{
+    Capabilities, ContainerSpec, ContainerState, ContainerStatus, Error, ErrorKind, LogOptions, ProbeAction,
+    ProbeKind, ProbeSpec, Provider, RestartPolicy, Result, Sandbox, SandboxEvent, SandboxName, SandboxPhase,
+    SandboxSpec, SandboxStats, VolumeKind, VolumeSource, VolumeSpec,
+};
+use crate::config::Args;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cloud credentials: {0}")]
+    Credentials(#[from] tke_tencent::credentials::Error),
+    #[error("cloud client: {0}")]
+    Client(#[from] tke_tencent::Error),
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// EKS container instances in one VPC.
+pub struct TencentProvider {
+    client: tke_tencent::Client,
+    vpc_id: String,
+    security_group_ids: Vec<String>,
+    capabilities: Capabilities,
+}
+
+impl TencentProvider {
+    /// From the `eklet` flags; credentials from `--credentials-file` or the `TENCENTCLOUD_*`
+    /// environment.
+    pub fn from_args(args: &Args) -> Result<TencentProvider, SetupError> {
+        let credentials = match &args.credentials_file {
+            Some(path) => Credentials::from_path(path)?,
+            None => Credentials::from_env()?,
+        };
+        let mut config = ClientConfig::new(args.region.clone(), credentials);
+        config.endpoint = match &args.cloud_endpoint {
+            Some(endpoint) => endpoint.trim_end_matches('/').to_owned() + "/",
+            None => ClientConfig::endpoint_for_domain(&args.api_domain) + "/",
+        };
+        config.rate_limits = RateLimits {
+            per_second: args.cloud_rate_limit,
+            ..RateLimits::default()
+        };
+        Ok(TencentProvider::new(
+            tke_tencent::Client::new(config)?,
+            &args.vpc_id,
+            args.security_group_ids.clone(),
+        ))
+    }
+
+    pub fn new(
+        client: tke_tencent::Client,
+        vpc_id: &str,
+        security_group_ids: Vec<String>,
+    ) -> TencentProvider {
+        TencentProvider {
+            client,
+            vpc_id: vpc_id.to_owned(),
+            security_group_ids,
+            capabilities: Capabilities {
+                volumes: vec![VolumeKind::Nfs, VolumeKind::Cbs],
+                service_account_token: false,
+                probes: vec![ProbeKind::Exec, ProbeKind::HttpGet, ProbeKind::TcpSocket],
+                startup_probe: false,
+                reports_readiness: false,
+                logs: true,
+                stats: false,
+            },
+        }
+    }
+
+    /// The CreateEKSContainerInstances request for a spec.
+    pub fn request(&self, spec: &SandboxSpec) -> Result<CreateEksContainerInstancesRequest> {
+        let invalid = |code: &str, message: String| Error {
+            action: "CreateEKSContainerInstances",
+            kind: ErrorKind::Permanent,
+            code: code.to_owned(),
+            message,
+            maybe_executed: false,
+        };
+        let resources = |c: &ContainerSpec| ContainerResources {
+            cpu_request_millis: c.resources.cpu_request_millis.unwrap_or(0),
+            cpu_limit_millis: c.resources.cpu_limit_millis.unwrap_or(0),
+            memory_request_bytes: c.resources.memory_request_bytes.unwrap_or(0),
+            memory_limit_bytes: c.resources.memory_limit_bytes.unwrap_or(0),
+        };
+        let totals = pod_totals(
+            &spec.containers.iter().map(resources).collect::<Vec<_>>(),
+            &spec.init_containers.iter().map(resources).collect::<Vec<_>>(),
+        );
+        let size =
+            Spec::for_totals(totals).map_err(|e| invalid("ClientError.UnsupportedSpec", e.to_string()))?;
+        let mut volumes = EksCiVolume::default();
+        for volume in &spec.volumes {
+            match &volume.source {
+                VolumeSource::Nfs {
+                    server,
+                    path,
+                    read_only,
+                } => volumes.nfs_volumes.push(NfsVolume {
+                    name: volume.name.clone(),
+                    path: path.clone(),
+                    server: server.clone(),
+                    read_only: Some(*read_only),
+                }),
+                VolumeSource::Cbs { disk_id } => volumes.cbs_volumes.push(CbsVolume {
+                    cbs_disk_id: disk_id.clone(),
+                    name: volume.name.clone(),
+                }),
+                // The capability check keeps these away; never send what the API cannot mount.
+                other => {
+                    return Err(invalid(
+                        "UnsupportedByProvider",
+                        format!("volume {:?} of kind {}", volume.name, other.kind().as_str()),
+                    ));
+                }
+            }
+        }
+        let gpu: u64 = spec.containers.iter().filter_map(|c| c.resources.gpu).sum();
+        let mut request = CreateEksContainerInstancesRequest {
+            containers: spec.containers.iter().map(container).collect(),
+            eks_ci_name: spec.name.as_str().to_owned(),
+            security_group_ids: self.security_group_ids.clone(),
+            subnet_id: spec.subnet_id.clone(),
+            vpc_id: self.vpc_id.clone(),
+            memory: size.memory_gib(),
+            cpu: size.cpu_cores(),
+            restart_policy: Some(match spec.restart_policy {
+                RestartPolicy::Always => model::RestartPolicy::Always,
+                RestartPolicy::OnFailure => model::RestartPolicy::OnFailure,
+                RestartPolicy::Never => model::RestartPolicy::Never,
+            }),
+            image_registry_credentials: Some(
+                spec.registry_credentials
+                    .iter()
+                    .map(|c| ImageRegistryCredential {
+                        server: Some(c.server.clone()),
+                        username: Some(c.username.clone()),
+                        password: Some(c.password.clone()),
+                        name: None,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .filter(|c| !c.is_empty()),
+            eks_ci_volume: (!volumes.nfs_volumes.is_empty() || !volumes.cbs_volumes.is_empty())
+                .then_some(volumes),
+            init_containers: Some(spec.init_containers.iter().map(container).collect::<Vec<_>>())
+                .filter(|c| !c.is_empty()),
+            dns_config: spec.dns.as_ref().map(|dns| DnsConfig {
+                nameservers: dns.nameservers.clone(),
+                searches: dns.searches.clone(),
+                options: dns
+                    .options
+                    .iter()
+                    .map(|(name, value)| DnsConfigOption {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+            }),
+            gpu_count: (gpu > 0).then_some(gpu),
+            ..CreateEksContainerInstancesRequest::default()
+        };
+        // eklet resolved the resolv-conf annotation already (pod over node, malformed → fallback).
+        let mut pod_annotations: BTreeMap<String, String> = spec.annotations.clone();
+        pod_annotations.remove(annotations::RESOLV_CONF);
+        let overrides = overrides_from_annotations(&pod_annotations)
+            .map_err(|e| invalid("InvalidAnnotation", e.to_string()))?;
+        overrides.apply(&mut request);
+        if request.security_group_ids.is_empty() {
+            return Err(invalid(
+                "MissingParameter",
+                format!(
+                    "no security group: start eklet with --security-group-id or annotate the pod with {}",
+                    annotations::SECURITY_GROUP_ID
+                ),
+            ));
+        }
+        Ok(request)
+    }
+}
+
+fn container(spec: &ContainerSpec) -> Container {
+    let probe = |probe: &Option<ProbeSpec>| {
+        probe.as_ref().map(|p| LivenessOrReadinessProbe {
+            probe: model::Probe {
+                failure_threshold: Some(i64::from(p.failure_threshold)),
+                initial_delay_seconds: Some(i64::from(p.initial_delay_seconds)),
+                period_seconds: Some(i64::from(p.period_seconds)),
+                success_threshold: Some(i64::from(p.success_threshold)),
+                timeout_seconds: Some(i64::from(p.timeout_seconds)),
+            },
+            exec: match &p.action {
+                ProbeAction::Exec { command } => Some(model::Exec {
+                    commands: command.clone(),
+                }),
+                _ => None,
+            },
+            http_get: match &p.action {
+                ProbeAction::HttpGet { path, port, scheme } => Some(model::HttpGet {
+                    path: path.clone(),
+                    port: i64::from(*port),
+                    scheme: scheme.clone(),
+                }),
+                _ => None,
+            },
+            tcp_socket: match &p.action {
+                ProbeAction::TcpSocket { port } => Some(model::TcpSocket {
+                    port: u64::from(*port),
+                }),
+                _ => None,
+            },
+        })
+    };
+    let security_context =
+        (!spec.capabilities_add.is_empty() || !spec.capabilities_drop.is_empty()).then(|| SecurityContext {
+            capabilities: Some(ModelCapabilities {
+                add: spec.capabilities_add.clone(),
+                drop: spec.capabilities_drop.clone(),
+            }),
+        });
+    Container {
+        image: spec.image.clone(),
+        name: spec.name.clone(),
+        args: spec.args.clone(),
+        commands: spec.command.clone(),
+        cpu: spec.resources.cpu_limit_millis.map(|m| m as f64 / 1000.0),
+        memory: spec.resources.memory_limit_bytes.map(|b| b as f64 / GIB),
+        environment_vars: spec
+            .env
+            .iter()
+            .map(|v| EnvironmentVariable {
+                name: v.name.clone(),
+                value: v.value.clone(),
+            })
+            .collect(),
+        gpu_limit: spec.resources.gpu,
+        liveness_probe: probe(&spec.liveness_probe),
+        readiness_probe: probe(&spec.readiness_probe),
+        security_context,
+        volume_mounts: spec
+            .mounts
+            .iter()
+            .map(|m| VolumeMount {
+                mount_path: m.path.clone(),
+                name: m.volume.clone(),
+                read_only: Some(m.read_only),
+                sub_path: m.sub_path.clone(),
+                ..VolumeMount::default()
+            })
+            .collect(),
+        working_dir: spec.working_dir.clone(),
+        ..Container::default()
+    }
+}
+
+fn cloud_error(action: &'static str, error: tke_tencent::Error) -> Error {
+    let kind = match error.kind() {
+        tke_tencent::ErrorKind::Transient => ErrorKind::Transient,
+        tke_tencent::ErrorKind::SoldOut { .. } => ErrorKind::SoldOut,
+        tke_tencent::ErrorKind::NotFound => ErrorKind::NotFound,
+        tke_tencent::ErrorKind::Permanent => ErrorKind::Permanent,
+    };
+    Error {
+        action,
+        kind,
+        code: error.code().to_owned(),
+        message: error.message(),
+        maybe_executed: !error.request_was_not_executed(),
+    }
+}
+
+/// What the API reports, in provider-neutral terms.
+pub fn sandbox(instance: &EksCi) -> Sandbox {
+    let phase = match &instance.status {
+        InstanceStatus::Pending => SandboxPhase::Pending,
+        InstanceStatus::Running => SandboxPhase::Running,
+        InstanceStatus::Succeeded => SandboxPhase::Succeeded,
+        InstanceStatus::Failed => SandboxPhase::Failed,
+        // The Terraform provider treats these as still being created.
+        InstanceStatus::Other(s) if s == "Creating" || s == "Updating" => SandboxPhase::Pending,
+        InstanceStatus::Other(_) => SandboxPhase::Unknown,
+    };
+    let statuses = |containers: &[Container]| containers.iter().map(container_status).collect::<Vec<_>>();
+    Sandbox {
+        id: instance.eks_ci_id.clone(),
+        name: instance.eks_ci_name.clone(),
+        phase,
+        ip: Some(instance.private_ip.clone()).filter(|ip| !ip.is_empty()),
+        created_at: parse_api_time(&instance.creation_time),
+        containers: statuses(&instance.containers),
+        init_containers: statuses(&instance.init_containers),
+    }
+}
+
+fn container_status(container: &Container) -> ContainerStatus {
+    let current = container.current_state.as_ref();
+    let state = match current.map(|s| &s.state) {
+        Some(model::ContainerStateName::Running) => ContainerState::Running {
+            started_at: current.and_then(|s| parse_api_time(&s.start_time)),
+        },
+        Some(model::ContainerStateName::Exited) => {
+            let exit_code = current.map_or(0, |s| i32::try_from(s.exit_code).unwrap_or(i32::MAX));
+            let reason = current.map(|s| s.reason.clone()).filter(|r| !r.is_empty());
+            ContainerState::Terminated {
+                exit_code,
+                reason: reason.unwrap_or_else(|| {
+                    if exit_code == 0 {
+                        "Completed".into()
+                    } else {
+                        "Error".into()
+                    }
+                }),
+                message: current.map(|s| s.message.clone()).unwrap_or_default(),
+                started_at: current.and_then(|s| parse_api_time(&s.start_time)),
+                finished_at: current.and_then(|s| parse_api_time(&s.finish_time)),
+            }
+        }
+        Some(model::ContainerStateName::Created) | None => ContainerState::Waiting {
+            reason: "ContainerCreating".into(),
+            message: String::new(),
+        },
+        Some(_) => ContainerState::Waiting {
+            reason: current
+                .map(|s| s.reason.clone())
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "Unknown".into()),
+            message: current.map(|s| s.message.clone()).unwrap_or_default(),
+        },
+    };
+    let restart_count = container
+        .restart_count
+        .or_else(|| current.map(|s| u64::try_from(s.restart_count).unwrap_or(0)))
+        .unwrap_or(0);
+    ContainerStatus {
+        name: container.name.clone(),
+        image: container.image.clone(),
+        state,
+        restart_count: u32::try_from(restart_count).unwrap_or(u32::MAX),
+        ready: None,
+    }
+}
+
+impl Provider for TencentProvider {
+    fn name(&self) -> &'static str {
+        "tencent"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Sandbox> {
+        const ACTION: &str = "CreateEKSContainerInstances";
+        let request = self.request(spec)?;
+        let ids = self
+            .client
+            .create_instances(&request)
+            .await
+            .map_err(|e| cloud_error(ACTION, e))?;
+        let Some(id) = ids.into_iter().next() else {
+            return Err(Error {
+                action: ACTION,
+                kind: ErrorKind::Transient,
+                code: "ClientError.EmptyResponse".into(),
+                message: "the API returned no instance id".into(),
+                maybe_executed: true,
+            });
+        };
+        // The first observation is what was asked for; the status loop brings the real state.
+        Ok(Sandbox {
+            id,
+            name: spec.name.as_str().to_owned(),
+            phase: SandboxPhase::Pending,
+            ip: None,
+            created_at: None,
+            containers: Vec::new(),
+            init_containers: Vec::new(),
+        })
+    }
+
+    async fn delete(&self, id: &str, _grace: Duration) -> Result<()> {
+        // The API has no grace period: deletion stops the instance at once.
+        match self.client.delete_instances(&[id.to_owned()]).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == tke_tencent::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(cloud_error("DeleteEKSContainerInstances", e)),
+        }
+    }
+
+    async fn describe(&self, ids: &[String]) -> Result<Vec<Sandbox>> {
+        let instances = self
+            .client
+            .describe_instances_by_id(ids)
+            .await
+            .map_err(|e| cloud_error("DescribeEKSContainerInstances", e))?;
+        Ok(instances.iter().map(sandbox).collect())
+    }
+
+    async fn find(&self, name: &SandboxName) -> Result<Option<Sandbox>> {
+        let instances = self
+            .client
+            .list_instances(vec![Filter::new(filter_names::EKS_CI_NAME, [name.as_str()])])
+            .await
+            .map_err(|e| cloud_error("DescribeEKSContainerInstances", e))?;
+        Ok(instances
+            .iter()
+            .find(|i| i.eks_ci_name == name.as_str())
+            .map(sandbox))
+    }
+
+    async fn list(&self, cluster_id: &str) -> Result<Vec<Sandbox>> {
+        let prefix = SandboxName::cluster_prefix(cluster_id);
+        let instances = self
+            .client
+            .list_instances(vec![Filter::new(filter_names::VPC_ID, [self.vpc_id.as_str()])])
+            .await
+            .map_err(|e| cloud_error("DescribeEKSContainerInstances", e))?;
+        Ok(instances
+            .iter()
+            .filter(|i| i.eks_ci_name.starts_with(&prefix))
+            .map(sandbox)
+            .collect())
+    }
+
+    async fn refresh_files(&self, _id: &str, _volume: &VolumeSpec) -> Result<()> {
+        Err(Error::unsupported(
+            "UpdateEKSContainerInstance",
+            "replace volume contents",
+        ))
+    }
+
+    async fn logs(&self, id: &str, container: &str, options: &LogOptions) -> Result<String> {
+        let request = model::DescribeEksContainerInstanceLogRequest {
+            eks_ci_id: id.to_owned(),
+            container_name: Some(container.to_owned()),
+            tail: options.tail_lines,
+            start_time: options.since_time.map(|t| t.to_string()),
+            previous: options.previous.then_some(true),
+            since_seconds: options.since_seconds,
+            limit_bytes: options.limit_bytes,
+        };
+        let response = self
+            .client
+            .describe_log(&request)
+            .await
+            .map_err(|e| cloud_error("DescribeEksContainerInstanceLog", e))?;
+        Ok(response.log_content)
+    }
+
+    async fn events(&self, id: &str) -> Result<Vec<SandboxEvent>> {
+        let events = self
+            .client
+            .describe_events(id, Some(100))
+            .await
+            .map_err(|e| cloud_error("DescribeEKSContainerInstanceEvent", e))?;
+        Ok(events
+            .into_iter()
+            .map(|e| SandboxEvent {
+                reason: e.reason,
+                message: e.message,
+                warning: e.r#type == "Warning",
+                count: u32::try_from(e.count).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn stats(&self, _ids: &[String]) -> Result<Vec<SandboxStats>> {
+        Err(Error::unsupported(
+            "stats",
+            "report resource usage (the EKSCI API has no metrics action)",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{EnvVar, Mount, PodIdentity, Resources};
+
+    fn provider() -> TencentProvider {
+        let config = ClientConfig::new("ap-guangzhou", Credentials::new("AKIDEXAMPLE", "key"));
+        let client = tke_tencent::Client::new(config).unwrap_or_else(|e| panic!("{e}"));
+        TencentProvider::new(client, "vpc-1", vec!["sg-1".into()])
+    }
+
+    fn spec() -> SandboxSpec {
+        SandboxSpec {
+            name: SandboxName::for_pod("cls-1", "2f6c0d5e-1111-2222-3333-444455556666"),
+            pod: PodIdentity {
+                namespace: "shop".into(),
+                name: "web-0".into(),
+                uid: "u".into(),
+                cluster_id: "cls-1".into(),
+            },
+            subnet_id: "subnet-a".into(),
+            zone: "ap-guangzhou-3".into(),
+            containers: vec![ContainerSpec {
+                name: "app".into(),
+                image: "nginx:1.27".into(),
+                env: vec![EnvVar {
+                    name: "LEVEL".into(),
+                    value: "debug".into(),
+                }],
+                resources: Resources {
+                    cpu_request_millis: Some(1500),
+                    memory_request_bytes: Some(3 << 30),
+                    ..Resources::default()
+                },
+                mounts: vec![Mount {
+                    volume: "share".into(),
+                    path: "/data".into(),
+                    read_only: false,
+                    sub_path: None,
+                }],
+                ..ContainerSpec::default()
+            }],
+            init_containers: vec![],
+            restart_policy: RestartPolicy::Always,
+            volumes: vec![VolumeSpec {
+                name: "share".into(),
+                source: VolumeSource::Nfs {
+                    server: "10.0.0.9".into(),
+                    path: "/exports".into(),
+                    read_only: false,
+                },
+            }],
+            dns: None,
+            registry_credentials: vec![],
+            annotations: BTreeMap::new(),
+            termination_grace: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn a_spec_becomes_a_create_request_sized_to_a_standard_specification() {
+        let request = provider().request(&spec()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            request.eks_ci_name,
+            "eklet-cls-1-2f6c0d5e-1111-2222-3333-444455556666"
+        );
+        assert_eq!(
+            (request.cpu, request.memory),
+            (2.0, 4.0),
+            "1.5 cores / 3Gi round up to 2 cores / 4Gi"
+        );
+        assert_eq!(
+            (request.subnet_id.as_str(), request.vpc_id.as_str()),
+            ("subnet-a", "vpc-1")
+        );
+        assert_eq!(request.security_group_ids, vec!["sg-1"]);
+        assert_eq!(
+            request.containers[0].environment_vars,
+            vec![EnvironmentVariable {
+                name: "LEVEL".into(),
+                value: "debug".into()
+            }]
+        );
+        let volumes = request.eks_ci_volume.unwrap_or_default();
+        assert_eq!(volumes.nfs_volumes[0].server, "10.0.0.9");
+        assert_eq!(request.containers[0].volume_mounts[0].mount_path, "/data");
+    }
+
+    #[test]
+    fn annotations_with_api_fields_override_and_bad_ones_are_permanent_errors() {
+        let mut spec = spec();
+        spec.annotations.insert(
+            "eks.tke.cloud.tencent.com/security-group-id".into(),
+            "sg-a,sg-b".into(),
+        );
+        spec.annotations
+            .insert("eks.tke.cloud.tencent.com/resolv-conf".into(), "garbage".into());
+        let request = provider().request(&spec).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(request.security_group_ids, vec!["sg-a", "sg-b"]);
+        spec.annotations
+            .insert("eks.tke.cloud.tencent.com/cpu".into(), "3".into());
+        let error = provider().request(&spec).unwrap_err();
+        assert_eq!(
+            (error.kind, error.code.as_str()),
+            (ErrorKind::Permanent, "InvalidAnnotation")
+        );
+    }
+
+    #[test]
+    fn a_pod_too_large_for_any_specification_is_refused_before_calling_the_cloud() {
+        let mut spec = spec();
+        spec.containers[0].resources.cpu_request_millis = Some(64_000);
+        let error = provider().request(&spec).unwrap_err();
+        assert_eq!(
+            (error.kind, error.code.as_str()),
+            (ErrorKind::Permanent, "ClientError.UnsupportedSpec")
+        );
+    }
+
+    #[test]
+    fn the_official_describe_example_maps_to_a_running_sandbox() {
+        let instance: EksCi = serde_json::from_value(serde_json::json!({
+            "EksCiId": "eksci-iu09upos", "EksCiName": "eklet-cls-1-x", "Memory": 2, "Cpu": 1,
+            "SecurityGroupIds": ["sg-1cghduvc"], "RestartPolicy": "Always", "VpcId": "vpc-1", "SubnetId": "subnet-1",
+            "Status": "Running", "CreationTime": "2021-06-24 03:32:02 +0000 UTC", "SucceededTime": "",
+            "Containers": [{"Image": "nginx", "Name": "app", "Cpu": 0, "Memory": 0, "Commands": ["sleep"], "Args": ["1"],
+                "EnvironmentVars": [], "CurrentState": {"StartTime": "2021-06-24 03:32:43.420750215 +0000 UTC", "State": "running",
+                "FinishTime": "0001-01-01 00:00:00 +0000 UTC", "ExitCode": 0, "Reason": "", "Message": "", "RestartCount": 0},
+                "RestartCount": 2, "WorkingDir": "", "ReadinessProbe": null, "VolumeMounts": null, "GpuLimit": null,
+                "LivenessProbe": null, "SecurityContext": null}],
+            "InitContainers": null, "EksCiVolume": {"CbsVolumes": null, "NfsVolumes": null}, "SecurityContext": null,
+            "PrivateIp": "10.1.0.1", "EipAddress": "", "CpuType": "amd,intel", "GpuType": "", "GpuCount": 0,
+            "CamRoleName": "", "AutoCreatedEipId": "", "PersistStatus": false
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let sandbox = sandbox(&instance);
+        assert_eq!(sandbox.phase, SandboxPhase::Running);
+        assert_eq!(sandbox.ip.as_deref(), Some("10.1.0.1"));
+        assert_eq!(sandbox.containers[0].restart_count, 2);
+        assert!(matches!(
+            sandbox.containers[0].state,
+            ContainerState::Running { started_at: Some(_) }
+        ));
+        assert!(sandbox.created_at.is_some());
+    }
+}
