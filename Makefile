@@ -37,11 +37,12 @@ demo:
 # Benchmarks, side by side in one run (not tests): eklet against virtual-kubelet's mock provider.
 PODS ?= 500
 ROUNDS ?= 1
+CLOUD_RATE_LIMIT ?= 20
 bench:
 	@bin=$$(hack/tools.sh k8s etcd kwok helm vk | tail -n 1) && \
 	  $(CARGO) build --release -q -p tke-resilience --bin tke-resilience -p tke-testbed --bin tke-bench && \
 	  TKE_TESTBED_BIN=$$bin target/release/tke-bench eklet --binary target/release/tke-resilience \
-	    --vk $$bin/virtual-kubelet --pods $(PODS) --rounds $(ROUNDS)
+	    --vk $$bin/virtual-kubelet --pods $(PODS) --rounds $(ROUNDS) --cloud-rate-limit $(CLOUD_RATE_LIMIT)
 
 fmt:
 	$(CARGO) fmt --all

@@ -29,14 +29,16 @@ struct Args {
     vk: PathBuf,
     pods: usize,
     rounds: usize,
+    /// Requests per second per cloud API action, in cloudsim and in eklet's client; 0 = unlimited.
+    cloud_rate_limit: u32,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() != Some("eklet") {
-        bail!("usage: tke-bench eklet --binary PATH --vk PATH [--pods N] [--rounds R]");
+        bail!("usage: tke-bench eklet --binary PATH --vk PATH [--pods N] [--rounds R] [--cloud-rate-limit N]");
     }
-    let (mut binary, mut vk, mut pods, mut rounds) = (None, None, 500, 1);
+    let (mut binary, mut vk, mut pods, mut rounds, mut cloud_rate_limit) = (None, None, 500, 1, 20);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -44,6 +46,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--vk" => vk = Some(PathBuf::from(value()?)),
             "--pods" => pods = value()?.parse()?,
             "--rounds" => rounds = value()?.parse()?,
+            "--cloud-rate-limit" => cloud_rate_limit = value()?.parse()?,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -53,6 +56,7 @@ fn parse_args() -> anyhow::Result<Args> {
         vk: canonical(vk.context("--vk PATH (virtual-kubelet) is required")?)?,
         pods,
         rounds,
+        cloud_rate_limit,
     })
 }
 
@@ -83,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let cp = ControlPlane::start(Options::default()).await?;
     let client = cp.client().await?;
+    println!("[bench] cloud API rate limit: {} requests/s per action (0 = none)", args.cloud_rate_limit);
     println!(
         "[bench] control plane up in {:.1}s; {} pods per run, {} round(s)",
         cp.started_in.as_secs_f64(),
@@ -193,8 +198,8 @@ async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::R
             format!("--listen=127.0.0.1:{cloudsim_port}"),
             format!("--credentials-file={}", credentials.display()),
             "--start-delay=0s".into(),
-            // The real API allows 20 requests/s per action; eklet's batching is what is measured.
-            "--rate-limit=20".into(),
+            // The real API allows 20 requests/s per action (the default here).
+            format!("--rate-limit={}", args.cloud_rate_limit),
         ],
         &[],
     )?;
@@ -218,6 +223,7 @@ async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::R
             format!("--metrics-port={metrics}"),
             "--bind-address=127.0.0.1".into(),
             "--node-pods=5000".into(),
+            format!("--cloud-rate-limit={}", args.cloud_rate_limit),
         ],
         &[("RUST_LOG", "warn")],
     )?;
