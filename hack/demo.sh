@@ -49,6 +49,11 @@ echo
 echo "== 1 replica on a local (IDC) node, 3 on the virtual node eklet-subnet-..."
 show kubectl get pod -owide
 
+cloud_pod=$(kubectl get pod -l app=nginx -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName}{"\n"}{end}' | awk '$2 ~ /^eklet-/ {print $1; exit}')
+echo
+echo "== kubectl logs reaches the cloud pod through the virtual node's kubelet API"
+show kubectl logs "$cloud_pod" --tail=3
+
 echo
 echo "== Scale in: cloud replicas go first (eklet sets controller.kubernetes.io/pod-deletion-cost)"
 show kubectl scale deployment nginx-deployment --replicas=3

@@ -90,7 +90,10 @@ mod tests {
         ]);
         let config = cli.policy.eligibility();
         assert_eq!(config.forbidden_namespaces, ["infra", "ops"]);
-        assert_eq!(config.fixed_ip_annotations, [AnnotationMatch::with_value("example.com/ip", "static")]);
+        assert_eq!(
+            config.fixed_ip_annotations,
+            [AnnotationMatch::with_value("example.com/ip", "static")]
+        );
         assert!(!config.fixed_ip_check);
         assert_eq!(cli.policy.switch_mode(), SwitchMode::LocalOverrides);
     }

@@ -92,11 +92,11 @@ impl Pki {
                 "10.96.0.1",
             ],
         )?;
-        pki.admin = pki.issue_client("admin", "kubernetes-admin", &["system:masters"])?;
+        pki.admin = pki.issue_client("admin", "kubernetes-admin", Some("system:masters"))?;
         pki.apiserver_kubelet_client = pki.issue_client(
             "apiserver-kubelet-client",
             "kube-apiserver-kubelet-client",
-            &["system:masters"],
+            Some("system:masters"),
         )?;
 
         let sa = KeyPair::generate()?;
@@ -120,13 +120,14 @@ impl Pki {
         write_pair(&self.dir, file_stem, cert.pem(), key.serialize_pem())
     }
 
-    /// A client certificate for user `common_name` in `groups`, signed by the test bed CA.
-    pub fn issue_client(&self, file_stem: &str, common_name: &str, groups: &[&str]) -> Result<CertPair> {
+    /// A client certificate for user `common_name` in `group` (the subject's O), signed by the test
+    /// bed CA. One group only: rcgen keeps one value per subject attribute.
+    pub fn issue_client(&self, file_stem: &str, common_name: &str, group: Option<&str>) -> Result<CertPair> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, common_name);
-        for group in groups {
-            params.distinguished_name.push(DnType::OrganizationName, *group);
+        if let Some(group) = group {
+            params.distinguished_name.push(DnType::OrganizationName, group);
         }
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

@@ -36,7 +36,9 @@ struct Args {
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() != Some("eklet") {
-        bail!("usage: tke-bench eklet --binary PATH --vk PATH [--pods N] [--rounds R] [--cloud-rate-limit N]");
+        bail!(
+            "usage: tke-bench eklet --binary PATH --vk PATH [--pods N] [--rounds R] [--cloud-rate-limit N]"
+        );
     }
     let (mut binary, mut vk, mut pods, mut rounds, mut cloud_rate_limit) = (None, None, 500, 1, 20);
     while let Some(arg) = args.next() {
@@ -87,7 +89,10 @@ async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let cp = ControlPlane::start(Options::default()).await?;
     let client = cp.client().await?;
-    println!("[bench] cloud API rate limit: {} requests/s per action (0 = none)", args.cloud_rate_limit);
+    println!(
+        "[bench] cloud API rate limit: {} requests/s per action (0 = none)",
+        args.cloud_rate_limit
+    );
     println!(
         "[bench] control plane up in {:.1}s; {} pods per run, {} round(s)",
         cp.started_in.as_secs_f64(),

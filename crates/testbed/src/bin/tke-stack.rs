@@ -138,6 +138,8 @@ async fn main() -> anyhow::Result<()> {
             "--cluster-id=cls-local".into(),
             "--node-ip=127.0.0.1".into(),
             format!("--kubelet-port={kubelet_port}"),
+            // The apiserver's kubelet client certificate is signed by the test bed CA.
+            format!("--client-ca-file={}", cp.pki().ca.cert_file.display()),
             format!("--metrics-port={eklet_metrics}"),
             "--bind-address=127.0.0.1".into(),
         ],

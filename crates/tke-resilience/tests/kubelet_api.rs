@@ -1,0 +1,455 @@
+//! The virtual node's kubelet API end to end: the real kube-apiserver dials eklet's kubelet port
+//! (the node's InternalIP and daemonEndpoints port) with its kubelet client certificate when a
+//! user runs `kubectl logs`, and eklet authenticates and authorises every caller as a kubelet
+//! does. Cloud pods run in cloudsim, whose containers write `<time> <container> log line <i>`
+//! every log interval.
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::{
+    core::v1::{Pod, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, PostParams},
+    runtime::watcher,
+};
+use serde_json::json;
+use support::eklet::*;
+use tke_testbed::{ControlPlane, random_suffix, wait};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Between two lines of a cloudsim container: short, so tests see lines appear quickly.
+const LOG_INTERVAL: Duration = Duration::from_millis(300);
+
+/// One Running pod `web-0` (container `web`) on a virtual node of its own.
+struct CloudPod {
+    cp: Arc<ControlPlane>,
+    client: Client,
+    namespace: String,
+    name: String,
+    node: String,
+    pod: Arc<Pod>,
+    eklet: Eklet,
+    _cloud: tke_cloudsim::Handle,
+}
+
+impl CloudPod {
+    async fn start(prefix: &str) -> anyhow::Result<CloudPod> {
+        let cp = ControlPlane::shared().await?;
+        let client = cp.client().await?;
+        let namespace = cp.namespace(prefix).await?;
+        let cloud = start_cloudsim(|config| config.log_interval = LOG_INTERVAL).await?;
+        let id = Identity::unique();
+        let eklet = Eklet::start(&cp, &cloud, &id, &[]).await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web-0"},
+            "spec": cloud_pod_spec(&id, json!([{"name": "web", "image": "nginx:1.27"}])),
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+        let running = wait::for_objects(
+            pods,
+            watcher::Config::default().fields("metadata.name=web-0"),
+            PATIENCE,
+            "pod web-0 Running on the virtual node",
+            |pods| pods.iter().any(|p| is_running(p)),
+        )
+        .await?;
+        let pod = running.into_iter().next().context("pod web-0")?;
+        Ok(CloudPod {
+            cp,
+            client,
+            namespace,
+            name: "web-0".into(),
+            node: id.node(),
+            pod,
+            eklet,
+            _cloud: cloud,
+        })
+    }
+
+    /// `kubectl logs NAME -n NS ARGS…` through the apiserver: (success, stdout, stderr).
+    async fn kubectl_logs(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let kubeconfig = self.cp.kubeconfig().display().to_string();
+        let mut all = vec![
+            "--kubeconfig",
+            &kubeconfig,
+            "logs",
+            "-n",
+            &self.namespace,
+            &self.name,
+        ];
+        all.extend(args);
+        let output = tokio::process::Command::new(self.cp.bin("kubectl"))
+            .args(&all)
+            .output()
+            .await?;
+        Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
+    /// Waits until the container has written at least `count` lines.
+    async fn wait_for_lines(&self, count: usize) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        wait::until(PATIENCE, &format!("{count} log lines from {}", self.name), || {
+            let pods = pods.clone();
+            async move {
+                let params = kube::api::LogParams {
+                    container: Some("web".into()),
+                    ..Default::default()
+                };
+                pods.logs("web-0", &params)
+                    .await
+                    .is_ok_and(|log| log.lines().count() >= count)
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    fn logs_path(&self) -> String {
+        format!("/containerLogs/{}/{}/web", self.namespace, self.name)
+    }
+
+    /// An HTTPS client for the kubelet port directly, optionally with the apiserver's kubelet
+    /// client certificate. The serving certificate is self-signed, as the apiserver accepts it.
+    fn kubelet_client(&self, as_apiserver: bool) -> anyhow::Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(60));
+        if as_apiserver {
+            let pair = &self.cp.pki().apiserver_kubelet_client;
+            builder = builder.identity(reqwest::Identity::from_pem(
+                format!("{}{}", pair.cert_pem, pair.key_pem).as_bytes(),
+            )?);
+        }
+        Ok(builder.build()?)
+    }
+
+    async fn kubelet_get(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<(reqwest::StatusCode, String)> {
+        let mut request = client.get(format!("https://{}{path}", self.eklet.kubelet));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.with_context(|| format!("GET {path}"))?;
+        let status = response.status();
+        Ok((status, response.text().await?))
+    }
+
+    async fn finish(self) {
+        remove_node(&self.client, &self.node).await;
+    }
+}
+
+/// The `i` of `web log line <i>`.
+fn line_number(line: &str) -> Option<u64> {
+    line.strip_prefix("web log line ")?.parse().ok()
+}
+
+fn numbers(text: &str) -> anyhow::Result<Vec<u64>> {
+    text.lines()
+        .map(|line| line_number(line).with_context(|| format!("not a cloudsim log line: {line:?}")))
+        .collect()
+}
+
+fn consecutive(numbers: &[u64]) -> bool {
+    numbers.windows(2).all(|pair| pair[1] == pair[0] + 1)
+}
+
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_shows_the_cloud_containers_lines_with_tail_timestamps_and_limits() -> anyhow::Result<()>
+{
+    let pod = CloudPod::start("kubelet-logs").await?;
+    pod.wait_for_lines(4).await?;
+
+    let (ok, all, stderr) = pod.kubectl_logs(&[]).await?;
+    assert!(ok, "kubectl logs: {stderr}");
+    let all = numbers(&all)?;
+    assert!(
+        all.len() >= 4 && all.first() == Some(&0) && consecutive(&all),
+        "{all:?}"
+    );
+
+    let (ok, tail, stderr) = pod.kubectl_logs(&["--tail=2"]).await?;
+    assert!(ok, "kubectl logs --tail=2: {stderr}");
+    let tail = numbers(&tail)?;
+    assert_eq!(tail.len(), 2, "{tail:?}");
+    assert!(
+        consecutive(&tail) && tail[1] >= *all.last().unwrap_or(&0),
+        "{tail:?} after {all:?}"
+    );
+
+    let (ok, stamped, stderr) = pod.kubectl_logs(&["--timestamps", "--tail=3"]).await?;
+    assert!(ok, "kubectl logs --timestamps: {stderr}");
+    let mut times = Vec::new();
+    let mut stamped_numbers = Vec::new();
+    for line in stamped.lines() {
+        let (time, rest) = line
+            .split_once(' ')
+            .with_context(|| format!("no timestamp in {line:?}"))?;
+        // The kubelet's form: RFC 3339, UTC, nine fractional digits.
+        assert!(time.len() == 30 && time.ends_with('Z'), "{time:?}");
+        times.push(time.parse::<jiff::Timestamp>()?);
+        stamped_numbers.push(line_number(rest).with_context(|| format!("{rest:?}"))?);
+    }
+    assert_eq!(stamped_numbers.len(), 3, "{stamped}");
+    assert!(consecutive(&stamped_numbers), "{stamped}");
+    assert!(times.windows(2).all(|pair| pair[0] < pair[1]), "{stamped}");
+
+    let (ok, limited, stderr) = pod.kubectl_logs(&["--limit-bytes=20"]).await?;
+    assert!(ok, "kubectl logs --limit-bytes: {stderr}");
+    assert_eq!(limited, "web log line 0\nweb l");
+
+    let (ok, _, stderr) = pod.kubectl_logs(&["-c", "nope"]).await?;
+    assert!(!ok && stderr.contains("nope"), "an unknown container: {stderr}");
+    let (ok, _, stderr) = pod.kubectl_logs(&["--previous"]).await?;
+    assert!(
+        !ok && stderr.contains("no previous run"),
+        "a container that never restarted: {stderr}"
+    );
+
+    pod.finish().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_follow_streams_lines_written_after_it_started() -> anyhow::Result<()> {
+    let pod = CloudPod::start("kubelet-follow").await?;
+    pod.wait_for_lines(2).await?;
+    let kubeconfig = pod.cp.kubeconfig().display().to_string();
+    let mut child = tokio::process::Command::new(pod.cp.bin("kubectl"))
+        .args([
+            "--kubeconfig",
+            &kubeconfig,
+            "logs",
+            "-f",
+            "--tail=1",
+            "-n",
+            &pod.namespace,
+            &pod.name,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("kubectl stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    // The first line was the newest when the request started; the next four did not exist yet.
+    while seen.len() < 5 {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .with_context(|| format!("kubectl logs -f: lines so far {seen:?}"))??;
+        let Some(line) = line else {
+            let output = child.wait_with_output().await?;
+            bail!(
+                "kubectl logs -f ended after {seen:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        seen.push(line_number(&line).with_context(|| format!("{line:?}"))?);
+    }
+    child.kill().await?;
+    assert!(consecutive(&seen), "{seen:?}");
+    pod.finish().await;
+    Ok(())
+}
+
+/// A ServiceAccount in the pod's namespace and a token for it.
+async fn service_account_token(pod: &CloudPod, name: &str) -> anyhow::Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(pod.client.clone(), &pod.namespace);
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+        )
+        .await?;
+    let request = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}}))?;
+    let token = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await?;
+    token
+        .status
+        .and_then(|s| s.token)
+        .context("no token in the TokenRequest")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelet_port_wants_credentials_and_asks_rbac_about_nodes_log() -> anyhow::Result<()> {
+    install_crypto();
+    let pod = CloudPod::start("kubelet-auth").await?;
+    let anonymous = pod.kubelet_client(false)?;
+    let logs = pod.logs_path();
+
+    let (status, body) = pod.kubelet_get(&anonymous, &logs, None).await?;
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED, "{body}");
+
+    let outsider = service_account_token(&pod, "no-logs").await?;
+    let (status, body) = pod.kubelet_get(&anonymous, &logs, Some(&outsider)).await?;
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "{body}");
+    let user = format!("system:serviceaccount:{}:no-logs", pod.namespace);
+    assert!(body.contains(&user) && body.contains("subresource=log"), "{body}");
+
+    // nodes/log on this node only, as a cluster admin would grant it.
+    let role = format!("kubelet-api-logs-{}", random_suffix());
+    let roles: Api<ClusterRole> = Api::all(pod.client.clone());
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": role},
+                "rules": [{"apiGroups": [""], "resources": ["nodes/log"], "verbs": ["get"], "resourceNames": [pod.node]}],
+            }))?,
+        )
+        .await?;
+    let bindings: Api<ClusterRoleBinding> = Api::all(pod.client.clone());
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": role},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": "log-reader", "namespace": pod.namespace}],
+            }))?,
+        )
+        .await?;
+    let reader = service_account_token(&pod, "log-reader").await?;
+    // RBAC reaches the apiserver's authorizer through a watch; poll until it has.
+    let granted = async {
+        loop {
+            let answer = pod.kubelet_get(&anonymous, &logs, Some(&reader)).await?;
+            if answer.0 == reqwest::StatusCode::OK {
+                return anyhow::Ok(answer);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let last = tokio::time::timeout(PATIENCE, granted)
+        .await
+        .context("the log-reader binding never took effect")??;
+    assert!(numbers(&last.1).is_ok_and(|n| !n.is_empty()), "{last:?}");
+    // Logs only: the same token may not read the node's metrics.
+    let (status, body) = pod
+        .kubelet_get(&anonymous, "/metrics/resource", Some(&reader))
+        .await?;
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("subresource=metrics"), "{body}");
+
+    // The apiserver's kubelet client certificate (CN kube-apiserver-kubelet-client, O
+    // system:masters), verified against the client CA, is let in.
+    let (status, body) = pod
+        .kubelet_get(&pod.kubelet_client(true)?, "/healthz", None)
+        .await?;
+    assert_eq!((status, body.as_str()), (reqwest::StatusCode::OK, "ok"));
+
+    let _ = bindings.delete(&role, &DeleteParams::default()).await;
+    let _ = roles.delete(&role, &DeleteParams::default()).await;
+    pod.finish().await;
+    Ok(())
+}
+
+/// The value of the sample `series` (`name{labels}`) in Prometheus text, ignoring its timestamp.
+fn sample_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_summary_resource_metrics_and_pods_describe_the_cloud_pod() -> anyhow::Result<()> {
+    install_crypto();
+    let pod = CloudPod::start("kubelet-stats").await?;
+    let apiserver = pod.kubelet_client(true)?;
+    let uid = pod.pod.uid().context("uid")?;
+    let status = pod.pod.status.clone().unwrap_or_default();
+    let pod_started = status.start_time.clone().context("pod startTime")?.0;
+    let container_started = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == "web")
+        .and_then(|c| c.state?.running?.started_at)
+        .context("container web startedAt")?
+        .0;
+
+    let (code, text) = pod.kubelet_get(&apiserver, "/metrics/resource", None).await?;
+    assert_eq!(code, reqwest::StatusCode::OK, "{text}");
+    let labels = format!(
+        "{{container=\"web\",namespace=\"{}\",pod=\"{}\"}}",
+        pod.namespace, pod.name
+    );
+    assert_eq!(
+        sample_value(&text, &format!("container_start_time_seconds{labels}")),
+        Some(container_started.as_second() as f64),
+        "{text}"
+    );
+    // Usage is there exactly when the provider could be read.
+    let scrape_error = sample_value(&text, "scrape_error").context("no scrape_error")?;
+    let memory = sample_value(&text, &format!("container_memory_working_set_bytes{labels}"));
+    assert_eq!(memory.is_some(), scrape_error == 0.0, "{text}");
+    assert_eq!(sample_value(&text, "resource_scrape_error"), Some(scrape_error));
+
+    let (code, body) = pod.kubelet_get(&apiserver, "/stats/summary", None).await?;
+    assert_eq!(code, reqwest::StatusCode::OK, "{body}");
+    let summary: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(summary["node"]["nodeName"], pod.node.as_str());
+    let entry = summary["pods"]
+        .as_array()
+        .and_then(|pods| pods.iter().find(|p| p["podRef"]["uid"] == uid.as_str()))
+        .with_context(|| format!("the pod is not in {body}"))?;
+    assert_eq!(entry["podRef"]["namespace"], pod.namespace.as_str());
+    assert_eq!(entry["podRef"]["name"], pod.name.as_str());
+    assert_eq!(
+        entry["startTime"]
+            .as_str()
+            .map(|t| t.parse::<jiff::Timestamp>().ok()),
+        Some(Some(pod_started))
+    );
+    assert_eq!(entry["containers"][0]["name"], "web");
+
+    let (code, body) = pod.kubelet_get(&apiserver, "/pods", None).await?;
+    assert_eq!(code, reqwest::StatusCode::OK, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(list["kind"], "PodList");
+    let uids: Vec<&str> = list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|p| p["metadata"]["uid"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(uids, [uid.as_str()]);
+
+    for path in [
+        format!("/exec/{}/{}/web?command=ls", pod.namespace, pod.name),
+        format!("/portForward/{}/{}", pod.namespace, pod.name),
+    ] {
+        let response = apiserver
+            .post(format!("https://{}{path}", pod.eklet.kubelet))
+            .send()
+            .await?;
+        assert_eq!(response.status(), reqwest::StatusCode::NOT_IMPLEMENTED, "{path}");
+    }
+    pod.finish().await;
+    Ok(())
+}
