@@ -470,6 +470,18 @@ async fn pods_reach_running_while_the_cloud_throttles_and_fails_calls() -> anyho
             },
         );
         config.seed = Some(7);
+        // On top of the random share, which depends on how many calls timing leads to, the first
+        // creates and describes surely fail once each way, so the test always meets both faults.
+        for action in ["CreateEKSContainerInstances", "DescribeEKSContainerInstances"] {
+            for code in ["InternalError", "RequestLimitExceeded"] {
+                config.faults.fail_next.push(tke_cloudsim::faults::FailNext {
+                    action: action.into(),
+                    code: code.into(),
+                    message: None,
+                    count: 2,
+                });
+            }
+        }
     })
     .await?;
     let id = Identity::unique();
