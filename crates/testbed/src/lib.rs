@@ -123,6 +123,10 @@ impl ControlPlane {
             supervisor: Mutex::new(Some(supervisor)),
         };
         eprintln!("[testbed] starting a control plane in {}", cp.run_dir.display());
+        if std::env::var_os("TKE_TESTBED_KEEP").is_some() {
+            // The watchdog, which may outlive us, honours the marker file rather than our environment.
+            cp.keep_run_dir();
+        }
         let mut cp = cp;
         cp.boot(&options).await?;
         cp.started_in = begun.elapsed();
@@ -503,7 +507,7 @@ current-context: testbed
             proc.kill();
         }
         self.supervisor.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if !self.run_dir.join("keep").exists() && std::env::var_os("TKE_TESTBED_KEEP").is_none() {
+        if !self.run_dir.join("keep").exists() {
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }
     }
