@@ -104,16 +104,49 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub pod_sync_workers: u16,
 
-    /// The cloud provider.
-    #[arg(long, default_value = "tencent", value_parser = ["tencent"])]
+    /// The cloud provider: `tencent` (EKS container instances) or `kubernetes` (pods in the
+    /// cluster of --target-kubeconfig).
+    #[arg(long, default_value = "tencent", value_parser = ["tencent", "kubernetes"])]
     pub provider: String,
 
-    /// Cloud region, e.g. ap-guangzhou (the chart's regionLong).
+    /// Kubeconfig of the cluster pods burst into with --provider kubernetes.
+    #[arg(long, required_if_eq("provider", "kubernetes"))]
+    pub target_kubeconfig: Option<PathBuf>,
+
+    /// Put every target pod into this one namespace of the target cluster; by default each
+    /// namespace NS gets its own target namespace <cluster-id>-NS.
     #[arg(long)]
+    pub target_namespace: Option<String>,
+
+    /// A node selector of target pods, KEY=VALUE; VALUE may contain {zone} and {subnet}, the
+    /// virtual node's. Repeatable.
+    #[arg(long = "target-node-selector", value_name = "KEY=VALUE")]
+    pub target_node_selectors: Vec<String>,
+
+    /// A toleration of target pods, KEY[=VALUE][:EFFECT]. Repeatable.
+    #[arg(long = "target-toleration", value_name = "KEY[=VALUE][:EFFECT]")]
+    pub target_tolerations: Vec<String>,
+
+    /// An annotation of target pods, KEY=VALUE with the placeholders of --target-node-selector.
+    /// Repeatable.
+    #[arg(long = "target-pod-annotation", value_name = "KEY=VALUE")]
+    pub target_pod_annotations: Vec<String>,
+
+    /// Scheduler of target pods; default: the target cluster's default scheduler.
+    #[arg(long)]
+    pub target_scheduler_name: Option<String>,
+
+    /// Copy pod labels to target pods (lets target Services select them; a target ReplicaSet
+    /// with a matching selector would adopt them).
+    #[arg(long, default_value_t = false)]
+    pub target_keep_labels: bool,
+
+    /// Cloud region, e.g. ap-guangzhou (the chart's regionLong).
+    #[arg(long, required_unless_present = "target_kubeconfig", default_value = "")]
     pub region: String,
 
     /// VPC the sandboxes are placed in.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "target_kubeconfig", default_value = "")]
     pub vpc_id: String,
 
     /// Security groups for sandboxes whose pod has no security-group-id annotation.

@@ -41,7 +41,7 @@ pub enum Error {
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
-    Provider(#[from] provider::tencent::SetupError),
+    Provider(#[from] provider::selected::SetupError),
     #[error(transparent)]
     Metrics(#[from] metrics::Error),
     #[error(transparent)]
@@ -82,7 +82,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     let metrics = Arc::new(metrics::Metrics::new());
     let provider = metrics::Measured::new(
-        provider::tencent::TencentProvider::from_args(&args)?,
+        provider::selected::SelectedProvider::from_args(&args, &client).await?,
         metrics.clone(),
     );
 

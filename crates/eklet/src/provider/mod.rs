@@ -7,6 +7,8 @@
 //! cluster id and the pod UID, so a restarted eklet finds (adopts) what its predecessor created
 //! and a second sandbox for the same pod would be visible as a duplicate name.
 
+pub mod kubernetes;
+pub mod selected;
 pub mod tencent;
 
 use std::{collections::BTreeMap, fmt, future::Future, time::Duration};

@@ -104,6 +104,36 @@ impl Eklet {
         identity: &Identity,
         extra: &[&str],
     ) -> anyhow::Result<Eklet> {
+        let cloud_args = [
+            "--region=ap-guangzhou".to_owned(),
+            format!("--vpc-id={VPC}"),
+            "--security-group-id=sg-eklettest".into(),
+            format!("--cloud-endpoint={}", cloud.endpoint()),
+        ];
+        Eklet::spawn_with_provider(cp, &cloud_args, identity, extra)
+    }
+
+    /// Starts eklet with other provider flags than cloudsim's (e.g. `--provider=kubernetes`)
+    /// and waits until its virtual node is Ready.
+    pub async fn start_with_provider(
+        cp: &ControlPlane,
+        provider_args: &[String],
+        identity: &Identity,
+        extra: &[&str],
+    ) -> anyhow::Result<Eklet> {
+        let mut eklet = Eklet::spawn_with_provider(cp, provider_args, identity, extra)?;
+        eklet.wait_until_leading().await?;
+        wait_node_ready(&cp.client().await?, &identity.node()).await?;
+        Ok(eklet)
+    }
+
+    /// Starts the process with these provider flags, without waiting for anything.
+    pub fn spawn_with_provider(
+        cp: &ControlPlane,
+        provider_args: &[String],
+        identity: &Identity,
+        extra: &[&str],
+    ) -> anyhow::Result<Eklet> {
         if std::env::var_os("EKLET_TEST_KEEP").is_some() {
             cp.keep_run_dir();
         }
@@ -113,11 +143,10 @@ impl Eklet {
             format!("--kubeconfig={}", cp.kubeconfig().display()),
             format!("--cluster-id={}", identity.cluster_id),
             format!("--subnet={}={}", identity.subnet, identity.zone),
-            "--region=ap-guangzhou".into(),
-            format!("--vpc-id={VPC}"),
-            "--security-group-id=sg-eklettest".into(),
-            format!("--cloud-endpoint={}", cloud.endpoint()),
-            "--node-ip=127.0.0.1".into(),
+        ];
+        args.extend(provider_args.iter().cloned());
+        args.extend([
+            "--node-ip=127.0.0.1".to_owned(),
             "--bind-address=127.0.0.1".into(),
             format!("--metrics-port={port}"),
             format!("--kubelet-port={kubelet_port}"),
@@ -126,7 +155,7 @@ impl Eklet {
             "--leader-elect-lease-duration=6s".into(),
             "--status-sync-interval=500ms".into(),
             "--orphan-sweep-interval=10s".into(),
-        ];
+        ]);
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let name = format!("eklet-{}-{}", identity.cluster_id, random_suffix());
         let proc = cp.spawn_process(

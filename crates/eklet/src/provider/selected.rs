@@ -1,0 +1,130 @@
+//! The provider `--provider` names, behind one type so the rest of eklet stays generic over a
+//! single [`Provider`].
+
+use std::time::Duration;
+
+use kube::Client;
+
+use super::{
+    Capabilities, LogOptions, Provider, Result, Sandbox, SandboxEvent, SandboxName, SandboxSpec,
+    SandboxStats, VolumeSpec, kubernetes::KubernetesProvider, tencent::TencentProvider,
+};
+use crate::config::Args;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Tencent(#[from] super::tencent::SetupError),
+    #[error(transparent)]
+    Kubernetes(#[from] super::kubernetes::SetupError),
+    #[error("{0}")]
+    Flags(String),
+}
+
+pub enum SelectedProvider {
+    Tencent(TencentProvider),
+    Kubernetes(KubernetesProvider),
+}
+
+impl SelectedProvider {
+    /// The provider of `--provider`; `client` is eklet's own cluster.
+    pub async fn from_args(args: &Args, client: &Client) -> Result<SelectedProvider, SetupError> {
+        match args.provider.as_str() {
+            "kubernetes" => Ok(SelectedProvider::Kubernetes(
+                KubernetesProvider::from_args(args, client.clone()).await?,
+            )),
+            _ => {
+                if args.target_kubeconfig.is_some() {
+                    return Err(SetupError::Flags(
+                        "--target-kubeconfig is for --provider kubernetes".into(),
+                    ));
+                }
+                if args.region.trim().is_empty() || args.vpc_id.trim().is_empty() {
+                    return Err(SetupError::Flags(
+                        "--provider tencent needs --region and --vpc-id".into(),
+                    ));
+                }
+                Ok(SelectedProvider::Tencent(TencentProvider::from_args(args)?))
+            }
+        }
+    }
+}
+
+impl Provider for SelectedProvider {
+    fn name(&self) -> &'static str {
+        match self {
+            SelectedProvider::Tencent(p) => p.name(),
+            SelectedProvider::Kubernetes(p) => p.name(),
+        }
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        match self {
+            SelectedProvider::Tencent(p) => p.capabilities(),
+            SelectedProvider::Kubernetes(p) => p.capabilities(),
+        }
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Sandbox> {
+        match self {
+            SelectedProvider::Tencent(p) => p.create(spec).await,
+            SelectedProvider::Kubernetes(p) => p.create(spec).await,
+        }
+    }
+
+    async fn delete(&self, id: &str, grace: Duration) -> Result<()> {
+        match self {
+            SelectedProvider::Tencent(p) => p.delete(id, grace).await,
+            SelectedProvider::Kubernetes(p) => p.delete(id, grace).await,
+        }
+    }
+
+    async fn describe(&self, ids: &[String]) -> Result<Vec<Sandbox>> {
+        match self {
+            SelectedProvider::Tencent(p) => p.describe(ids).await,
+            SelectedProvider::Kubernetes(p) => p.describe(ids).await,
+        }
+    }
+
+    async fn find(&self, name: &SandboxName) -> Result<Option<Sandbox>> {
+        match self {
+            SelectedProvider::Tencent(p) => p.find(name).await,
+            SelectedProvider::Kubernetes(p) => p.find(name).await,
+        }
+    }
+
+    async fn list(&self, cluster_id: &str) -> Result<Vec<Sandbox>> {
+        match self {
+            SelectedProvider::Tencent(p) => p.list(cluster_id).await,
+            SelectedProvider::Kubernetes(p) => p.list(cluster_id).await,
+        }
+    }
+
+    async fn refresh_files(&self, id: &str, volume: &VolumeSpec) -> Result<()> {
+        match self {
+            SelectedProvider::Tencent(p) => p.refresh_files(id, volume).await,
+            SelectedProvider::Kubernetes(p) => p.refresh_files(id, volume).await,
+        }
+    }
+
+    async fn logs(&self, id: &str, container: &str, options: &LogOptions) -> Result<String> {
+        match self {
+            SelectedProvider::Tencent(p) => p.logs(id, container, options).await,
+            SelectedProvider::Kubernetes(p) => p.logs(id, container, options).await,
+        }
+    }
+
+    async fn events(&self, id: &str) -> Result<Vec<SandboxEvent>> {
+        match self {
+            SelectedProvider::Tencent(p) => p.events(id).await,
+            SelectedProvider::Kubernetes(p) => p.events(id).await,
+        }
+    }
+
+    async fn stats(&self, ids: &[String]) -> Result<Vec<SandboxStats>> {
+        match self {
+            SelectedProvider::Tencent(p) => p.stats(ids).await,
+            SelectedProvider::Kubernetes(p) => p.stats(ids).await,
+        }
+    }
+}
