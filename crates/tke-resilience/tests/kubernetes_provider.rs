@@ -283,7 +283,8 @@ async fn a_deployment_with_a_configmap_and_a_secret_bursts_with_its_config_and_f
             "env": [
                 {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
                 {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
-                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
             ],
             "volumeMounts": [{"name": "conf", "mountPath": "/etc/app"}, {"name": "creds", "mountPath": "/etc/creds"}]
         }]),
@@ -346,6 +347,13 @@ async fn a_deployment_with_a_configmap_and_a_secret_bursts_with_its_config_and_f
         );
         assert_eq!(value("KUBERNETES_SERVICE_PORT").as_deref(), Some("6443"));
         assert_eq!(value("POD_NAME"), pod.metadata.name, "the IDC pod's own name");
+        // status.podIP is left to the target kubelet, which knows the IP (VK#998).
+        let pod_ip_field = env
+            .get("POD_IP")
+            .and_then(|v| v.value_from.as_ref())
+            .and_then(|f| f.field_ref.as_ref())
+            .map(|f| f.field_path.clone());
+        assert_eq!(pod_ip_field.as_deref(), Some("status.podIP"), "{env:?}");
         let settings_copy = env
             .get("GREETING")
             .and_then(|v| v.value_from.as_ref())

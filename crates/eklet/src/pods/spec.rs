@@ -245,7 +245,7 @@ pub fn build(pod: &Pod, refs: &References, setting: &Setting<'_>) -> Result<Buil
         config_maps: &refs.config_maps,
         secrets: &refs.secrets,
         host_ip: setting.node_ip,
-        pod_ip_available: false,
+        pod_ip_available: caps.resolves_pod_ip,
         node_cpu_millis: setting.node_cpu_millis,
         node_memory_bytes: setting.node_memory_bytes,
     };
@@ -902,6 +902,7 @@ mod tests {
             reports_readiness: false,
             logs: true,
             stats: false,
+            resolves_pod_ip: false,
         }
     }
 
@@ -924,6 +925,7 @@ mod tests {
             reports_readiness: true,
             logs: true,
             stats: true,
+            resolves_pod_ip: true,
         }
     }
 
@@ -1091,6 +1093,17 @@ mod tests {
             panic!("not files")
         };
         assert_eq!(files.get("app.conf").map(Vec::as_slice), Some(&b"x=1"[..]));
+    }
+
+    #[test]
+    fn pod_ip_env_is_refused_unless_the_provider_resolves_it_itself() {
+        let pod = pod(json!({"containers": [{"name": "app", "image": "nginx", "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}]}));
+        assert!(
+            matches!(build_with(&pod, &References::default(), &tencent_like()), Err(Problem::Unsupported(m)) if m.contains("status.podIP"))
+        );
+        // A target kubelet (the kubernetes provider) fills it in the sandbox.
+        assert!(build_with(&pod, &References::default(), &everything()).is_ok());
     }
 
     #[test]

@@ -203,6 +203,8 @@ impl KubernetesProvider {
                 reports_readiness: true,
                 logs: true,
                 stats: true,
+                // The target kubelet resolves the fieldRef the translated pod keeps (VK#998).
+                resolves_pod_ip: true,
             },
             copy_work: Mutex::new(Some(copy_work)),
             tasks: OnceLock::new(),

@@ -154,6 +154,9 @@ pub struct Capabilities {
     pub logs: bool,
     /// Resource usage through [`Provider::stats`].
     pub stats: bool,
+    /// The provider's own runtime fills downward-API `status.podIP` env in the sandbox (a target
+    /// kubelet does); otherwise such pods are refused, since eklet fixes env before the IP exists.
+    pub resolves_pod_ip: bool,
 }
 
 impl Capabilities {

@@ -87,6 +87,8 @@ impl TencentProvider {
                 reports_readiness: false,
                 logs: true,
                 stats: false,
+                // Env is fixed at create time, before the API assigns the IP.
+                resolves_pod_ip: false,
             },
         }
     }
