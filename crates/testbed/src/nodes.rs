@@ -128,12 +128,31 @@ pub async fn create(client: &Client, specs: &[NodeSpec]) -> Result<()> {
     Ok(())
 }
 
-fn is_ready_and_untainted(node: &Node) -> bool {
-    let ready = node
-        .status
+/// Waits until node `name` (any node: kwok's, a virtual node) reports Ready.
+pub async fn wait_ready(client: &Client, name: &str, timeout: Duration) -> Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    wait::until(timeout, &format!("node {name} Ready"), || {
+        let api = api.clone();
+        async move {
+            api.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|n| is_ready(&n))
+        }
+    })
+    .await
+}
+
+fn is_ready(node: &Node) -> bool {
+    node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn is_ready_and_untainted(node: &Node) -> bool {
+    let ready = is_ready(node);
     let tainted = node
         .spec
         .as_ref()

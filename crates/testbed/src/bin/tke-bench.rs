@@ -15,14 +15,14 @@ use std::{
 
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
     api::PostParams,
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
-use tke_testbed::{ControlPlane, Options, Proc, free_ports, random_suffix, wait};
+use tke_testbed::{ControlPlane, Options, Proc, free_ports, random_suffix};
 
 struct Args {
     binary: PathBuf,
@@ -189,7 +189,7 @@ async fn run_vk(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::Resu
             ("VKUBELET_POD_IP", "127.0.0.1"),
         ],
     )?;
-    wait_node_ready(client, &node).await?;
+    tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
     measure("virtual-kubelet", cp, client, &node, proc, args.pods).await
 }
 
@@ -237,27 +237,10 @@ async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::R
         ],
         &[("RUST_LOG", "warn")],
     )?;
-    wait_node_ready(client, &node).await?;
+    tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
     let result = measure("eklet", cp, client, &node, proc, args.pods).await;
     drop(cloudsim);
     result
-}
-
-async fn wait_node_ready(client: &Client, node: &str) -> anyhow::Result<()> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    wait::until(Duration::from_secs(60), &format!("node {node} Ready"), || {
-        let nodes = nodes.clone();
-        let node = node.to_owned();
-        async move {
-            nodes.get_opt(&node).await.ok().flatten().is_some_and(|n| {
-                n.status
-                    .and_then(|s| s.conditions)
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-        }
-    })
-    .await?;
-    Ok(())
 }
 
 /// Creates `pods` pods bound to `node` and measures until all are Running.

@@ -13,9 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::core::v1::Node;
-use kube::Api;
-use tke_testbed::{ControlPlane, NodeSpec, Options, Proc, random_suffix, wait};
+use tke_testbed::{ControlPlane, NodeSpec, Options, Proc, random_suffix};
 
 const REGION: &str = "ap-guangzhou";
 const ZONE: &str = "ap-guangzhou-3";
@@ -147,24 +145,9 @@ async fn main() -> anyhow::Result<()> {
     )?);
     let client = cp.client().await?;
     let node_name = format!("eklet-{subnet}");
-    let nodes: Api<Node> = Api::all(client.clone());
-    wait::until(
-        Duration::from_secs(60),
-        &format!("virtual node {node_name} Ready"),
-        || {
-            let nodes = nodes.clone();
-            let name = node_name.clone();
-            async move {
-                nodes.get_opt(&name).await.ok().flatten().is_some_and(|n| {
-                    n.status
-                        .and_then(|s| s.conditions)
-                        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                })
-            }
-        },
-    )
-    .await
-    .with_context(|| logs_hint(&procs))?;
+    tke_testbed::nodes::wait_ready(&client, &node_name, Duration::from_secs(60))
+        .await
+        .with_context(|| logs_hint(&procs))?;
 
     step(4, "eks-admission, the toleration controller");
     procs.push(cp.spawn_process(
