@@ -55,6 +55,20 @@ echo "== kubectl logs reaches the cloud pod through the virtual node's kubelet A
 show kubectl logs "$cloud_pod" --tail=3
 
 echo
+echo "== kubectl top: metrics-server reads the cloud pods' usage from the virtual node's kubelet API"
+echo "   (eklet scrapes each sandbox's agent; metrics-server needs two scrapes for a rate)"
+deadline=$((SECONDS + 120))
+until kubectl top pod "$cloud_pod" >/dev/null 2>&1; do
+  if [ $SECONDS -gt $deadline ]; then
+    echo "kubectl top never showed $cloud_pod:" >&2
+    kubectl top pod "$cloud_pod" >&2 || true
+    exit 1
+  fi
+  sleep 2
+done
+show kubectl top pod -l app=nginx
+
+echo
 echo "== Scale in: cloud replicas go first (eklet sets controller.kubernetes.io/pod-deletion-cost)"
 show kubectl scale deployment nginx-deployment --replicas=3
 wait_pods 3

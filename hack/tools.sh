@@ -2,7 +2,7 @@
 # Builds the pinned test-bed tools (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, kwok, helm) from their Go modules under tools/, into a cache directory keyed by the
 # pinned version, the tool module's go.mod/go.sum and the Go version. Work already done is skipped.
-# Usage: hack/tools.sh [k8s|etcd|kwok|helm|vk]...   (default: all but vk, the benchmark peer)
+# Usage: hack/tools.sh [k8s|etcd|kwok|helm|metrics-server|vk]...   (default: all but vk, the benchmark peer)
 # The last line printed on stdout is the directory that holds all the binaries.
 set -euo pipefail
 
@@ -65,6 +65,11 @@ helm_ldflags() {
   printf '%s' "$ldf"
 }
 
+metrics_server_ldflags() {
+  local p=k8s.io/client-go/pkg/version
+  printf '%s' "-s -w -X $p.gitVersion=$METRICS_SERVER_VERSION -X $p.gitCommit=0000000000000000000000000000000000000000 -X $p.gitTreeState=clean -X $p.buildDate=2026-01-01T00:00:00Z"
+}
+
 # The kwok binary has no built-in stages (kwokctl injects them). Take the default node and pod stages
 # from the same kwok module the binary was built from: Ready nodes with lease heartbeats, pods that
 # start Running, complete when owned by a Job, and go away when deleted.
@@ -87,7 +92,7 @@ all_key=$( { cat "$root/tools/versions.env" "$root"/tools/*/go.mod "$root"/tools
 out="$cache/bin-$all_key"
 mkdir -p "$out"
 
-[ $# -gt 0 ] || set -- k8s etcd kwok helm
+[ $# -gt 0 ] || set -- k8s etcd kwok helm metrics-server
 for tool in "$@"; do
   case $tool in
     k8s) build k8s "$K8S_VERSION" "$(k8s_ldflags)" \
@@ -101,10 +106,14 @@ for tool in "$@"; do
            kwok=sigs.k8s.io/kwok/cmd/kwok
           kwok_stages ;;
     helm) build helm "$HELM_VERSION" "$(helm_ldflags)" helm=helm.sh/helm/v3/cmd/helm ;;
+    # What `kubectl top` and the HPA read: scrapes /metrics/resource of every node's kubelet,
+    # eklet's virtual nodes included.
+    metrics-server) build metrics-server "$METRICS_SERVER_VERSION" "$(metrics_server_ldflags)" \
+          metrics-server=sigs.k8s.io/metrics-server/cmd/metrics-server ;;
     # The benchmark peer: virtual-kubelet with its mock provider. Not needed by the tests.
     vk) build vk "$VK_VERSION" "-s -w" \
           virtual-kubelet=github.com/virtual-kubelet/virtual-kubelet/cmd/virtual-kubelet ;;
-    *) echo "unknown tool: $tool (want k8s, etcd, kwok, helm or vk)" >&2; exit 2 ;;
+    *) echo "unknown tool: $tool (want k8s, etcd, kwok, helm, metrics-server or vk)" >&2; exit 2 ;;
   esac
 done
 echo "$out"

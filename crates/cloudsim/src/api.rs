@@ -1,6 +1,7 @@
 //! The HTTP face of the simulator: `POST /` speaks API 3.0 (headers `X-TC-*`, TC3 signature, the
 //! `{"Response": ...}` envelope, errors with HTTP 200 as the real API answers them), and `/admin/*`
-//! is the unauthenticated control surface for tests and demos (faults, crashes, clock, stats).
+//! is the unauthenticated control surface for tests and demos (faults, crashes, usage, clock, stats).
+//! Creates and deletes also start and stop the instances' sandbox agents (see `agents`).
 //!
 //! Order of checks for an API call, each failing with the API's own code: action header
 //! (`MissingParameter`), signature (`AuthFailure.*`, verified by `tke_tencent::sign`), version
@@ -8,6 +9,7 @@
 //! faults, then the action itself (`InvalidAction` for unknown names).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,9 +37,10 @@ use tke_tencent::rate_limit::TokenBucket;
 use tke_tencent::sign::{Authorization, ReceivedRequest, verify};
 
 use crate::Config;
+use crate::agents::{self, Agent};
 use crate::clock::SimClock;
 use crate::faults::{Faults, Stats};
-use crate::instances::{Lifecycle, Refusal, Store, refuse};
+use crate::instances::{Ipv4Cidr, Lifecycle, Refusal, Samples, Store, UsageChange, refuse};
 
 const CREATE: &str = CreateEksContainerInstancesRequest::NAME;
 const DESCRIBE: &str = DescribeEksContainerInstancesRequest::NAME;
@@ -59,6 +62,8 @@ pub struct Sim {
     region: String,
     rate_limit_per_second: u32,
     max_clock_skew: Duration,
+    /// Where each instance's sandbox agent listens, on its private IP; `None` for no agents.
+    agent_port: Option<u16>,
     pub clock: SimClock,
     state: Mutex<SimState>,
 }
@@ -71,10 +76,12 @@ struct SimState {
     buckets: HashMap<String, TokenBucket>,
     requests: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
+    /// By instance id; instances whose agent could not bind have none.
+    agents: HashMap<String, Agent>,
 }
 
 impl Sim {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, private_cidr: Ipv4Cidr) -> Self {
         // Bounded so that instant arithmetic cannot overflow on any input.
         let bounded = |delay: Duration| delay.min(MAX_DELAY);
         let lifecycle = Lifecycle {
@@ -95,18 +102,20 @@ impl Sim {
             region: config.region.clone(),
             rate_limit_per_second: config.rate_limit_per_second,
             max_clock_skew: config.max_clock_skew,
+            agent_port: config.agent_port,
             clock: if config.manual_clock {
                 SimClock::manual()
             } else {
                 SimClock::real()
             },
             state: Mutex::new(SimState {
-                store: Store::new(lifecycle, config.region, config.quotas),
+                store: Store::new(lifecycle, config.region, config.quotas, private_cidr),
                 faults: config.faults,
                 rng,
                 buckets: HashMap::new(),
                 requests: BTreeMap::new(),
                 errors: BTreeMap::new(),
+                agents: HashMap::new(),
             }),
         }
     }
@@ -148,7 +157,28 @@ impl Sim {
         self.lock().store.crash(eks_ci_id, container, exit_code, now)
     }
 
-    async fn answer(&self, headers: &HeaderMap, body: &[u8]) -> Value {
+    pub fn set_usage(
+        &self,
+        eks_ci_id: &str,
+        container: Option<&str>,
+        change: UsageChange,
+    ) -> Result<(), Refusal> {
+        let now = self.clock.now();
+        self.lock().store.set_usage(eks_ci_id, container, change, now)
+    }
+
+    /// What the instance's sandbox agent reports at `now`.
+    pub fn samples(&self, eks_ci_id: &str, now: tokio::time::Instant) -> Result<Samples, Refusal> {
+        self.lock().store.samples(eks_ci_id, now)
+    }
+
+    /// Stops every sandbox agent and waits until their listeners are closed.
+    pub async fn stop_agents(&self) {
+        let stopping: Vec<Agent> = self.lock().agents.drain().map(|(_, agent)| agent).collect();
+        agents::stop(stopping).await;
+    }
+
+    async fn answer(self: &Arc<Self>, headers: &HeaderMap, body: &[u8]) -> Value {
         let request_id = {
             let mut state = self.lock();
             let bytes: [u8; 16] = state.rng.random();
@@ -167,7 +197,7 @@ impl Sim {
         json!({ "Response": response })
     }
 
-    async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Result<Value, Refusal> {
+    async fn handle(self: &Arc<Self>, headers: &HeaderMap, body: &[u8]) -> Result<Value, Refusal> {
         let action = header(headers, "x-tc-action")
             .ok_or_else(|| {
                 refuse(
@@ -216,13 +246,23 @@ impl Sim {
                 ));
             }
         }
+        let mut stopping = Vec::new();
+        let response = self.act(&action, body, &mut stopping);
+        // Only now that the lock is released: a stopping agent may be in a request that needs it.
+        agents::stop(stopping).await;
+        response
+    }
+
+    /// The rate limit, the injected faults and the action itself, all under the state lock. Agents
+    /// of deleted instances are handed back in `stopping`, for the caller to wait on without it.
+    fn act(self: &Arc<Self>, action: &str, body: &[u8], stopping: &mut Vec<Agent>) -> Result<Value, Refusal> {
         let now = self.clock.now();
         let mut guard = self.lock();
         let state = &mut *guard;
         if self.rate_limit_per_second > 0 {
             let bucket = state
                 .buckets
-                .entry(action.clone())
+                .entry(action.to_string())
                 .or_insert_with(|| TokenBucket::new(self.rate_limit_per_second, now));
             if !bucket.try_take(now) {
                 return Err(refuse(
@@ -234,17 +274,37 @@ impl Sim {
                 ));
             }
         }
-        if let Some(injected) = state.faults.draw(&action, &mut state.rng) {
+        if let Some(injected) = state.faults.draw(action, &mut state.rng) {
             return Err(refuse(&injected.code, injected.message));
         }
         let clock = &self.clock;
-        let response = match action.as_str() {
+        let response = match action {
             CREATE => {
                 let request: CreateEksContainerInstancesRequest = parse(body)?;
                 let eks_ci_ids =
                     state
                         .store
                         .create(request, now, &state.faults.sold_out_subnets, &mut state.rng)?;
+                if let Some(port) = self.agent_port {
+                    for id in &eks_ci_ids {
+                        let Some(ip) = state.store.private_ip(id) else {
+                            continue;
+                        };
+                        let addr = SocketAddr::from((ip, port));
+                        match Agent::start(Arc::downgrade(self), id.clone(), addr) {
+                            Ok(agent) => {
+                                state.agents.insert(id.clone(), agent);
+                            }
+                            // The instance runs as it would in the cloud; only its metrics are missing.
+                            Err(err) => tracing::warn!(
+                                eks_ci_id = %id,
+                                %addr,
+                                error = %err,
+                                "cannot start the instance's sandbox agent; it serves no metrics"
+                            ),
+                        }
+                    }
+                }
                 to_json(CreateEksContainerInstancesResponse {
                     eks_ci_ids,
                     request_id: String::new(),
@@ -262,6 +322,7 @@ impl Sim {
             DELETE => {
                 let request: DeleteEksContainerInstancesRequest = parse(body)?;
                 state.store.delete(&request.eks_ci_ids)?;
+                stopping.extend(request.eks_ci_ids.iter().filter_map(|id| state.agents.remove(id)));
                 to_json(DeleteEksContainerInstancesResponse {
                     request_id: String::new(),
                 })
@@ -431,6 +492,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/admin/stats", get(admin_stats))
         .route("/admin/faults", get(admin_faults).post(admin_set_faults))
         .route("/admin/crash", post(admin_crash))
+        .route("/admin/usage", post(admin_usage))
         .route("/admin/clock", post(admin_clock))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(sim)
@@ -494,6 +556,44 @@ async fn admin_crash(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
     ) {
         Ok(()) => axum::Json(json!({})).into_response(),
         Err(refusal) if refusal.code == "ResourceNotFound" || refusal.code.ends_with("NotFound") => {
+            admin_error(StatusCode::NOT_FOUND, refusal.message)
+        }
+        Err(refusal) => admin_error(StatusCode::CONFLICT, refusal.message),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageRequest {
+    #[serde(alias = "eks_ci_id")]
+    id: String,
+    /// All containers of the instance when absent.
+    #[serde(default)]
+    container: Option<String>,
+    #[serde(default)]
+    cpu_millicores: Option<u64>,
+    #[serde(default)]
+    memory_bytes: Option<u64>,
+}
+
+async fn admin_usage(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    let request: UsageRequest = match admin_body(&body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let change = UsageChange {
+        cpu_millicores: request.cpu_millicores,
+        memory_bytes: request.memory_bytes,
+    };
+    if change == UsageChange::default() {
+        return admin_error(
+            StatusCode::BAD_REQUEST,
+            "give cpu_millicores, memory_bytes or both",
+        );
+    }
+    match sim.set_usage(&request.id, request.container.as_deref(), change) {
+        Ok(()) => axum::Json(json!({})).into_response(),
+        Err(refusal) if refusal.code.ends_with("NotFound") => {
             admin_error(StatusCode::NOT_FOUND, refusal.message)
         }
         Err(refusal) => admin_error(StatusCode::CONFLICT, refusal.message),

@@ -3,7 +3,7 @@
 //! optional `TENCENTCLOUD_SESSION_TOKEN`) or from `--credentials-file`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use anyhow::Context;
 use tke_tencent::Credentials;
 
 use crate::faults::{ANY_ACTION, ErrorRates, Faults};
+use crate::instances::Ipv4Cidr;
 use crate::{Config, serve};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -55,6 +56,13 @@ pub struct Args {
     /// Seed for ids and random faults, for reproducible runs.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Serve a sandbox agent (GET /metrics, the containers' usage) for every instance on
+    /// PrivateIp:PORT. Needs private IPs this machine has, e.g. --private-cidr 127.0.0.0/8.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub agent_port: Option<u16>,
+    /// The block private IPs come from, a /16 per subnet (so at most a /16).
+    #[arg(long, value_name = "CIDR", default_value = "10.0.0.0/8", value_parser = parse_cidr)]
+    pub private_cidr: (Ipv4Addr, u8),
 }
 
 impl Args {
@@ -80,6 +88,8 @@ impl Args {
             rate_limit_per_second: self.rate_limit,
             faults,
             seed: self.seed,
+            agent_port: self.agent_port,
+            private_cidr: self.private_cidr,
             ..Config::new(credentials)
         }
     }
@@ -103,6 +113,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         other => return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m or h")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
+}
+
+fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
+    let block: Ipv4Cidr = text.parse()?;
+    Ok((block.network(), block.prefix()))
 }
 
 fn parse_quota(text: &str) -> Result<(String, usize), String> {
@@ -144,6 +159,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         %secret_id,
         start_delay = ?args.start_delay,
         rate_limit = args.rate_limit,
+        private_cidr = %format_args!("{}/{}", args.private_cidr.0, args.private_cidr.1),
+        agent_port = ?args.agent_port,
         "cloudsim listening"
     );
     shutdown_signal().await;
@@ -218,6 +235,44 @@ mod tests {
         assert!(config.faults.sold_out_subnets.contains("subnet-c"));
         assert_eq!(config.faults.error_rates[ANY_ACTION].throttle, 0.1);
         assert_eq!((config.rate_limit_per_second, config.faults.latency_ms), (5, 20));
+    }
+
+    #[test]
+    fn agents_and_the_private_block_are_flags() {
+        let cli =
+            Cli::try_parse_from(["cloudsim", "--private-cidr", "127.0.0.0/8", "--agent-port=9100"]).unwrap();
+        let config = cli.args.config(Credentials::new("AKID", "key"));
+        assert_eq!(config.agent_port, Some(9100));
+        assert_eq!(config.private_cidr, (Ipv4Addr::new(127, 0, 0, 0), 8));
+        let defaults = Cli::try_parse_from(["cloudsim"])
+            .unwrap()
+            .args
+            .config(Credentials::new("AKID", "key"));
+        assert_eq!(
+            (defaults.agent_port, defaults.private_cidr),
+            (None, (Ipv4Addr::new(10, 0, 0, 0), 8)),
+            "no agents, and the 10/8 of the real VPCs"
+        );
+        let error = |flags: &[&str]| {
+            let mut argv = vec!["cloudsim"];
+            argv.extend_from_slice(flags);
+            Cli::try_parse_from(argv)
+                .err()
+                .map(|err| err.to_string())
+                .unwrap_or_default()
+        };
+        assert!(error(&["--agent-port=0"]).contains("--agent-port"));
+        assert!(error(&["--agent-port=70000"]).contains("--agent-port"));
+        for (flag, says) in [
+            ("--private-cidr=127.0.0.0", "ADDRESS/PREFIX"),
+            ("--private-cidr=127.0.0/8", "not an IPv4 address"),
+            ("--private-cidr=127.0.0.0/33", "not a prefix length"),
+            ("--private-cidr=127.0.0.0/24", "prefix must be 16 or less"),
+            ("--private-cidr=127.0.0.1/8", "did you mean 127.0.0.0/8?"),
+        ] {
+            let message = error(&[flag]);
+            assert!(message.contains(says), "{flag}: {message}");
+        }
     }
 
     #[test]

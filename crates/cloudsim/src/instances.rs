@@ -9,10 +9,17 @@
 //!   run start + i × log interval; a restarted container starts again at line 0;
 //! - env `CLOUDSIM_EXIT_AFTER=<seconds>` (with optional `CLOUDSIM_EXIT_CODE=<n>`, default 0) on a
 //!   container makes every run of it exit after that long with that code;
-//! - [`Store::crash`] ends the current run now with a given exit code.
+//! - [`Store::crash`] ends the current run now with a given exit code;
+//! - env `CLOUDSIM_CPU_MILLICORES=<n>` and `CLOUDSIM_MEMORY_BYTES=<n>` on a container set the usage its
+//!   sandbox agent reports ([`Store::samples`]); unset, a container uses 10% of its `Cpu` and 25% of
+//!   its `Memory` (or of its share of the instance's), at least 1 millicore and 1 MiB. The CPU counter
+//!   is the rate × the running time of the current run: a restart starts it again from 0.
+//!   [`Store::set_usage`] changes the rates from now on, and the counter continues from where it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
 use std::net::Ipv4Addr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use rand::Rng;
@@ -29,6 +36,8 @@ use crate::clock::SimClock;
 
 pub const EXIT_AFTER_ENV: &str = "CLOUDSIM_EXIT_AFTER";
 pub const EXIT_CODE_ENV: &str = "CLOUDSIM_EXIT_CODE";
+pub const CPU_MILLICORES_ENV: &str = "CLOUDSIM_CPU_MILLICORES";
+pub const MEMORY_BYTES_ENV: &str = "CLOUDSIM_MEMORY_BYTES";
 
 /// Go's zero time, which the API shows for times that have not happened.
 const ZERO_TIME: &str = "0001-01-01 00:00:00 +0000 UTC";
@@ -40,7 +49,9 @@ const EVENTS_MAX: u64 = 100;
 const MAX_REPLICAS: i64 = 100;
 /// Hosts of a /16, .0.0 and .255.255 excluded.
 const HOSTS_PER_SUBNET: u32 = 65534;
-const MAX_SUBNETS: usize = 254;
+const MAX_SUBNETS: u32 = 254;
+const MIB: u64 = 1 << 20;
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// An API error answer: the code and message the client will see.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +68,127 @@ pub fn refuse(code: &str, message: impl Into<String>) -> Refusal {
         code: code.to_string(),
         message: message.into(),
     }
+}
+
+/// The block the subnets' private IPs are cut from, one /16 per subnet: `10.0.0.0/8` by default (the
+/// first subnet gets 10.1.0.0/16, the next 10.2.0.0/16, ...). Tests use a block of `127.0.0.0/8`,
+/// all of which is loopback on Linux, so that a process on this machine reaches every instance's
+/// agent at its `PrivateIp`. A block of exactly /16 holds one subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    network: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Ipv4Cidr {
+    /// `10.0.0.0/8`, where the real VPCs of the demo live too.
+    pub const DEFAULT_PRIVATE: Ipv4Cidr = Ipv4Cidr {
+        network: Ipv4Addr::new(10, 0, 0, 0),
+        prefix: 8,
+    };
+
+    /// A block of at least a /16 (`prefix <= 16`) with no host bits set.
+    pub fn new(network: Ipv4Addr, prefix: u8) -> Result<Self, String> {
+        if prefix > 16 {
+            return Err(format!(
+                "{network}/{prefix} is too small: every subnet gets a /16, so the prefix must be 16 or less"
+            ));
+        }
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        let bits = u32::from(network);
+        if bits & !mask != 0 {
+            return Err(format!(
+                "{network}/{prefix} has host bits set; did you mean {}/{prefix}?",
+                Ipv4Addr::from(bits & mask)
+            ));
+        }
+        Ok(Self { network, prefix })
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        self.network
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// How many /16s the block holds.
+    fn sixteens(&self) -> u32 {
+        1 << (16 - u32::from(self.prefix))
+    }
+
+    /// The first /16 handed out: the second of the block (10.1.0.0/16 of 10.0.0.0/8) unless the block
+    /// is a single /16.
+    fn first_subnet(&self) -> u32 {
+        u32::from(self.sixteens() > 1)
+    }
+
+    fn max_subnets(&self) -> u32 {
+        (self.sixteens() - self.first_subnet()).min(MAX_SUBNETS)
+    }
+
+    /// The base address of the `index`-th subnet (from 0) to be created.
+    fn subnet_base(&self, index: u32) -> u32 {
+        u32::from(self.network) + ((self.first_subnet() + index) << 16)
+    }
+}
+
+impl Default for Ipv4Cidr {
+    fn default() -> Self {
+        Self::DEFAULT_PRIVATE
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (network, prefix) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not a block such as 127.0.0.0/8 (ADDRESS/PREFIX)"))?;
+        let network: Ipv4Addr = network
+            .parse()
+            .map_err(|_| format!("{text:?}: {network:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|prefix| *prefix <= 32)
+            .ok_or_else(|| format!("{text:?}: {prefix:?} is not a prefix length (0-32)"))?;
+        Self::new(network, prefix)
+    }
+}
+
+/// A change of a container's usage rates; `None` keeps the current one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageChange {
+    pub cpu_millicores: Option<u64>,
+    pub memory_bytes: Option<u64>,
+}
+
+/// What a sandbox agent reports of one running container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSample {
+    pub name: String,
+    /// The start of the current run.
+    pub started: Instant,
+    /// CPU time of the current run.
+    pub cpu_core_nanoseconds: u64,
+    pub memory_working_set_bytes: u64,
+}
+
+/// An instance's status and its running containers' usage, as of one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Samples {
+    pub status: InstanceStatus,
+    pub containers: Vec<ContainerSample>,
 }
 
 /// Timing of every instance.
@@ -78,6 +210,7 @@ pub struct Counters {
 pub struct Store {
     lifecycle: Lifecycle,
     region: String,
+    private_cidr: Ipv4Cidr,
     quotas: BTreeMap<String, usize>,
     instances: HashMap<String, Instance>,
     /// Creation order, for stable paging.
@@ -115,9 +248,44 @@ struct Run {
     code: i64,
 }
 
+/// A container's usage: constant rates, and where the CPU counter stood at the last change of them.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    cpu_millicores: u64,
+    memory_bytes: u64,
+    checkpoint: Option<CpuCheckpoint>,
+}
+
+/// The CPU time the run `run_started` had used at `at`, when the rate last changed during it.
+#[derive(Debug, Clone, Copy)]
+struct CpuCheckpoint {
+    at: Instant,
+    run_started: Instant,
+    cpu_nanos: u64,
+}
+
+fn cpu_nanos(millicores: u64, running: Duration) -> u64 {
+    let nanos = u128::from(millicores) * running.as_nanos() / 1000;
+    u64::try_from(nanos).unwrap_or(u64::MAX)
+}
+
+impl Usage {
+    /// CPU time of the run that started at `run_started`, at `now`. Runs are told apart by their
+    /// start: a checkpoint of an earlier run does not carry over (a restart resets the counter).
+    fn cpu_at(&self, run_started: Instant, now: Instant) -> u64 {
+        match self.checkpoint {
+            Some(mark) if mark.run_started == run_started && now >= mark.at => mark
+                .cpu_nanos
+                .saturating_add(cpu_nanos(self.cpu_millicores, now - mark.at)),
+            _ => cpu_nanos(self.cpu_millicores, now.saturating_duration_since(run_started)),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ContainerSim {
     script: Option<Script>,
+    usage: Usage,
     /// When the current schedule of runs began (the instance start, or the restart after a crash).
     epoch: Instant,
     epoch_restarts: u32,
@@ -246,7 +414,7 @@ impl ContainerSim {
     }
 }
 
-/// Private IPs of one subnet: a /16 of 10.0.0.0/8 per subnet, freed addresses reused only after the
+/// Private IPs of one subnet: a /16 of the private block ([`Ipv4Cidr`]) per subnet, freed addresses reused only after the
 /// fresh ones run out (as a real VPC avoids handing a just-released IP to the next instance).
 #[derive(Debug)]
 struct SubnetPool {
@@ -325,6 +493,45 @@ fn script_of(container: &Container) -> Result<Option<Script>> {
         after: Duration::from_secs_f64(seconds).max(Duration::from_millis(1)),
         code: code.unwrap_or(0),
     }))
+}
+
+/// The usage the container's env asks for, else the default share of what it (or the instance)
+/// was given.
+fn usage_of(container: &Container, request: &CreateEksContainerInstancesRequest) -> Result<Usage> {
+    let explicit = |name: &str| -> Result<Option<u64>> {
+        env_value(container, name)
+            .map(|value| {
+                value.trim().parse::<u64>().map_err(|_| {
+                    refuse(
+                        "InvalidParameterValue",
+                        format!(
+                            "{name} of container {} must be a non-negative integer",
+                            container.name
+                        ),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let containers = request.containers.len().max(1) as f64;
+    let share = |own: Option<f64>, total: f64| match own {
+        Some(own) if own > 0.0 => own,
+        _ => total / containers,
+    };
+    // metrics-server drops a container that reports zero CPU or memory, so a default never is.
+    let cpu_millicores = match explicit(CPU_MILLICORES_ENV)? {
+        Some(millicores) => millicores,
+        None => ((share(container.cpu, request.cpu) * 100.0).round() as u64).max(1),
+    };
+    let memory_bytes = match explicit(MEMORY_BYTES_ENV)? {
+        Some(bytes) => bytes,
+        None => ((share(container.memory, request.memory) * GIB * 0.25) as u64).max(MIB),
+    };
+    Ok(Usage {
+        cpu_millicores,
+        memory_bytes,
+        checkpoint: None,
+    })
 }
 
 fn validate_create(request: &CreateEksContainerInstancesRequest) -> Result<()> {
@@ -559,10 +766,16 @@ impl Instance {
 }
 
 impl Store {
-    pub fn new(lifecycle: Lifecycle, region: String, quotas: BTreeMap<String, usize>) -> Self {
+    pub fn new(
+        lifecycle: Lifecycle,
+        region: String,
+        quotas: BTreeMap<String, usize>,
+        private_cidr: Ipv4Cidr,
+    ) -> Self {
         Self {
             lifecycle,
             region,
+            private_cidr,
             quotas,
             instances: HashMap::new(),
             order: BTreeMap::new(),
@@ -595,6 +808,11 @@ impl Store {
             .iter()
             .map(script_of)
             .collect::<Result<Vec<_>>>()?;
+        let usages = request
+            .containers
+            .iter()
+            .map(|container| usage_of(container, &request))
+            .collect::<Result<Vec<_>>>()?;
         let subnet = request.subnet_id.clone();
         if sold_out.contains(&subnet) {
             return Err(refuse(
@@ -604,13 +822,18 @@ impl Store {
         }
         let replicas = usize::try_from(request.replicas.unwrap_or(1)).unwrap_or(1);
         if !self.subnets.contains_key(&subnet) {
-            if self.subnets.len() >= MAX_SUBNETS {
+            let index = self.subnets.len() as u32;
+            if index >= self.private_cidr.max_subnets() {
                 return Err(refuse(
                     "LimitExceeded",
-                    format!("cloudsim serves at most {MAX_SUBNETS} subnets."),
+                    format!(
+                        "cloudsim serves at most {} subnets in {}.",
+                        self.private_cidr.max_subnets(),
+                        self.private_cidr
+                    ),
                 ));
             }
-            let base = u32::from(Ipv4Addr::new(10, 0, 0, 0)) + ((self.subnets.len() as u32 + 1) << 16);
+            let base = self.private_cidr.subnet_base(index);
             self.subnets.insert(
                 subnet.clone(),
                 SubnetPool {
@@ -674,8 +897,10 @@ impl Store {
             });
             let containers = scripts
                 .iter()
-                .map(|&script| ContainerSim {
+                .zip(&usages)
+                .map(|(&script, &usage)| ContainerSim {
                     script,
+                    usage,
                     epoch: started,
                     epoch_restarts: 0,
                     last_crash: None,
@@ -1117,6 +1342,95 @@ impl Store {
     }
 }
 
+impl Store {
+    pub fn private_ip(&self, id: &str) -> Option<Ipv4Addr> {
+        self.instances.get(id).map(|instance| instance.private_ip)
+    }
+
+    /// What the instance's sandbox agent reports at `now`: its status, and the usage of the
+    /// containers running then (in the order of the request).
+    pub fn samples(&self, id: &str, now: Instant) -> Result<Samples> {
+        let instance = self.instance(id)?;
+        let views = instance.views(now, &self.lifecycle);
+        let containers = instance
+            .request
+            .containers
+            .iter()
+            .zip(&instance.containers)
+            .zip(&views)
+            .filter_map(|((container, sim), view)| match *view {
+                ContainerView::Running { started, .. } => Some(ContainerSample {
+                    name: container.name.clone(),
+                    started,
+                    cpu_core_nanoseconds: sim.usage.cpu_at(started, now),
+                    memory_working_set_bytes: sim.usage.memory_bytes,
+                }),
+                _ => None,
+            })
+            .collect();
+        Ok(Samples {
+            status: status_of(&views),
+            containers,
+        })
+    }
+
+    /// Changes the usage rates of one container (all of them when `container` is `None`) from `now`
+    /// on. The CPU counter of a running container continues from its value now.
+    pub fn set_usage(
+        &mut self,
+        id: &str,
+        container: Option<&str>,
+        change: UsageChange,
+        now: Instant,
+    ) -> Result<()> {
+        let lifecycle = self.lifecycle;
+        let instance = self
+            .instances
+            .get_mut(id)
+            .ok_or_else(|| refuse("ResourceNotFound", format!("no instance {id}")))?;
+        let selected: Vec<usize> = match container {
+            Some(name) => vec![
+                instance
+                    .request
+                    .containers
+                    .iter()
+                    .position(|c| c.name == name)
+                    .ok_or_else(|| {
+                        refuse(
+                            "InternalError.ContainerNotFound",
+                            format!("no container {name} in {id}"),
+                        )
+                    })?,
+            ],
+            None => (0..instance.containers.len()).collect(),
+        };
+        let (started, policy) = (instance.started, instance.restart_policy.clone());
+        for index in selected {
+            let sim = &mut instance.containers[index];
+            let view = sim.view(now, started, &policy, &lifecycle);
+            let usage = &mut sim.usage;
+            usage.checkpoint = match view {
+                ContainerView::Running {
+                    started: run_started, ..
+                } => Some(CpuCheckpoint {
+                    at: now,
+                    run_started,
+                    cpu_nanos: usage.cpu_at(run_started, now),
+                }),
+                // Not running: the next run starts from 0 at the new rate anyway.
+                _ => None,
+            };
+            if let Some(millicores) = change.cpu_millicores {
+                usage.cpu_millicores = millicores;
+            }
+            if let Some(bytes) = change.memory_bytes {
+                usage.memory_bytes = bytes;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn truncate_at_char(mut text: String, limit: usize) -> String {
     if text.len() > limit {
         let mut end = limit;
@@ -1154,6 +1468,7 @@ mod tests {
                 lifecycle,
                 "ap-guangzhou".into(),
                 BTreeMap::from([("subnet-small".into(), 2)]),
+                Ipv4Cidr::DEFAULT_PRIVATE,
             ),
             clock: SimClock::manual(),
             rng: StdRng::seed_from_u64(3),
@@ -1213,6 +1528,216 @@ mod tests {
         fn state(&self, id: &str) -> ContainerState {
             self.get(id).containers[0].current_state.clone().unwrap()
         }
+    }
+
+    fn usage(f: &Fixture, id: &str) -> Vec<(String, u64, u64)> {
+        f.store
+            .samples(id, f.clock.now())
+            .unwrap()
+            .containers
+            .into_iter()
+            .map(|c| (c.name, c.cpu_core_nanoseconds, c.memory_working_set_bytes))
+            .collect()
+    }
+
+    /// Name, `Cpu`, `Memory` and environment of a container.
+    type ContainerSpec<'a> = (&'a str, Option<f64>, Option<f64>, &'a [(&'a str, &'a str)]);
+
+    fn containers(specs: &[ContainerSpec<'_>]) -> Vec<Container> {
+        specs
+            .iter()
+            .map(|(name, cpu, memory, env)| Container {
+                image: "nginx".into(),
+                name: name.to_string(),
+                cpu: *cpu,
+                memory: *memory,
+                environment_vars: env
+                    .iter()
+                    .map(|(n, v)| EnvironmentVariable {
+                        name: n.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_env_sets_the_usage_and_the_cpu_counter_is_rate_times_running_time() {
+        let mut f = fixture();
+        let env = [(CPU_MILLICORES_ENV, "250"), (MEMORY_BYTES_ENV, "67108864")];
+        let id = f.create(request("u", RestartPolicy::Always, &env)).unwrap();
+        let pending = f.store.samples(&id, f.clock.now()).unwrap();
+        assert_eq!(
+            (pending.status, pending.containers.len()),
+            (InstanceStatus::Pending, 0)
+        );
+        f.clock.advance(10 * SECOND);
+        assert_eq!(usage(&f, &id), [("web".to_string(), 0, 64 << 20)]);
+        f.clock.advance(10 * SECOND);
+        assert_eq!(usage(&f, &id), [("web".to_string(), 2_500_000_000, 64 << 20)]);
+        let explicit_zero = [(CPU_MILLICORES_ENV, "0"), (MEMORY_BYTES_ENV, "0")];
+        let zero = f
+            .create(request("z", RestartPolicy::Always, &explicit_zero))
+            .unwrap();
+        f.clock.advance(10 * SECOND);
+        assert_eq!(
+            usage(&f, &zero),
+            [("web".to_string(), 0, 0)],
+            "asked for explicitly, zero is honoured"
+        );
+    }
+
+    #[test]
+    fn without_env_a_container_uses_a_share_of_what_it_was_given_never_zero() {
+        let mut f = fixture();
+        let own = CreateEksContainerInstancesRequest {
+            containers: containers(&[
+                ("sized", Some(0.5), Some(1.0), &[]),
+                ("tiny", Some(0.001), Some(0.001), &[]),
+                ("unsized", None, None, &[]),
+            ]),
+            ..request("d", RestartPolicy::Always, &[])
+        };
+        let id = f.create(own).unwrap();
+        f.clock.advance(10 * SECOND + 10 * SECOND);
+        assert_eq!(
+            usage(&f, &id),
+            [
+                // 10% of 0.5 cores = 50m for 10 s; 25% of 1 GiB.
+                ("sized".to_string(), 500_000_000, 256 << 20),
+                ("tiny".to_string(), 10_000_000, 1 << 20),
+                // A third of the instance's 1 core and 2 GiB.
+                ("unsized".to_string(), 330_000_000, (2u64 << 30) / 3 / 4),
+            ]
+        );
+    }
+
+    #[test]
+    fn usage_env_that_is_not_a_non_negative_integer_is_refused_naming_the_container() {
+        let mut f = fixture();
+        for (name, value) in [
+            (CPU_MILLICORES_ENV, "-1"),
+            (CPU_MILLICORES_ENV, "1.5"),
+            (MEMORY_BYTES_ENV, "64Mi"),
+            (MEMORY_BYTES_ENV, ""),
+        ] {
+            let err = f
+                .create(request("bad", RestartPolicy::Always, &[(name, value)]))
+                .unwrap_err();
+            assert_eq!(err.code, "InvalidParameterValue", "{name}={value}");
+            assert!(
+                err.message.contains(name) && err.message.contains("container web"),
+                "{}",
+                err.message
+            );
+        }
+        assert_eq!(f.store.live(), 0);
+    }
+
+    #[test]
+    fn a_restart_starts_the_cpu_counter_again_and_moves_the_start_time() {
+        let mut f = fixture();
+        let id = f
+            .create(request(
+                "r",
+                RestartPolicy::Always,
+                &[(CPU_MILLICORES_ENV, "1000")],
+            ))
+            .unwrap();
+        f.clock.advance(14 * SECOND);
+        let first = f.store.samples(&id, f.clock.now()).unwrap().containers[0].clone();
+        assert_eq!(first.cpu_core_nanoseconds, 4_000_000_000);
+        f.store.crash(&id, None, 1, f.clock.now()).unwrap();
+        f.clock.advance(SECOND);
+        assert_eq!(usage(&f, &id), [], "an exited container is not reported");
+        f.clock.advance(SECOND + 3 * SECOND);
+        let second = f.store.samples(&id, f.clock.now()).unwrap().containers[0].clone();
+        assert_eq!(second.cpu_core_nanoseconds, 3_000_000_000);
+        assert_eq!(second.started - first.started, 4 * SECOND + 2 * SECOND);
+    }
+
+    #[test]
+    fn a_usage_change_keeps_the_cpu_counter_continuous() {
+        let mut f = fixture();
+        let two = CreateEksContainerInstancesRequest {
+            containers: containers(&[
+                ("a", None, None, &[(CPU_MILLICORES_ENV, "250")]),
+                (
+                    "b",
+                    None,
+                    None,
+                    &[(CPU_MILLICORES_ENV, "100"), (MEMORY_BYTES_ENV, "1000")],
+                ),
+            ]),
+            ..request("c", RestartPolicy::Always, &[])
+        };
+        let id = f.create(two).unwrap();
+        // Before the start: nothing to carry over, the first run counts at the new rate.
+        let faster = UsageChange {
+            cpu_millicores: Some(500),
+            memory_bytes: None,
+        };
+        f.store.set_usage(&id, Some("a"), faster, f.clock.now()).unwrap();
+        f.clock.advance(10 * SECOND + 10 * SECOND);
+        assert_eq!(usage(&f, &id)[0].1, 5_000_000_000);
+        let change = UsageChange {
+            cpu_millicores: Some(2000),
+            memory_bytes: Some(4096),
+        };
+        f.store.set_usage(&id, None, change, f.clock.now()).unwrap();
+        assert_eq!(usage(&f, &id)[0].1, 5_000_000_000, "no jump at the change");
+        f.clock.advance(5 * SECOND);
+        assert_eq!(
+            usage(&f, &id),
+            [
+                ("a".to_string(), 15_000_000_000, 4096),
+                ("b".to_string(), 1_000_000_000 + 10_000_000_000, 4096),
+            ]
+        );
+        let err = f
+            .store
+            .set_usage(&id, Some("nope"), change, f.clock.now())
+            .unwrap_err();
+        assert_eq!(err.code, "InternalError.ContainerNotFound");
+        let err = f
+            .store
+            .set_usage("eksci-missing", None, change, f.clock.now())
+            .unwrap_err();
+        assert_eq!(err.code, "ResourceNotFound");
+    }
+
+    #[test]
+    fn private_ips_come_from_the_configured_block_a_sixteen_per_subnet() {
+        let store = |cidr: &str| {
+            Store::new(
+                fixture().store.lifecycle,
+                "ap-guangzhou".into(),
+                BTreeMap::new(),
+                cidr.parse().unwrap(),
+            )
+        };
+        let mut f = fixture();
+        f.store = store("127.0.0.0/8");
+        let a = f.create(request("a", RestartPolicy::Always, &[])).unwrap();
+        let other_subnet = CreateEksContainerInstancesRequest {
+            subnet_id: "subnet-b".into(),
+            ..request("b", RestartPolicy::Always, &[])
+        };
+        let b = f.create(other_subnet.clone()).unwrap();
+        assert_eq!(
+            (f.get(&a).private_ip.as_str(), f.get(&b).private_ip.as_str()),
+            ("127.1.0.1", "127.2.0.1")
+        );
+        f.store = store("127.42.0.0/16");
+        let a = f.create(request("a", RestartPolicy::Always, &[])).unwrap();
+        assert_eq!(f.get(&a).private_ip, "127.42.0.1");
+        let err = f.create(other_subnet).unwrap_err();
+        assert_eq!(err.code, "LimitExceeded", "a /16 holds one subnet");
+        assert!(err.message.contains("127.42.0.0/16"), "{}", err.message);
+        assert_eq!(Ipv4Cidr::DEFAULT_PRIVATE.to_string(), "10.0.0.0/8");
+        assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().max_subnets(), 254);
     }
 
     #[test]

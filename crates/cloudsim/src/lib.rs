@@ -5,14 +5,22 @@
 //!
 //! `tke-resilience cloudsim` runs it ([`Args`], [`run`]); tests start it in-process with [`serve`] on
 //! `127.0.0.1:0` and steer it through the returned [`Handle`] (or over HTTP: `GET /admin/stats`,
-//! `GET`/`POST /admin/faults`, `POST /admin/crash`, `POST /admin/clock`).
+//! `GET`/`POST /admin/faults`, `POST /admin/crash`, `POST /admin/usage`, `POST /admin/clock`).
 //!
 //! What it supports of the real API: the five EKSCI actions eklet uses plus
 //! DescribeEKSContainerInstanceRegions; the Describe filters `eks-ci-name`, `status`, `private-ip`,
 //! `eip-address` and `vpc-id` (the documented ones — the API has no tags, so a caller identifies its
-//! instances by name or by environment variables it sets). See `instances` for the lifecycle and
-//! the predictable log lines.
+//! instances by name or by environment variables it sets). See `instances` for the lifecycle, the
+//! predictable log lines and the usage model.
+//!
+//! What the API does not have, it simulates beside it: the agent every sandbox VM runs, which
+//! serves the containers' CPU and memory usage as Prometheus text on the instance's private IP
+//! (the contract `tke_tencent::agent` reads). With [`Config::agent_port`] set, each instance gets a
+//! listener on `(PrivateIp, agent_port)` from create to delete; with the private IPs cut from a
+//! loopback block ([`Config::private_cidr`] `127.0.0.0/8`), a scraper on this machine reaches them
+//! as eklet reaches the real ones over the VPC. Off by default, so the benchmarks open no sockets.
 
+mod agents;
 mod api;
 mod args;
 pub mod clock;
@@ -20,7 +28,7 @@ pub mod faults;
 pub mod instances;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +39,9 @@ use tokio::task::JoinHandle;
 
 pub use args::{Args, run};
 pub use faults::{ErrorRates, FailNext, Faults, Stats};
-pub use instances::{EXIT_AFTER_ENV, EXIT_CODE_ENV, Refusal};
+pub use instances::{
+    CPU_MILLICORES_ENV, EXIT_AFTER_ENV, EXIT_CODE_ENV, MEMORY_BYTES_ENV, Refusal, UsageChange,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,6 +51,10 @@ pub enum Error {
     Faults(String),
     #[error("no credentials to accept: give at least one SecretId/SecretKey pair")]
     NoCredentials,
+    #[error("agent port 0: the sandbox agents need a fixed port, the one eklet scrapes")]
+    AgentPortZero,
+    #[error("invalid private block: {0}")]
+    PrivateCidr(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -67,6 +81,13 @@ pub struct Config {
     pub manual_clock: bool,
     /// Largest accepted difference between `X-TC-Timestamp` and the server's clock.
     pub max_clock_skew: Duration,
+    /// The port of every instance's sandbox agent, on its private IP; `None` runs no agents. A
+    /// listener that cannot bind (the IP is not this machine's) is a warning, not a failed create.
+    pub agent_port: Option<u16>,
+    /// The block the subnets' private IPs come from, as (network, prefix length): a /16 of it per
+    /// subnet, so the prefix is at most 16. `(10.0.0.0, 8)` by default; tests take a block of
+    /// `127.0.0.0/8` so that the instances' agents are reachable on this machine.
+    pub private_cidr: (Ipv4Addr, u8),
 }
 
 impl Config {
@@ -85,6 +106,11 @@ impl Config {
             seed: None,
             manual_clock: false,
             max_clock_skew: Duration::from_secs(300),
+            agent_port: None,
+            private_cidr: (
+                instances::Ipv4Cidr::DEFAULT_PRIVATE.network(),
+                instances::Ipv4Cidr::DEFAULT_PRIVATE.prefix(),
+            ),
         }
     }
 }
@@ -134,23 +160,37 @@ impl Handle {
         self.sim.crash(eks_ci_id, container, exit_code)
     }
 
+    /// Changes the usage the sandbox agent reports for a container (all of the instance's when
+    /// `None`) from now on; the CPU counter continues from its current value.
+    pub fn set_usage(
+        &self,
+        eks_ci_id: &str,
+        container: Option<&str>,
+        change: UsageChange,
+    ) -> Result<(), Refusal> {
+        self.sim.set_usage(eks_ci_id, container, change)
+    }
+
     /// Moves the simulator's clock forward (the only way a manual clock moves).
     pub fn advance_clock(&self, by: Duration) {
         self.sim.clock.advance(by);
     }
 
-    /// Stops accepting, lets in-flight requests finish, and waits for the server to end.
+    /// Stops accepting, lets in-flight requests finish, waits for the server to end, then stops
+    /// every sandbox agent (their ports are closed when this returns).
     pub async fn shutdown(mut self) -> Result<()> {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        match self.task.take() {
+        let served = match self.task.take() {
             Some(task) => match task.await {
-                Ok(result) => Ok(result?),
+                Ok(result) => result.map_err(Error::Listen),
                 Err(join) => Err(Error::Listen(std::io::Error::other(join))),
             },
             None => Ok(()),
-        }
+        };
+        self.sim.stop_agents().await;
+        served
     }
 }
 
@@ -160,8 +200,13 @@ pub async fn serve(config: Config, listener: TcpListener) -> Result<Handle> {
         return Err(Error::NoCredentials);
     }
     config.faults.validate().map_err(Error::Faults)?;
+    if config.agent_port == Some(0) {
+        return Err(Error::AgentPortZero);
+    }
+    let (network, prefix) = config.private_cidr;
+    let private_cidr = instances::Ipv4Cidr::new(network, prefix).map_err(Error::PrivateCidr)?;
     let addr = listener.local_addr()?;
-    let sim = Arc::new(api::Sim::new(config));
+    let sim = Arc::new(api::Sim::new(config, private_cidr));
     let (shutdown, stop) = oneshot::channel::<()>();
     let app = api::router(sim.clone());
     let task = tokio::spawn(async move {

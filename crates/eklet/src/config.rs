@@ -165,6 +165,12 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     pub cloud_rate_limit: u32,
 
+    /// The port each sandbox's agent serves its containers' usage on (`/metrics`, cAdvisor
+    /// names), unless the pod's `eks.tke.cloud.tencent.com/metrics-port` annotation says another.
+    /// eklet scrapes it at the pod IP when metrics-server asks the virtual node for usage.
+    #[arg(long, default_value_t = tke_tencent::agent::DEFAULT_METRICS_PORT)]
+    pub sandbox_metrics_port: u16,
+
     /// Read the cloud credentials from this file or mounted Secret directory instead of the
     /// TENCENTCLOUD_* environment variables.
     #[arg(long)]

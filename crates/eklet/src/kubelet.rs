@@ -25,7 +25,7 @@ use tke_policy::virtual_node;
 use crate::{
     config::{self, Args, Config},
     pods::Context,
-    provider::{self, ContainerState, DESCRIBE_BATCH, Provider},
+    provider::{self, ContainerState, ContainerStats, DESCRIBE_BATCH, Provider, StatsTarget},
 };
 
 /// How often a followed log asks the provider for new lines.
@@ -349,38 +349,62 @@ impl<P: Provider> Backend for VirtualNodes<P> {
                 ),
             ));
         }
-        let by_sandbox: std::collections::HashMap<String, String> = pods
-            .iter()
-            .filter_map(|pod| pod.metadata.uid.clone())
-            .filter_map(|uid| Some((self.ctx.registry.get(&uid)?.sandbox_id, uid)))
-            .collect();
-        let ids: Vec<String> = by_sandbox.keys().cloned().collect();
+        let mut by_sandbox = std::collections::HashMap::new();
+        let mut targets = Vec::new();
+        for pod in pods {
+            let Some(uid) = pod.metadata.uid.as_deref() else {
+                continue;
+            };
+            let Some(record) = self.ctx.registry.get(uid) else {
+                continue;
+            };
+            by_sandbox.insert(record.sandbox_id.clone(), uid.to_owned());
+            targets.push(StatsTarget {
+                ip: record
+                    .observed
+                    .ip
+                    .clone()
+                    .or_else(|| pod.status.as_ref().and_then(|s| s.pod_ip.clone())),
+                id: record.sandbox_id,
+                annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+            });
+        }
         let mut usage = Vec::new();
-        for batch in ids.chunks(DESCRIBE_BATCH) {
+        for batch in targets.chunks(DESCRIBE_BATCH) {
             let measured = self.ctx.provider.stats(batch).await.map_err(from_provider)?;
-            let time = Timestamp::now();
             for stats in measured {
                 let Some(uid) = by_sandbox.get(&stats.id) else {
                     continue;
                 };
+                let cpu = |c: &ContainerStats| CpuUsage {
+                    nano_cores: c.cpu_nano_cores,
+                    core_nano_seconds: c.cpu_core_nano_seconds,
+                };
+                // The pod's counter is the containers' sum only when every container counts.
+                let counted: Option<u64> = stats
+                    .containers
+                    .iter()
+                    .map(|c| c.cpu_core_nano_seconds)
+                    .try_fold(0u64, |sum, c| Some(sum.saturating_add(c?)));
                 usage.push(PodUsage {
                     uid: uid.clone(),
-                    time,
+                    time: stats.time,
                     cpu: CpuUsage {
-                        nano_cores: stats.cpu_nano_cores,
-                        core_nano_seconds: None,
+                        nano_cores: stats.containers.iter().map(|c| c.cpu_nano_cores).sum(),
+                        core_nano_seconds: counted,
                     },
-                    memory_working_set_bytes: stats.memory_working_set_bytes,
+                    memory_working_set_bytes: stats
+                        .containers
+                        .iter()
+                        .map(|c| c.memory_working_set_bytes)
+                        .sum(),
                     containers: stats
                         .containers
-                        .into_iter()
-                        .map(|(name, nano_cores, memory)| ContainerUsage {
-                            name,
-                            cpu: CpuUsage {
-                                nano_cores,
-                                core_nano_seconds: None,
-                            },
-                            memory_working_set_bytes: memory,
+                        .iter()
+                        .map(|c| ContainerUsage {
+                            name: c.name.clone(),
+                            cpu: cpu(c),
+                            memory_working_set_bytes: c.memory_working_set_bytes,
                         })
                         .collect(),
                 });

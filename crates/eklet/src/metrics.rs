@@ -13,7 +13,7 @@ use prometheus_client::{
 
 use crate::provider::{
     self, Capabilities, LogOptions, Provider, Sandbox, SandboxEvent, SandboxName, SandboxSpec, SandboxStats,
-    VolumeSpec,
+    StatsTarget, VolumeSpec,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -297,8 +297,8 @@ impl<P: Provider> Provider for Measured<P> {
         result
     }
 
-    async fn stats(&self, ids: &[String]) -> provider::Result<Vec<SandboxStats>> {
-        let result = self.inner.stats(ids).await;
+    async fn stats(&self, targets: &[StatsTarget]) -> provider::Result<Vec<SandboxStats>> {
+        let result = self.inner.stats(targets).await;
         self.metrics.call("stats", &result);
         result
     }

@@ -9,6 +9,7 @@
 //!   annotations the API has fields for;
 //! - [`credentials`] and [`time`].
 
+pub mod agent;
 pub mod annotations;
 pub mod client;
 pub mod credentials;

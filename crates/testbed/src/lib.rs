@@ -7,6 +7,7 @@
 //! ([`ControlPlane::start`]) and it is torn down when dropped. Either way no process outlives the test
 //! binary, also when it panics or is killed (see [`process`]).
 
+pub mod metrics_server;
 pub mod nodes;
 pub mod pki;
 pub mod process;
@@ -197,6 +198,18 @@ impl ControlPlane {
                 p(&pki.apiserver_kubelet_client.key_file)
             ),
             "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
+            // The aggregation layer, for metrics-server (`kubectl top`, HPA). One CA signs the
+            // front-proxy client too; only its name may assert request headers.
+            format!("--requestheader-client-ca-file={}", p(&pki.ca.cert_file)),
+            format!("--requestheader-allowed-names={}", pki::FRONT_PROXY_CLIENT),
+            "--requestheader-username-headers=X-Remote-User".into(),
+            "--requestheader-group-headers=X-Remote-Group".into(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+            format!(
+                "--proxy-client-cert-file={}",
+                p(&pki.front_proxy_client.cert_file)
+            ),
+            format!("--proxy-client-key-file={}", p(&pki.front_proxy_client.key_file)),
             "--profiling=false".into(),
             "--v=1".into(),
         ];
@@ -233,6 +246,8 @@ impl ControlPlane {
             // The node-lifecycle controller stays on: virtual nodes must heartbeat like real ones.
             "--node-monitor-period=5s".into(),
             "--node-monitor-grace-period=40s".into(),
+            // HPAs react within seconds instead of the default 15 s.
+            "--horizontal-pod-autoscaler-sync-period=5s".into(),
             "--kube-api-qps=200".into(),
             "--kube-api-burst=400".into(),
             "--v=1".into(),

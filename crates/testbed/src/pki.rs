@@ -23,6 +23,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The aggregator's identity; the only name extension API servers accept request headers from.
+pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
+
 /// A certificate and its private key, as PEM, and the files they were written to.
 #[derive(Clone, Debug)]
 pub struct CertPair {
@@ -42,6 +45,9 @@ pub struct Pki {
     /// Presented by kube-apiserver when it calls a kubelet (logs, exec, stats): a virtual node's
     /// kubelet API trusts `ca` as its client CA and sees this identity.
     pub apiserver_kubelet_client: CertPair,
+    /// Presented by kube-apiserver's aggregator when it proxies to an extension API server
+    /// (metrics-server), which trusts `ca` for it as `--requestheader-client-ca-file`.
+    pub front_proxy_client: CertPair,
     /// The service-account token signing key (ECDSA P-256), private and public halves.
     pub service_account_key: PathBuf,
     pub service_account_pub: PathBuf,
@@ -75,7 +81,8 @@ impl Pki {
             ca: ca.clone(),
             apiserver: ca.clone(),
             admin: ca.clone(),
-            apiserver_kubelet_client: ca,
+            apiserver_kubelet_client: ca.clone(),
+            front_proxy_client: ca,
             service_account_key: dir.join("sa.key"),
             service_account_pub: dir.join("sa.pub"),
         };
@@ -98,6 +105,8 @@ impl Pki {
             "kube-apiserver-kubelet-client",
             Some("system:masters"),
         )?;
+
+        pki.front_proxy_client = pki.issue_client("front-proxy-client", FRONT_PROXY_CLIENT, None)?;
 
         let sa = KeyPair::generate()?;
         write(&pki.service_account_key, &sa.serialize_pem())?;

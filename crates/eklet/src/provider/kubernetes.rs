@@ -26,6 +26,7 @@ use std::{
 };
 
 use futures::StreamExt;
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Pod, Secret};
 use kube::{
     Api, Client, ResourceExt,
@@ -42,8 +43,8 @@ use self::{
     translate::{Fetched, Namespaces, Object, Placement, Settings, SourceKind},
 };
 use super::{
-    Capabilities, Error, ErrorKind, LogOptions, ProbeKind, Provider, Result, Sandbox, SandboxEvent,
-    SandboxName, SandboxStats, VolumeKind, VolumeSource, VolumeSpec,
+    Capabilities, ContainerStats, Error, ErrorKind, LogOptions, ProbeKind, Provider, Result, Sandbox,
+    SandboxEvent, SandboxName, SandboxStats, StatsTarget, VolumeKind, VolumeSource, VolumeSpec,
 };
 use crate::{config::Args, quantity};
 
@@ -908,8 +909,9 @@ impl Provider for KubernetesProvider {
             .collect())
     }
 
-    async fn stats(&self, ids: &[String]) -> Result<Vec<SandboxStats>> {
+    async fn stats(&self, targets: &[StatsTarget]) -> Result<Vec<SandboxStats>> {
         const ACTION: &str = "ListPodMetrics";
+        let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
         let resource = ApiResource {
             group: "metrics.k8s.io".into(),
             version: "v1beta1".into(),
@@ -917,7 +919,7 @@ impl Provider for KubernetesProvider {
             kind: "PodMetrics".into(),
             plural: "pods".into(),
         };
-        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let wanted: HashSet<&str> = ids.iter().copied().collect();
         let namespaces: HashSet<&str> = ids
             .iter()
             .filter_map(|id| translate::parse_sandbox_id(id).map(|(ns, _)| ns))
@@ -952,9 +954,13 @@ impl Provider for KubernetesProvider {
     }
 }
 
-/// One PodMetrics object as usage.
+/// One PodMetrics object as usage: a rate over the target's window, no counter.
 fn usage(id: String, data: &serde_json::Value) -> SandboxStats {
-    let containers: Vec<(String, u64, u64)> = data["containers"]
+    let time = data["timestamp"]
+        .as_str()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .unwrap_or_else(Timestamp::now);
+    let containers = data["containers"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
@@ -966,19 +972,15 @@ fn usage(id: String, data: &serde_json::Value) -> SandboxStats {
                     .and_then(|q| quantity::parse(q).ok())
                     .map_or(0, |v| (v * scale).round() as u64)
             };
-            (
-                c["name"].as_str().unwrap_or_default().to_owned(),
-                read("cpu", 1e9),
-                read("memory", 1.0),
-            )
+            ContainerStats {
+                name: c["name"].as_str().unwrap_or_default().to_owned(),
+                cpu_nano_cores: read("cpu", 1e9),
+                cpu_core_nano_seconds: None,
+                memory_working_set_bytes: read("memory", 1.0),
+            }
         })
         .collect();
-    SandboxStats {
-        id,
-        cpu_nano_cores: containers.iter().map(|c| c.1).sum(),
-        memory_working_set_bytes: containers.iter().map(|c| c.2).sum(),
-        containers,
-    }
+    SandboxStats { id, time, containers }
 }
 
 #[cfg(test)]
@@ -1095,13 +1097,29 @@ mod tests {
     fn pod_metrics_become_usage_in_nanocores_and_bytes() {
         let stats = usage(
             "ns/p".into(),
-            &serde_json::json!({"containers": [
+            &serde_json::json!({"timestamp": "2026-12-01T10:00:00Z", "containers": [
                 {"name": "app", "usage": {"cpu": "250m", "memory": "64Mi"}},
                 {"name": "side", "usage": {"cpu": "1500000n", "memory": "1Ki"}}
             ]}),
         );
-        assert_eq!(stats.cpu_nano_cores, 250_000_000 + 1_500_000);
-        assert_eq!(stats.memory_working_set_bytes, 64 * 1024 * 1024 + 1024);
-        assert_eq!(stats.containers[0].0, "app");
+        assert_eq!(stats.time, "2026-12-01T10:00:00Z".parse::<Timestamp>().unwrap());
+        let app = &stats.containers[0];
+        assert_eq!(
+            (
+                app.name.as_str(),
+                app.cpu_nano_cores,
+                app.memory_working_set_bytes
+            ),
+            ("app", 250_000_000, 64 * 1024 * 1024)
+        );
+        let side = &stats.containers[1];
+        assert_eq!(
+            (side.cpu_nano_cores, side.memory_working_set_bytes),
+            (1_500_000, 1024)
+        );
+        assert!(
+            stats.containers.iter().all(|c| c.cpu_core_nano_seconds.is_none()),
+            "PodMetrics carry rates, not counters"
+        );
     }
 }

@@ -455,13 +455,34 @@ pub struct SandboxEvent {
     pub count: u32,
 }
 
-/// Resource usage of one sandbox.
+/// A sandbox to measure, with what eklet knows of it: a provider that reads usage from the
+/// sandbox itself (the tencent provider scrapes the sandbox agent) needs its address and the pod's
+/// annotations (`eks.tke.cloud.tencent.com/metrics-port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsTarget {
+    pub id: String,
+    pub ip: Option<String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Resource usage of one sandbox's running containers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxStats {
     pub id: String,
+    /// When it was measured.
+    pub time: Timestamp,
+    pub containers: Vec<ContainerStats>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerStats {
+    pub name: String,
+    /// The current rate, in billionths of a core.
     pub cpu_nano_cores: u64,
+    /// CPU time since the container started, if the source counts it (the kubelet formats need
+    /// it; without it the kubelet API integrates the rate).
+    pub cpu_core_nano_seconds: Option<u64>,
     pub memory_working_set_bytes: u64,
-    pub containers: Vec<(String, u64, u64)>,
 }
 
 /// A cloud that runs sandboxes. One instance serves the whole process; every method may be
@@ -514,8 +535,10 @@ pub trait Provider: Send + Sync + 'static {
     /// What the cloud recorded about a sandbox, newest first.
     fn events(&self, id: &str) -> impl Future<Output = Result<Vec<SandboxEvent>>> + Send;
 
-    /// Resource usage of the given sandboxes.
-    fn stats(&self, ids: &[String]) -> impl Future<Output = Result<Vec<SandboxStats>>> + Send;
+    /// Resource usage of as many of the given sandboxes (at most [`DESCRIBE_BATCH`]) as can be
+    /// measured now; a sandbox missing from the answer is shown without usage. An error means
+    /// none could be.
+    fn stats(&self, targets: &[StatsTarget]) -> impl Future<Output = Result<Vec<SandboxStats>>> + Send;
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use kube::Client;
 
 use super::{
     Capabilities, LogOptions, Provider, Result, Sandbox, SandboxEvent, SandboxName, SandboxSpec,
-    SandboxStats, VolumeSpec, kubernetes::KubernetesProvider, tencent::TencentProvider,
+    SandboxStats, StatsTarget, VolumeSpec, kubernetes::KubernetesProvider, tencent::TencentProvider,
 };
 use crate::config::Args;
 
@@ -121,10 +121,10 @@ impl Provider for SelectedProvider {
         }
     }
 
-    async fn stats(&self, ids: &[String]) -> Result<Vec<SandboxStats>> {
+    async fn stats(&self, targets: &[StatsTarget]) -> Result<Vec<SandboxStats>> {
         match self {
-            SelectedProvider::Tencent(p) => p.stats(ids).await,
-            SelectedProvider::Kubernetes(p) => p.stats(ids).await,
+            SelectedProvider::Tencent(p) => p.stats(targets).await,
+            SelectedProvider::Kubernetes(p) => p.stats(targets).await,
         }
     }
 }

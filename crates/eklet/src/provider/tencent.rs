@@ -6,10 +6,19 @@
 //! the API's only free-form field, so adoption lists the VPC and keeps the names this cluster
 //! gave.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::Mutex,
+    time::Duration,
+};
+
+use futures::StreamExt as _;
+use jiff::Timestamp;
 
 use tke_tencent::{
     ClientConfig, Credentials,
+    agent::{self, AgentClient},
     annotations::{self, overrides_from_annotations},
     model::{
         self, Capabilities as ModelCapabilities, CbsVolume, Container, CreateEksContainerInstancesRequest,
@@ -22,9 +31,9 @@ use tke_tencent::{
 };
 
 use super::{
-    Capabilities, ContainerSpec, ContainerState, ContainerStatus, Error, ErrorKind, LogOptions, ProbeAction,
-    ProbeKind, ProbeSpec, Provider, RestartPolicy, Result, Sandbox, SandboxEvent, SandboxName, SandboxPhase,
-    SandboxSpec, SandboxStats, VolumeKind, VolumeSource, VolumeSpec,
+    Capabilities, ContainerSpec, ContainerState, ContainerStats, ContainerStatus, Error, ErrorKind,
+    LogOptions, ProbeAction, ProbeKind, ProbeSpec, Provider, RestartPolicy, Result, Sandbox, SandboxEvent,
+    SandboxName, SandboxPhase, SandboxSpec, SandboxStats, StatsTarget, VolumeKind, VolumeSource, VolumeSpec,
 };
 use crate::config::Args;
 
@@ -38,12 +47,32 @@ pub enum SetupError {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// How long one sandbox agent may take to answer a scrape; metrics-server's own timeout is
+/// longer, so one slow sandbox costs its pod's usage, not the node's.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Sandbox agents scraped at once for one stats call.
+const AGENT_CONCURRENCY: usize = 16;
+/// A container's last counter reading older than this is forgotten (its pod is gone or no longer
+/// scraped).
+const COUNTER_MEMORY: Duration = Duration::from_secs(600);
+
 /// EKS container instances in one VPC.
 pub struct TencentProvider {
     client: tke_tencent::Client,
     vpc_id: String,
     security_group_ids: Vec<String>,
     capabilities: Capabilities,
+    agents: AgentClient,
+    metrics_port: u16,
+    /// The last CPU counter per (sandbox, container), to turn the agents' counters into rates.
+    readings: Mutex<HashMap<(String, String), Reading>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    time: Timestamp,
+    core_nano_seconds: u64,
+    started: Option<Timestamp>,
 }
 
 impl TencentProvider {
@@ -67,7 +96,8 @@ impl TencentProvider {
             tke_tencent::Client::new(config)?,
             &args.vpc_id,
             args.security_group_ids.clone(),
-        ))
+        )
+        .with_metrics_port(args.sandbox_metrics_port))
     }
 
     pub fn new(
@@ -86,11 +116,94 @@ impl TencentProvider {
                 startup_probe: false,
                 reports_readiness: false,
                 logs: true,
-                stats: false,
+                // From each sandbox's agent, not the API (it has no metrics action).
+                stats: true,
                 // Env is fixed at create time, before the API assigns the IP.
                 resolves_pod_ip: false,
             },
+            agents: AgentClient::new(AGENT_TIMEOUT),
+            metrics_port: agent::DEFAULT_METRICS_PORT,
+            readings: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The agent port of pods without the `metrics-port` annotation.
+    pub fn with_metrics_port(mut self, port: u16) -> TencentProvider {
+        self.metrics_port = port;
+        self
+    }
+
+    /// One sandbox's usage from its agent, with rates from the previous reading (or, the first
+    /// time, the average since the container started).
+    async fn scrape(&self, target: &StatsTarget) -> Result<SandboxStats> {
+        let failed = |code: &str, message: String| Error {
+            action: "ScrapeSandboxAgent",
+            kind: ErrorKind::Transient,
+            code: code.to_owned(),
+            message,
+            maybe_executed: false,
+        };
+        let ip: IpAddr = target
+            .ip
+            .as_deref()
+            .ok_or_else(|| failed("NoAddress", format!("sandbox {} has no IP yet", target.id)))?
+            .parse()
+            .map_err(|_| failed("NoAddress", format!("sandbox {} has a malformed IP", target.id)))?;
+        let port = agent::metrics_port(&target.annotations, self.metrics_port).map_err(|message| Error {
+            kind: ErrorKind::Permanent,
+            ..failed("InvalidMetricsPort", message)
+        })?;
+        let containers = self.agents.scrape(SocketAddr::new(ip, port)).await.map_err(|e| {
+            failed(
+                "AgentUnavailable",
+                format!("sandbox {} at {ip}:{port}: {e}", target.id),
+            )
+        })?;
+        let now = Timestamp::now();
+        let mut readings = self.readings.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = containers
+            .into_iter()
+            .map(|c| {
+                let time = c.time.unwrap_or(now);
+                let key = (target.id.clone(), c.name.clone());
+                let previous = readings.get(&key).copied().filter(|p| p.started == c.start_time);
+                let from = match previous {
+                    Some(p) if p.time < time && p.core_nano_seconds <= c.cpu_core_nano_seconds => {
+                        Some((p.time, p.core_nano_seconds))
+                    }
+                    _ => c.start_time.filter(|s| *s < time).map(|s| (s, 0)),
+                };
+                let nano_cores = from.map_or(0, |(at, counted)| {
+                    let elapsed = time.duration_since(at).as_nanos().max(1).unsigned_abs();
+                    let used = u128::from(c.cpu_core_nano_seconds - counted);
+                    u64::try_from(used * 1_000_000_000 / elapsed).unwrap_or(u64::MAX)
+                });
+                readings.insert(
+                    key,
+                    Reading {
+                        time,
+                        core_nano_seconds: c.cpu_core_nano_seconds,
+                        started: c.start_time,
+                    },
+                );
+                (
+                    time,
+                    ContainerStats {
+                        name: c.name,
+                        cpu_nano_cores: nano_cores,
+                        cpu_core_nano_seconds: Some(c.cpu_core_nano_seconds),
+                        memory_working_set_bytes: c.memory_working_set_bytes,
+                    },
+                )
+            })
+            .collect::<Vec<_>>();
+        let cutoff = now.checked_sub(COUNTER_MEMORY).unwrap_or(Timestamp::MIN);
+        readings.retain(|_, r| r.time > cutoff);
+        Ok(SandboxStats {
+            id: target.id.clone(),
+            time: stats.iter().map(|(t, _)| *t).max().unwrap_or(now),
+            containers: stats.into_iter().map(|(_, c)| c).collect(),
+        })
     }
 
     /// The CreateEKSContainerInstances request for a spec.
@@ -489,11 +602,29 @@ impl Provider for TencentProvider {
             .collect())
     }
 
-    async fn stats(&self, _ids: &[String]) -> Result<Vec<SandboxStats>> {
-        Err(Error::unsupported(
-            "stats",
-            "report resource usage (the EKSCI API has no metrics action)",
-        ))
+    async fn stats(&self, targets: &[StatsTarget]) -> Result<Vec<SandboxStats>> {
+        // The futures are built first: a closure in the stream would not be `Send` for every
+        // lifetime, as the trait's future must be.
+        let scrapes: Vec<_> = targets.iter().map(|target| self.scrape(target)).collect();
+        let results: Vec<Result<SandboxStats>> = futures::stream::iter(scrapes)
+            .buffer_unordered(AGENT_CONCURRENCY)
+            .collect()
+            .await;
+        let mut measured = Vec::with_capacity(results.len());
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(stats) => measured.push(stats),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no usage for a sandbox");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if measured.is_empty() => Err(e),
+            _ => Ok(measured),
+        }
     }
 }
 

@@ -59,7 +59,8 @@ async fn main() -> anyhow::Result<()> {
         eklet_metrics,
         kubelet_port,
         admission_metrics,
-    ] = tke_testbed::free_ports::<5>()?;
+        agent_port,
+    ] = tke_testbed::free_ports::<6>()?;
     let extender = SocketAddr::from(([127, 0, 0, 1], extender_port));
 
     step(
@@ -115,12 +116,20 @@ async fn main() -> anyhow::Result<()> {
             format!("--listen=127.0.0.1:{cloudsim_port}"),
             format!("--region={REGION}"),
             credentials_flag.clone(),
+            // Sandbox agents on loopback addresses, so eklet can read usage as it would over
+            // Direct Connect; the block is the stack's own.
+            format!("--agent-port={agent_port}"),
+            format!("--private-cidr=127.{}.0.0/16", 16 + std::process::id() % 200),
         ],
         &[],
     )?);
     wait_http(&format!("{cloudsim_url}/admin/stats"), "cloudsim", &mut procs).await?;
 
     step(3, &format!("eklet: virtual node eklet-{subnet}"));
+    let node_name = format!("eklet-{subnet}");
+    let serving = cp
+        .pki()
+        .issue_server("eklet-kubelet", &node_name, &["127.0.0.1", "localhost"])?;
     procs.push(cp.spawn_process(
         "eklet",
         &args.binary,
@@ -140,11 +149,13 @@ async fn main() -> anyhow::Result<()> {
             format!("--client-ca-file={}", cp.pki().ca.cert_file.display()),
             format!("--metrics-port={eklet_metrics}"),
             "--bind-address=127.0.0.1".into(),
+            format!("--tls-cert-file={}", serving.cert_file.display()),
+            format!("--tls-private-key-file={}", serving.key_file.display()),
+            format!("--sandbox-metrics-port={agent_port}"),
         ],
         &[],
     )?);
     let client = cp.client().await?;
-    let node_name = format!("eklet-{subnet}");
     tke_testbed::nodes::wait_ready(&client, &node_name, Duration::from_secs(60))
         .await
         .with_context(|| logs_hint(&procs))?;
@@ -186,7 +197,19 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    step(6, "writing .stack/kubeconfig and .stack/env");
+    step(6, "metrics-server, for kubectl top and the HPA");
+    let metrics_server = cp
+        .start_metrics_server(tke_testbed::metrics_server::Options {
+            // kwok's simulated nodes have no kubelet to scrape.
+            node_selector: Some("node.kubernetes.io/instance-type=eklet".into()),
+            kubelet_ca: Some(cp.pki().ca.cert_file.clone()),
+            ..Default::default()
+        })
+        .await
+        .context("starting metrics-server")?;
+    procs.push(metrics_server.proc);
+
+    step(7, "writing .stack/kubeconfig and .stack/env");
     std::fs::copy(cp.kubeconfig(), state.join("kubeconfig"))?;
     std::fs::write(
         state.join("env"),

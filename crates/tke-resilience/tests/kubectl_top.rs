@@ -1,0 +1,261 @@
+//! `kubectl top` for pods in the cloud, end to end: metrics-server (built from its Go module and
+//! registered as the `metrics.k8s.io` APIService) scrapes the virtual node's kubelet API like any
+//! kubelet's, eklet's tencent provider scrapes each sandbox's agent at the pod IP, and cloudsim's
+//! agents report the usage the pod's containers were told to have (`CLOUDSIM_CPU_MILLICORES`,
+//! `CLOUDSIM_MEMORY_BYTES`). cloudsim gives instances loopback addresses so that the agents are
+//! reachable from this machine, as the VPC is from the IDC over Direct Connect.
+//!
+//! metrics-server's APIService is cluster-wide, so this test runs on a control plane of its own.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod};
+use kube::{Api, api::PostParams, runtime::watcher};
+use serde_json::json;
+use support::eklet::*;
+use tke_testbed::{ControlPlane, Options, free_ports, metrics_server, wait};
+
+/// metrics-server needs two scrapes for a rate, one per resolution (its floor is 10 s).
+const TOP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// `kubectl top ARGS…` through the apiserver and the aggregation layer: (success, stdout, stderr).
+async fn kubectl_top(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let output = tokio::process::Command::new(cp.bin("kubectl"))
+        .arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+        .arg("top")
+        .args(args)
+        .output()
+        .await?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// The columns of the row whose first column is `name`.
+fn row(table: &str, name: &str) -> Option<Vec<String>> {
+    table
+        .lines()
+        .map(|line| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|columns| columns.first().is_some_and(|c| c == name))
+}
+
+/// Millicores of a `kubectl top` CPU column (`250m`, `1`).
+fn millicores(cpu: &str) -> Option<u64> {
+    match cpu.strip_suffix('m') {
+        Some(m) => m.parse().ok(),
+        None => cpu.parse::<u64>().ok().map(|cores| cores * 1000),
+    }
+}
+
+/// Polls `kubectl top` until a row for `name` shows up; returns it, or fails with what kubectl said.
+async fn top_row(cp: &ControlPlane, args: &[&str], name: &str) -> anyhow::Result<Vec<String>> {
+    let deadline = tokio::time::Instant::now() + TOP_PATIENCE;
+    loop {
+        let (ok, out, err) = kubectl_top(cp, args).await?;
+        if ok && let Some(row) = row(&out, name) {
+            return Ok(row);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("kubectl top {args:?} never showed {name}: stdout {out:?} stderr {err:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A control plane of its own with one virtual node whose sandboxes have agents, and
+/// metrics-server scraping that node.
+struct MeteredCloud {
+    cp: ControlPlane,
+    namespace: String,
+    id: Identity,
+    _cloud: tke_cloudsim::Handle,
+    _eklet: Eklet,
+    _metrics_server: metrics_server::MetricsServer,
+}
+
+impl MeteredCloud {
+    async fn start(prefix: &str) -> anyhow::Result<MeteredCloud> {
+        tke_testbed::install_crypto();
+        let cp = ControlPlane::start(Options::default()).await?;
+        let namespace = cp.namespace(prefix).await?;
+        let [agent_port] = free_ports::<1>()?;
+        let block = loopback_block();
+        let cloud = start_cloudsim(|config| {
+            config.agent_port = Some(agent_port);
+            config.private_cidr = block;
+        })
+        .await?;
+        let id = Identity::unique();
+        // A serving certificate from the cluster CA, so metrics-server verifies the virtual kubelet.
+        let serving = cp
+            .pki()
+            .issue_server("eklet-kubelet", &id.node(), &["127.0.0.1", "localhost"])?;
+        let flags = [
+            format!("--tls-cert-file={}", serving.cert_file.display()),
+            format!("--tls-private-key-file={}", serving.key_file.display()),
+            format!("--sandbox-metrics-port={agent_port}"),
+        ];
+        let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let eklet = Eklet::start(&cp, &cloud, &id, &extra).await?;
+        let metrics_server = cp
+            .start_metrics_server(metrics_server::Options {
+                node_selector: Some(format!("kubernetes.io/hostname={}", id.node())),
+                kubelet_ca: Some(cp.pki().ca.cert_file.clone()),
+                ..Default::default()
+            })
+            .await?;
+        Ok(MeteredCloud {
+            cp,
+            namespace,
+            id,
+            _cloud: cloud,
+            _eklet: eklet,
+            _metrics_server: metrics_server,
+        })
+    }
+}
+
+/// Env that makes a cloudsim container use this much CPU and memory.
+fn usage_env(millicores: u64, memory: u64) -> serde_json::Value {
+    json!([
+        {"name": tke_cloudsim::CPU_MILLICORES_ENV, "value": millicores.to_string()},
+        {"name": tke_cloudsim::MEMORY_BYTES_ENV, "value": memory.to_string()},
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_top_shows_the_usage_of_pods_running_in_the_cloud() -> anyhow::Result<()> {
+    let metered = MeteredCloud::start("top").await?;
+    let (cp, namespace, id) = (&metered.cp, &metered.namespace, &metered.id);
+    let pods: Api<Pod> = Api::namespaced(cp.client().await?, namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "busy-0"},
+        "spec": cloud_pod_spec(id, json!([
+            {"name": "web", "image": "nginx:1.27", "env": usage_env(250, 64 << 20)},
+            {"name": "sidecar", "image": "busybox:1.36", "env": usage_env(50, 16 << 20)},
+        ])),
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    wait::for_objects(
+        pods.clone(),
+        watcher::Config::default().fields("metadata.name=busy-0"),
+        PATIENCE,
+        "pod busy-0 Running on the virtual node",
+        |pods| pods.iter().any(|p| is_running(p)),
+    )
+    .await?;
+
+    let pod_row = top_row(cp, &["pod", "-n", namespace], "busy-0").await?;
+    let cpu = millicores(&pod_row[1]).with_context(|| format!("cpu column of {pod_row:?}"))?;
+    assert!(
+        (299..=301).contains(&cpu),
+        "the pod's CPU is its containers' 250m + 50m: {pod_row:?}"
+    );
+    assert_eq!(pod_row[2], "80Mi", "the pod's memory is 64Mi + 16Mi: {pod_row:?}");
+
+    let (ok, out, err) = kubectl_top(cp, &["pod", "busy-0", "-n", namespace, "--containers"]).await?;
+    assert!(ok, "{err}");
+    let web = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.get(1) == Some(&"web"))
+        .with_context(|| format!("no web container in {out}"))?;
+    assert!((249..=251).contains(&millicores(web[2]).unwrap_or(0)), "{out}");
+    assert_eq!(web[3], "64Mi", "{out}");
+
+    // The virtual node's own usage is the sum of its pods'.
+    let node_row = top_row(cp, &["node"], &id.node()).await?;
+    let node_cpu = millicores(&node_row[1]).with_context(|| format!("{node_row:?}"))?;
+    assert!((295..=305).contains(&node_cpu), "{node_row:?}");
+    assert_eq!(node_row[3], "80Mi", "{node_row:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hpa_scales_a_deployment_running_in_the_cloud_on_its_cpu_usage() -> anyhow::Result<()> {
+    let metered = MeteredCloud::start("hpa").await?;
+    let (cp, namespace, id) = (&metered.cp, &metered.namespace, &metered.id);
+    let client = cp.client().await?;
+    // Each replica requests 100m and uses 250m: 250% of its request, over the HPA's 100% target,
+    // so the HPA wants ceil(1 × 250 / 100) = 3 replicas, its maximum.
+    let mut spec = cloud_pod_spec(
+        id,
+        json!([{
+            "name": "web",
+            "image": "nginx:1.27",
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+            "env": usage_env(250, 32 << 20),
+        }]),
+    );
+    spec["terminationGracePeriodSeconds"] = json!(1);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": spec},
+        },
+    }))?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    deployments.create(&PostParams::default(), &deployment).await?;
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 100},
+            }}],
+        },
+    }))?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+    hpas.create(&PostParams::default(), &hpa).await?;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let node = id.node();
+    wait::for_objects(
+        pods,
+        watcher::Config::default().labels("app=web"),
+        TOP_PATIENCE + PATIENCE,
+        "3 replicas Running on the virtual node",
+        |pods| {
+            pods.iter()
+                .filter(|p| is_running(p))
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()))
+                .count()
+                == 3
+        },
+    )
+    .await?;
+    let hpa = hpas.get("web").await?;
+    let status = hpa.status.context("HPA status")?;
+    assert_eq!(status.desired_replicas, 3, "{status:?}");
+    let utilization = status
+        .current_metrics
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|m| m.resource?.current.average_utilization)
+        .context("the HPA reports no CPU utilization")?;
+    assert!(
+        (240..=260).contains(&utilization),
+        "each replica uses 250% of its CPU request: {utilization}"
+    );
+    Ok(())
+}
+
+/// A /16-aligned block of 127.0.0.0/8 of this test's own, cut into a /16 per subnet by cloudsim,
+/// so that parallel test binaries' agents do not bind the same address.
+fn loopback_block() -> (std::net::Ipv4Addr, u8) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let second = 16 + ((nanos ^ std::process::id()) % 200) as u8;
+    (std::net::Ipv4Addr::new(127, second, 0, 0), 16)
+}
