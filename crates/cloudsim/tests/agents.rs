@@ -362,3 +362,22 @@ async fn a_private_block_smaller_than_a_sixteen_or_with_host_bits_is_refused() {
     };
     assert!(matches!(serve(config, listener).await, Err(Error::AgentPortZero)));
 }
+
+#[tokio::test]
+async fn dropping_the_handle_stops_the_agents_too() {
+    let config = config();
+    let port = config.agent_port.unwrap();
+    let (sim, client) = start(config).await;
+    let (_, addr) = create(&client, port, &pod("dropped", &[])).await;
+    assert!(!refused(addr));
+    drop((sim, client));
+    // The simulator goes once its server has drained; the agents, which only hold it weakly, with it.
+    let deadline = tokio::time::Instant::now() + 10 * SECOND;
+    while !refused(addr) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} still listens after the handle was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -12,6 +12,9 @@
 //! | `resolv-conf` | `DnsConfig` |
 //! | `role-name` | `CamRoleName` |
 //! | `eip-attributes`, `eip-claim-delete-policy` | `AutoCreateEip`, `AutoCreateEipAttribute` |
+//!
+//! `metrics-port` has no request field either, but it is honoured: it is where the caller scrapes
+//! the sandbox agent ([`crate::agent`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -34,7 +37,7 @@ pub const EIP_CLAIM_DELETE_POLICY: &str = "eks.tke.cloud.tencent.com/eip-claim-d
 /// The `GpuType` values CreateEKSContainerInstances documents.
 pub const GPU_TYPES: [&str; 6] = ["1/4*V100", "1/2*V100", "V100", "1/4*T4", "1/2*T4", "T4"];
 
-const HANDLED: [&str; 10] = [
+const HANDLED: [&str; 11] = [
     CPU,
     MEM,
     CPU_TYPE,
@@ -45,6 +48,7 @@ const HANDLED: [&str; 10] = [
     ROLE_NAME,
     EIP_ATTRIBUTES,
     EIP_CLAIM_DELETE_POLICY,
+    crate::agent::METRICS_PORT_ANNOTATION,
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -546,6 +550,8 @@ mod tests {
             (CPU_TYPE, "intel"),
             ("eks.tke.cloud.tencent.com/spot-pod", "true"),
             ("eks.tke.cloud.tencent.com/root-cbs-size", "50"),
+            // Honoured by the caller (where to scrape the sandbox agent), so no warning.
+            (crate::agent::METRICS_PORT_ANNOTATION, "9200"),
         ])
         .unwrap();
         assert_eq!(

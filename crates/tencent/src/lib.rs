@@ -7,6 +7,7 @@
 //! - [`error`]: the error and its classification (transient, sold out, not found, permanent);
 //! - [`spec`] and [`annotations`]: sizing a pod to a standard specification, and the EKS pod
 //!   annotations the API has fields for;
+//! - [`agent`]: scraping a sandbox agent's usage metrics (the API has no metrics action);
 //! - [`credentials`] and [`time`].
 
 pub mod agent;

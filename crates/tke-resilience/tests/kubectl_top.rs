@@ -16,7 +16,7 @@ use k8s_openapi::api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutos
 use kube::{Api, api::PostParams, runtime::watcher};
 use serde_json::json;
 use support::eklet::*;
-use tke_testbed::{ControlPlane, Options, free_ports, metrics_server, wait};
+use tke_testbed::{ControlPlane, Options, metrics_server, wait};
 
 /// metrics-server needs two scrapes for a rate, one per resolution (its floor is 10 s).
 const TOP_PATIENCE: Duration = Duration::from_secs(120);
@@ -83,13 +83,8 @@ impl MeteredCloud {
         tke_testbed::install_crypto();
         let cp = ControlPlane::start(Options::default()).await?;
         let namespace = cp.namespace(prefix).await?;
-        let [agent_port] = free_ports::<1>()?;
-        let block = loopback_block();
-        let cloud = start_cloudsim(|config| {
-            config.agent_port = Some(agent_port);
-            config.private_cidr = block;
-        })
-        .await?;
+        let mut agents = Ok(String::new());
+        let cloud = start_cloudsim(|config| agents = enable_agents(config)).await?;
         let id = Identity::unique();
         // A serving certificate from the cluster CA, so metrics-server verifies the virtual kubelet.
         let serving = cp
@@ -98,7 +93,7 @@ impl MeteredCloud {
         let flags = [
             format!("--tls-cert-file={}", serving.cert_file.display()),
             format!("--tls-private-key-file={}", serving.key_file.display()),
-            format!("--sandbox-metrics-port={agent_port}"),
+            agents?,
         ];
         let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
         let eklet = Eklet::start(&cp, &cloud, &id, &extra).await?;
@@ -248,14 +243,4 @@ async fn an_hpa_scales_a_deployment_running_in_the_cloud_on_its_cpu_usage() -> a
         "each replica uses 250% of its CPU request: {utilization}"
     );
     Ok(())
-}
-
-/// A /16-aligned block of 127.0.0.0/8 of this test's own, cut into a /16 per subnet by cloudsim,
-/// so that parallel test binaries' agents do not bind the same address.
-fn loopback_block() -> (std::net::Ipv4Addr, u8) {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let second = 16 + ((nanos ^ std::process::id()) % 200) as u8;
-    (std::net::Ipv4Addr::new(127, second, 0, 0), 16)
 }

@@ -26,6 +26,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// Between two lines of a cloudsim container: short, so tests see lines appear quickly.
 const LOG_INTERVAL: Duration = Duration::from_millis(300);
 
+/// What the `web` container uses, as its sandbox agent reports it.
+const WEB_MILLICORES: u64 = 200;
+const WEB_MEMORY: u64 = 48 << 20;
+
 /// One Running pod `web-0` (container `web`) on a virtual node of its own.
 struct CloudPod {
     cp: Arc<ControlPlane>,
@@ -43,13 +47,21 @@ impl CloudPod {
         let cp = ControlPlane::shared().await?;
         let client = cp.client().await?;
         let namespace = cp.namespace(prefix).await?;
-        let cloud = start_cloudsim(|config| config.log_interval = LOG_INTERVAL).await?;
+        let mut agents = Ok(String::new());
+        let cloud = start_cloudsim(|config| {
+            config.log_interval = LOG_INTERVAL;
+            agents = enable_agents(config);
+        })
+        .await?;
         let id = Identity::unique();
-        let eklet = Eklet::start(&cp, &cloud, &id, &[]).await?;
+        let eklet = Eklet::start(&cp, &cloud, &id, &[agents?.as_str()]).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "web-0"},
-            "spec": cloud_pod_spec(&id, json!([{"name": "web", "image": "nginx:1.27"}])),
+            "spec": cloud_pod_spec(&id, json!([{"name": "web", "image": "nginx:1.27", "env": [
+                {"name": tke_cloudsim::CPU_MILLICORES_ENV, "value": WEB_MILLICORES.to_string()},
+                {"name": tke_cloudsim::MEMORY_BYTES_ENV, "value": WEB_MEMORY.to_string()},
+            ]}])),
         }))?;
         pods.create(&PostParams::default(), &pod).await?;
         let running = wait::for_objects(
@@ -401,11 +413,27 @@ async fn stats_summary_resource_metrics_and_pods_describe_the_cloud_pod() -> any
         Some(container_started.as_second() as f64),
         "{text}"
     );
-    // Usage is there exactly when the provider could be read.
-    let scrape_error = sample_value(&text, "scrape_error").context("no scrape_error")?;
-    let memory = sample_value(&text, &format!("container_memory_working_set_bytes{labels}"));
-    assert_eq!(memory.is_some(), scrape_error == 0.0, "{text}");
-    assert_eq!(sample_value(&text, "resource_scrape_error"), Some(scrape_error));
+    // Usage as the sandbox's agent reports it.
+    assert_eq!(sample_value(&text, "scrape_error"), Some(0.0), "{text}");
+    assert_eq!(sample_value(&text, "resource_scrape_error"), Some(0.0), "{text}");
+    assert_eq!(
+        sample_value(&text, &format!("container_memory_working_set_bytes{labels}")),
+        Some(WEB_MEMORY as f64),
+        "{text}"
+    );
+    let pod_labels = format!("{{namespace=\"{}\",pod=\"{}\"}}", pod.namespace, pod.name);
+    assert_eq!(
+        sample_value(&text, &format!("pod_memory_working_set_bytes{pod_labels}")),
+        Some(WEB_MEMORY as f64),
+        "{text}"
+    );
+    let cpu = sample_value(&text, &format!("container_cpu_usage_seconds_total{labels}"))
+        .with_context(|| format!("no CPU counter in {text}"))?;
+    let running_for = (jiff::Timestamp::now() - container_started).get_seconds() as f64;
+    assert!(
+        cpu > 0.0 && cpu <= WEB_MILLICORES as f64 / 1000.0 * (running_for + 1.0),
+        "{cpu} core-seconds after {running_for} s at {WEB_MILLICORES}m: {text}"
+    );
 
     let (code, body) = pod.kubelet_get(&apiserver, "/stats/summary", None).await?;
     assert_eq!(code, reqwest::StatusCode::OK, "{body}");
@@ -424,6 +452,20 @@ async fn stats_summary_resource_metrics_and_pods_describe_the_cloud_pod() -> any
         Some(Some(pod_started))
     );
     assert_eq!(entry["containers"][0]["name"], "web");
+    assert_eq!(
+        entry["containers"][0]["memory"]["workingSetBytes"], WEB_MEMORY,
+        "{body}"
+    );
+    assert_eq!(entry["memory"]["workingSetBytes"], WEB_MEMORY, "{body}");
+    let nano_cores = entry["containers"][0]["cpu"]["usageNanoCores"]
+        .as_u64()
+        .with_context(|| format!("no usageNanoCores in {body}"))?;
+    // A rate between two readings of the agent's counter (or since the container started).
+    let expected = WEB_MILLICORES * 1_000_000;
+    assert!(
+        nano_cores.abs_diff(expected) <= expected / 50,
+        "{nano_cores} nanocores, want about {expected}: {body}"
+    );
 
     let (code, body) = pod.kubelet_get(&apiserver, "/pods", None).await?;
     assert_eq!(code, reqwest::StatusCode::OK, "{body}");

@@ -773,4 +773,105 @@ mod tests {
         ));
         assert!(sandbox.created_at.is_some());
     }
+
+    /// The provider against cloudsim's sandbox agents on a manual clock: the first reading's rate
+    /// is the average since the container started, later ones the rate between readings, and the
+    /// counter is the agent's own.
+    #[tokio::test]
+    async fn usage_comes_from_the_sandbox_agent_as_counters_and_rates() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let credentials = Credentials::new("AKIDEXAMPLE", "key");
+        let mut config = tke_cloudsim::Config::new(credentials.clone());
+        config.manual_clock = true;
+        config.start_delay = Duration::ZERO;
+        let [agent_port] = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            [l.local_addr().unwrap().port()]
+        };
+        config.agent_port = Some(agent_port);
+        config.private_cidr = (std::net::Ipv4Addr::new(127, 230, 0, 0), 16);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cloud = tke_cloudsim::serve(config, listener).await.unwrap();
+        let client = tke_tencent::Client::new(cloud.client_config(credentials)).unwrap();
+        let provider =
+            TencentProvider::new(client, "vpc-1", vec!["sg-1".into()]).with_metrics_port(agent_port);
+
+        let mut spec = spec();
+        spec.volumes.clear();
+        spec.containers[0].mounts.clear();
+        spec.containers[0].env = vec![
+            EnvVar {
+                name: tke_cloudsim::CPU_MILLICORES_ENV.into(),
+                value: "250".into(),
+            },
+            EnvVar {
+                name: tke_cloudsim::MEMORY_BYTES_ENV.into(),
+                value: (64u64 << 20).to_string(),
+            },
+        ];
+        let created = provider.create(&spec).await.unwrap();
+        cloud.advance_clock(Duration::from_secs(10));
+        let sandbox = provider.describe(&[created.id]).await.unwrap().remove(0);
+        assert_eq!(sandbox.phase, SandboxPhase::Running);
+        let target = StatsTarget {
+            id: sandbox.id.clone(),
+            ip: sandbox.ip.clone(),
+            annotations: BTreeMap::new(),
+        };
+
+        let first = provider.stats(std::slice::from_ref(&target)).await.unwrap();
+        let app = &first[0].containers[0];
+        assert_eq!(app.name, "app");
+        assert_eq!(app.memory_working_set_bytes, 64 << 20);
+        assert_eq!(app.cpu_core_nano_seconds, Some(2_500_000_000), "10 s at 250m");
+        // Timestamps travel in milliseconds, so rates are exact to about that.
+        let near = |got: u64, want: u64| got.abs_diff(want) <= want / 1000;
+        assert!(
+            near(app.cpu_nano_cores, 250_000_000),
+            "the average since the start: {app:?}"
+        );
+
+        cloud
+            .set_usage(
+                &sandbox.id,
+                None,
+                tke_cloudsim::UsageChange {
+                    cpu_millicores: Some(1000),
+                    memory_bytes: None,
+                },
+            )
+            .unwrap();
+        cloud.advance_clock(Duration::from_secs(5));
+        let second = provider.stats(std::slice::from_ref(&target)).await.unwrap();
+        let app = &second[0].containers[0];
+        assert_eq!(
+            app.cpu_core_nano_seconds,
+            Some(7_500_000_000),
+            "2.5 + 5 s at one core"
+        );
+        assert_eq!(
+            app.cpu_nano_cores, 1_000_000_000,
+            "the rate since the last reading"
+        );
+        assert!(second[0].time > first[0].time);
+
+        // A port annotation that is no port is the pod's error, not a scrape of the wrong port.
+        let bad = StatsTarget {
+            annotations: BTreeMap::from([(agent::METRICS_PORT_ANNOTATION.to_owned(), "http".to_owned())]),
+            ..target.clone()
+        };
+        let err = provider.stats(&[bad]).await.unwrap_err();
+        assert_eq!(err.code, "InvalidMetricsPort", "{err:?}");
+        // One sandbox without an agent costs only its own usage.
+        let missing = StatsTarget {
+            id: "eksci-gone".into(),
+            ip: Some("127.230.9.9".into()),
+            annotations: BTreeMap::new(),
+        };
+        let both = provider.stats(&[missing, target]).await.unwrap();
+        assert_eq!(
+            both.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            [sandbox.id.as_str()]
+        );
+    }
 }

@@ -35,6 +35,20 @@ pub async fn start_cloudsim(configure: impl FnOnce(&mut tke_cloudsim::Config)) -
     Ok(tke_cloudsim::serve(config, listener).await?)
 }
 
+/// Gives every instance of `config` a sandbox agent this machine can reach: a loopback block of
+/// the test's own (cloudsim cuts a /16 per subnet from it) and a free port. Returns the eklet flag
+/// that points the tencent provider at that port.
+pub fn enable_agents(config: &mut tke_cloudsim::Config) -> anyhow::Result<String> {
+    let [port] = tke_testbed::free_ports::<1>()?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let second = 16 + ((nanos ^ std::process::id()) % 200) as u8;
+    config.agent_port = Some(port);
+    config.private_cidr = (std::net::Ipv4Addr::new(127, second, 0, 0), 16);
+    Ok(format!("--sandbox-metrics-port={port}"))
+}
+
 /// A tencent client of the test's own, to look at cloudsim as the cloud console would.
 pub fn cloud_client(cloud: &Handle) -> anyhow::Result<tke_tencent::Client> {
     Ok(tke_tencent::Client::new(
