@@ -52,7 +52,8 @@ pub struct Args {
     #[arg(long, env = "POD_IP", default_value = "127.0.0.1")]
     pub node_ip: IpAddr,
 
-    /// Port of the kubelet API, published in the node's daemonEndpoints.
+    /// Port of the first virtual node's kubelet API, published in its daemonEndpoints; each
+    /// further --subnet's node gets the next port (one endpoint per node, as kubelets have).
     #[arg(long, default_value_t = 10241)]
     pub kubelet_port: u16,
 
@@ -356,6 +357,29 @@ impl Config {
                 reason: "must be positive".into(),
             });
         }
+        let last_port = usize::from(args.kubelet_port) + subnets.len().saturating_sub(1);
+        if args.kubelet_port == 0 || last_port > usize::from(u16::MAX) {
+            return Err(Error::Invalid {
+                flag: "--kubelet-port",
+                value: args.kubelet_port.to_string(),
+                reason: format!(
+                    "{} virtual nodes need ports {}..={last_port}, each node its own",
+                    subnets.len(),
+                    args.kubelet_port
+                ),
+            });
+        }
+        let kubelet_ports = usize::from(args.kubelet_port)..=last_port;
+        if kubelet_ports.contains(&usize::from(args.metrics_port)) {
+            return Err(Error::Invalid {
+                flag: "--metrics-port",
+                value: args.metrics_port.to_string(),
+                reason: format!(
+                    "taken by a virtual node's kubelet API ({}..={last_port})",
+                    args.kubelet_port
+                ),
+            });
+        }
         Ok(Config {
             subnets,
             cluster_id: cluster_id.to_owned(),
@@ -374,6 +398,24 @@ impl Config {
             pod_sync_workers: args.pod_sync_workers.max(1),
             eligibility,
         })
+    }
+}
+
+impl Config {
+    /// Each virtual node and the port of its kubelet API, in `--subnet` order.
+    pub fn kubelet_endpoints(&self) -> Vec<(String, u16)> {
+        self.subnets
+            .iter()
+            .zip(self.kubelet_port..)
+            .map(|(subnet, port)| (tke_policy::virtual_node::node_name(&subnet.id), port))
+            .collect()
+    }
+
+    /// The kubelet port of the virtual node `node`.
+    pub fn kubelet_port_of(&self, node: &str) -> Option<u16> {
+        self.kubelet_endpoints()
+            .into_iter()
+            .find_map(|(name, port)| (name == node).then_some(port))
     }
 }
 
@@ -443,6 +485,37 @@ mod tests {
         assert!(parse_duration("10d").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn each_virtual_node_has_a_kubelet_port_of_its_own() {
+        let config = Config::from_args(&args(&[
+            "--subnet=subnet-b=ap-guangzhou-4",
+            "--kubelet-port=20000",
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.kubelet_endpoints(),
+            [
+                ("eklet-subnet-a".to_owned(), 20000),
+                ("eklet-subnet-b".to_owned(), 20001)
+            ]
+        );
+        assert_eq!(config.kubelet_port_of("eklet-subnet-b"), Some(20001));
+        assert_eq!(config.kubelet_port_of("eklet-subnet-c"), None);
+
+        let two = ["--subnet=subnet-b=ap-guangzhou-4"];
+        let error = |extra: &[&str]| {
+            let mut all = two.to_vec();
+            all.extend_from_slice(extra);
+            Config::from_args(&args(&all)).unwrap_err().to_string()
+        };
+        assert!(error(&["--kubelet-port=65535"]).contains("--kubelet-port"));
+        let taken = error(&["--kubelet-port=20000", "--metrics-port=20001"]);
+        assert!(
+            taken.contains("--metrics-port") && taken.contains("20000..=20001"),
+            "{taken}"
+        );
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! eklet's side of the kubelet API (port 10241): the [`tke_kubelet_api::Backend`] over the
 //! leader's pod caches, its sandbox registry and its provider, and the TLS server started with
 //! the pod controllers (the node's InternalIP is the leader's address, so only the leader serves).
+//! Each virtual node has an endpoint of its own, as each kubelet does: the first subnet's node on
+//! `--kubelet-port`, the next on the port after it, and so on, published in each node's
+//! daemonEndpoints. So `/stats/summary` and `/metrics/resource` of a node (what metrics-server
+//! and `kubectl top node` read) hold that node's pods only, and a pod's log is found only through
+//! its own node.
 //!
 //! Logs: providers return a log as text whose lines start with the RFC 3339 time they were
 //! written (the EKSCI log action, like `docker logs -t`); the time is split off so that
@@ -9,12 +14,17 @@
 //! the last one seen, until the container stops, the pod goes away or the client hangs up. A log
 //! whose lines carry no time cannot be followed that way; it ends after what was written.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tke_kubelet_api::{
     Backend, ContainerUsage, CpuUsage, KubeReviews, KubeletApi, LogLine, LogOptions, LogStream, PodUsage,
     ServingCertificate,
@@ -31,9 +41,9 @@ use crate::{
 /// How often a followed log asks the provider for new lines.
 pub const FOLLOW_POLL: Duration = Duration::from_secs(1);
 
-/// The kubelet port as configured: where it listens and its TLS.
+/// The kubelet ports as configured: where they listen and their TLS.
 pub struct Settings {
-    listen: SocketAddr,
+    bind: IpAddr,
     tls: Arc<rustls::ServerConfig>,
 }
 
@@ -71,7 +81,7 @@ impl Settings {
             invalid(flag, value.as_ref(), e)
         })?;
         Ok(Settings {
-            listen: SocketAddr::new(args.bind_address, args.kubelet_port),
+            bind: args.bind_address,
             tls,
         })
     }
@@ -85,33 +95,63 @@ fn node_names(config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// Serves the kubelet API for every virtual node of this eklet until dropped; returns only if
-/// the port cannot be used.
+/// Serves the kubelet API of every virtual node of this eklet, each on its own port, until
+/// dropped; returns only if a port cannot be used or a server fails.
 pub async fn serve<P: Provider>(settings: Settings, ctx: Arc<Context<P>>) {
-    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(addr = %settings.listen, %error, "cannot listen on the kubelet port");
-            return;
-        }
-    };
-    tracing::info!(addr = %settings.listen, "kubelet API listening");
-    let nodes = node_names(&ctx.config);
     let reviews = KubeReviews::new(ctx.client.clone());
-    let api = KubeletApi::new(nodes, VirtualNodes { ctx }, reviews);
-    if let Err(error) = tke_kubelet_api::serve(listener, settings.tls, api).await {
-        tracing::error!(%error, "kubelet API server failed");
-    }
+    let servers = ctx.config.kubelet_endpoints().into_iter().map(|(node, port)| {
+        let listen = SocketAddr::new(settings.bind, port);
+        let api = KubeletApi::new(
+            vec![node.clone()],
+            VirtualNodes::for_node(ctx.clone(), &node),
+            reviews.clone(),
+        );
+        let tls = settings.tls.clone();
+        async move {
+            let listener = match tokio::net::TcpListener::bind(listen).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::error!(addr = %listen, %node, %error, "cannot listen on the kubelet port");
+                    return;
+                }
+            };
+            tracing::info!(addr = %listen, %node, "kubelet API listening");
+            if let Err(error) = tke_kubelet_api::serve(listener, tls, api).await {
+                tracing::error!(%node, %error, "kubelet API server failed");
+            }
+        }
+    });
+    // One failing server stops them all, so the leader's caller sees the API as down.
+    futures::future::select_all(servers.map(Box::pin)).await;
 }
 
-/// The pods of this eklet's virtual nodes, as the kubelet API sees them.
+/// The pods of one virtual node (or, for tests, of all of this eklet's), as the kubelet API
+/// sees them.
 pub struct VirtualNodes<P> {
     ctx: Arc<Context<P>>,
+    node: Option<String>,
 }
 
 impl<P: Provider> VirtualNodes<P> {
+    /// Every virtual node's pods behind one endpoint.
     pub fn new(ctx: Arc<Context<P>>) -> VirtualNodes<P> {
-        VirtualNodes { ctx }
+        VirtualNodes { ctx, node: None }
+    }
+
+    /// The pods of `node` only.
+    pub fn for_node(ctx: Arc<Context<P>>, node: &str) -> VirtualNodes<P> {
+        VirtualNodes {
+            ctx,
+            node: Some(node.to_owned()),
+        }
+    }
+
+    fn stores(&self) -> impl Iterator<Item = &Store<Pod>> {
+        self.ctx
+            .stores
+            .iter()
+            .filter(|(node, _)| self.node.as_ref().is_none_or(|n| n == node))
+            .map(|(_, store)| store)
     }
 }
 
@@ -265,16 +305,12 @@ impl<P: Provider> Follow<P> {
 
 impl<P: Provider> Backend for VirtualNodes<P> {
     fn pods(&self) -> Vec<Arc<Pod>> {
-        self.ctx
-            .stores
-            .iter()
-            .flat_map(|(_, store)| store.state())
-            .collect()
+        self.stores().flat_map(|store| store.state()).collect()
     }
 
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         let key = ObjectRef::<Pod>::new(name).within(namespace);
-        self.ctx.stores.iter().find_map(|(_, store)| store.get(&key))
+        self.stores().find_map(|store| store.get(&key))
     }
 
     async fn logs(&self, pod: Arc<Pod>, container: &str, options: LogOptions) -> backend::Result<LogStream> {
@@ -501,7 +537,10 @@ mod tests {
     #[test]
     fn without_certificate_flags_the_kubelet_port_gets_a_self_signed_certificate() {
         let settings = settings(&[]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(settings.listen.port(), 10241);
+        assert_eq!(
+            settings.tls.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
     }
 
     #[test]

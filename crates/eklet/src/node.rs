@@ -146,10 +146,11 @@ pub fn desired_node(subnet: &Subnet) -> Node {
     }
 }
 
-/// The status eklet reports for every virtual node.
+/// The status eklet reports for a virtual node whose kubelet API is on `kubelet_port`.
 pub fn desired_status(
     config: &Config,
     provider: &str,
+    kubelet_port: u16,
     now: Timestamp,
     previous: Option<&NodeStatus>,
 ) -> NodeStatus {
@@ -213,7 +214,7 @@ pub fn desired_status(
         ]),
         daemon_endpoints: Some(NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint {
-                port: i32::from(config.kubelet_port),
+                port: i32::from(kubelet_port),
             }),
         }),
         node_info: Some(NodeSystemInfo {
@@ -288,7 +289,8 @@ async fn write_status(client: &Client, config: &Config, provider: &str, name: &s
         source,
     };
     let current = nodes.get_status(name).await.map_err(kube)?;
-    let status = desired_status(config, provider, Timestamp::now(), current.status.as_ref());
+    let port = config.kubelet_port_of(name).unwrap_or(config.kubelet_port);
+    let status = desired_status(config, provider, port, Timestamp::now(), current.status.as_ref());
     // A strategic merge keeps conditions other components set (by type) and replaces ours.
     let patch = serde_json::json!({ "status": status });
     nodes
@@ -520,7 +522,7 @@ mod tests {
     #[test]
     fn the_status_is_ready_with_configured_capacity_address_port_and_version() {
         let config = config();
-        let status = desired_status(&config, "tencent", Timestamp::now(), None);
+        let status = desired_status(&config, "tencent", 10241, Timestamp::now(), None);
         let ready = status
             .conditions
             .as_ref()
@@ -560,12 +562,14 @@ mod tests {
         let first = desired_status(
             &config,
             "tencent",
+            10241,
             Timestamp::from_second(1_000).unwrap_or_default(),
             None,
         );
         let later = desired_status(
             &config,
             "tencent",
+            10241,
             Timestamp::from_second(2_000).unwrap_or_default(),
             Some(&first),
         );

@@ -495,3 +495,106 @@ async fn stats_summary_resource_metrics_and_pods_describe_the_cloud_pod() -> any
     pod.finish().await;
     Ok(())
 }
+
+/// The node names of the pods a kubelet endpoint lists at `/pods`.
+async fn listed_pods(client: &reqwest::Client, port: u16) -> anyhow::Result<Vec<String>> {
+    let body = client
+        .get(format!("https://127.0.0.1:{port}/pods"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let list: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_virtual_node_has_its_own_kubelet_endpoint_with_only_its_pods() -> anyhow::Result<()> {
+    install_crypto();
+    let cp = ControlPlane::shared().await?;
+    let client = cp.client().await?;
+    let namespace = cp.namespace("kubelet-nodes").await?;
+    let cloud = start_cloudsim(|config| config.log_interval = LOG_INTERVAL).await?;
+    let id = Identity::unique();
+    let second_subnet = format!("{}b", id.subnet);
+    let second_node = format!("eklet-{second_subnet}");
+    let eklet = Eklet::start(
+        &cp,
+        &cloud,
+        &id,
+        &[&format!("--subnet={second_subnet}={}", id.zone)],
+    )
+    .await?;
+    wait_node_ready(&client, &second_node).await?;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let port_of = |node: k8s_openapi::api::core::v1::Node| {
+        node.status
+            .and_then(|s| s.daemon_endpoints?.kubelet_endpoint)
+            .map(|e| e.port)
+    };
+    let first_port = eklet.kubelet.port();
+    assert_eq!(port_of(nodes.get(&id.node()).await?), Some(i32::from(first_port)));
+    assert_eq!(
+        port_of(nodes.get(&second_node).await?),
+        Some(i32::from(first_port) + 1)
+    );
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    for (name, node) in [("a-0", id.node()), ("b-0", second_node.clone())] {
+        let mut spec = cloud_pod_spec(&id, json!([{"name": "web", "image": "nginx:1.27"}]));
+        spec["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))?;
+        pods.create(&PostParams::default(), &pod).await?;
+    }
+    wait::for_objects(
+        pods.clone(),
+        watcher::Config::default(),
+        PATIENCE,
+        "a-0 and b-0 Running",
+        |pods| pods.iter().filter(|p| is_running(p)).count() == 2,
+    )
+    .await?;
+
+    // Through the apiserver, which dials each node's own port: both logs are there.
+    for name in ["a-0", "b-0"] {
+        wait::until(PATIENCE, &format!("kubectl logs {name}"), || {
+            let pods = pods.clone();
+            async move {
+                pods.logs(name, &Default::default())
+                    .await
+                    .is_ok_and(|log| log.contains("web log line 0"))
+            }
+        })
+        .await?;
+    }
+    // Each endpoint lists its own node's pods, and does not serve the other node's.
+    let pair = &cp.pki().apiserver_kubelet_client;
+    let apiserver = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .identity(reqwest::Identity::from_pem(
+            format!("{}{}", pair.cert_pem, pair.key_pem).as_bytes(),
+        )?)
+        .build()?;
+    assert_eq!(listed_pods(&apiserver, first_port).await?, ["a-0"]);
+    assert_eq!(listed_pods(&apiserver, first_port + 1).await?, ["b-0"]);
+    let wrong_node = apiserver
+        .get(format!(
+            "https://127.0.0.1:{first_port}/containerLogs/{namespace}/b-0/web"
+        ))
+        .send()
+        .await?;
+    assert_eq!(wrong_node.status(), reqwest::StatusCode::NOT_FOUND);
+
+    remove_node(&client, &id.node()).await;
+    remove_node(&client, &second_node).await;
+    Ok(())
+}
