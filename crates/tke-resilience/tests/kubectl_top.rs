@@ -83,27 +83,14 @@ impl MeteredCloud {
         tke_testbed::install_crypto();
         let cp = ControlPlane::start(Options::default()).await?;
         let namespace = cp.namespace(prefix).await?;
+        let id = Identity::unique();
         let mut agents = Ok(String::new());
         let cloud = start_cloudsim(|config| agents = enable_agents(config)).await?;
-        let id = Identity::unique();
-        // A serving certificate from the cluster CA, so metrics-server verifies the virtual kubelet.
-        let serving = cp
-            .pki()
-            .issue_server("eklet-kubelet", &id.node(), &["127.0.0.1", "localhost"])?;
-        let flags = [
-            format!("--tls-cert-file={}", serving.cert_file.display()),
-            format!("--tls-private-key-file={}", serving.key_file.display()),
-            agents?,
-        ];
+        let mut flags = serving_flags(&cp, &id)?;
+        flags.push(agents?);
         let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
         let eklet = Eklet::start(&cp, &cloud, &id, &extra).await?;
-        let metrics_server = cp
-            .start_metrics_server(metrics_server::Options {
-                node_selector: Some(format!("kubernetes.io/hostname={}", id.node())),
-                kubelet_ca: Some(cp.pki().ca.cert_file.clone()),
-                ..Default::default()
-            })
-            .await?;
+        let metrics_server = start_metrics_server(&cp, &id).await?;
         Ok(MeteredCloud {
             cp,
             namespace,
@@ -113,6 +100,34 @@ impl MeteredCloud {
             _metrics_server: metrics_server,
         })
     }
+}
+
+/// eklet's kubelet API flags for a serving certificate from the cluster CA, so that
+/// metrics-server verifies the virtual kubelet as it verifies kubelets.
+fn serving_flags(cp: &ControlPlane, id: &Identity) -> anyhow::Result<Vec<String>> {
+    let serving = cp.pki().issue_server(
+        &format!("kubelet-{}", id.node()),
+        &id.node(),
+        &["127.0.0.1", "localhost"],
+    )?;
+    Ok(vec![
+        format!("--tls-cert-file={}", serving.cert_file.display()),
+        format!("--tls-private-key-file={}", serving.key_file.display()),
+    ])
+}
+
+/// metrics-server scraping the virtual node of `id` only (kwok nodes have no kubelet).
+async fn start_metrics_server(
+    cp: &ControlPlane,
+    id: &Identity,
+) -> anyhow::Result<metrics_server::MetricsServer> {
+    Ok(cp
+        .start_metrics_server(metrics_server::Options {
+            node_selector: Some(format!("kubernetes.io/hostname={}", id.node())),
+            kubelet_ca: Some(cp.pki().ca.cert_file.clone()),
+            ..Default::default()
+        })
+        .await?)
 }
 
 /// Env that makes a cloudsim container use this much CPU and memory.
@@ -242,5 +257,67 @@ async fn an_hpa_scales_a_deployment_running_in_the_cloud_on_its_cpu_usage() -> a
         (240..=260).contains(&utilization),
         "each replica uses 250% of its CPU request: {utilization}"
     );
+    Ok(())
+}
+
+/// The kubernetes provider end to end, with a target cluster whose own virtual node runs its pods
+/// in cloudsim: an IDC pod bursts into the target, and `kubectl logs` and `kubectl top` in the IDC
+/// show what the target's kubelet (eklet, tencent provider) and metrics-server report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_burst_into_a_target_cluster_shows_its_logs_and_usage_in_the_idc() -> anyhow::Result<()> {
+    let target = MeteredCloud::start("target").await?;
+    let idc = ControlPlane::start(Options::default()).await?;
+    let namespace = idc.namespace("burst").await?;
+    let id = Identity::unique();
+    let provider = [
+        "--provider=kubernetes".to_owned(),
+        format!("--target-kubeconfig={}", target.cp.kubeconfig().display()),
+        format!(
+            "--target-node-selector=kubernetes.io/hostname={}",
+            target.id.node()
+        ),
+        "--target-toleration=eks.tke.cloud.tencent.com/eklet:NoSchedule".to_owned(),
+    ];
+    let serving = serving_flags(&idc, &id)?;
+    let extra: Vec<&str> = serving.iter().map(String::as_str).collect();
+    let _eklet = Eklet::start_with_provider(&idc, &provider, &id, &extra).await?;
+    let _metrics_server = start_metrics_server(&idc, &id).await?;
+
+    let pods: Api<Pod> = Api::namespaced(idc.client().await?, &namespace);
+    let mut spec = cloud_pod_spec(
+        &id,
+        json!([{"name": "web", "image": "nginx:1.27", "env": usage_env(250, 64 << 20)}]),
+    );
+    // The kubernetes provider would carry the token over as a Secret volume, which the target's
+    // own virtual node (the tencent provider) cannot mount.
+    spec["automountServiceAccountToken"] = json!(false);
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "burst-0"}, "spec": spec}))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    wait::for_objects(
+        pods.clone(),
+        watcher::Config::default().fields("metadata.name=burst-0"),
+        PATIENCE,
+        "pod burst-0 Running through the target cluster",
+        |pods| pods.iter().any(|p| is_running(p)),
+    )
+    .await?;
+
+    // IDC apiserver → IDC eklet → target apiserver → target eklet → cloudsim's log lines.
+    wait::until(PATIENCE, "kubectl logs burst-0 through the target", || {
+        let pods = pods.clone();
+        async move {
+            pods.logs("burst-0", &Default::default())
+                .await
+                .is_ok_and(|log| log.contains("web log line 0"))
+        }
+    })
+    .await?;
+
+    // The target's metrics-server reads the target's virtual kubelet; the IDC's reads eklet,
+    // which reads the target's metrics API.
+    let row = top_row(&idc, &["pod", "-n", &namespace], "burst-0").await?;
+    let cpu = millicores(&row[1]).with_context(|| format!("{row:?}"))?;
+    assert!((245..=255).contains(&cpu), "the cloud container's 250m: {row:?}");
+    assert_eq!(row[2], "64Mi", "{row:?}");
     Ok(())
 }
