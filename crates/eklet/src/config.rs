@@ -57,8 +57,9 @@ pub struct Args {
     #[arg(long, default_value_t = 10241)]
     pub kubelet_port: u16,
 
-    /// Serving certificate (PEM) of the kubelet API; without it and --tls-private-key-file a
-    /// self-signed one is made at start (the apiserver does not verify it unless configured to).
+    /// Serving certificate (PEM) of the kubelet API, reloaded when the files change (a rotated
+    /// Secret needs no restart); without it and --tls-private-key-file a self-signed one is made
+    /// at start (the apiserver does not verify it unless configured to).
     #[arg(long)]
     pub tls_cert_file: Option<PathBuf>,
 

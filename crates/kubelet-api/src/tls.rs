@@ -3,18 +3,31 @@
 //! kubelet's serving certificate unless `--kubelet-certificate-authority` is set); and, with a
 //! client CA, client certificates verified against it but not required, so that bearer tokens
 //! still work. Always the ring provider, whatever the process default is.
+//!
+//! Certificate files are watched as the kubelet watches its own: their modification times are
+//! looked at on a handshake at most every [`RELOAD_CHECK`], and a changed pair is loaded, so a
+//! rotated Secret (cert-manager, a CSR renewed by hand) takes effect without a restart. A pair that
+//! does not load (half-written, key and certificate out of step) keeps the previous one in
+//! service, with a warning.
 
 use std::{
+    fmt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
 };
 
 use rustls::{
     RootCertStore, ServerConfig,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::WebPkiClientVerifier,
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    sign::CertifiedKey,
 };
+use tokio::time::Instant;
+
+/// How often a handshake may look at the certificate files' modification times.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -91,23 +104,29 @@ fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// The rustls configuration of the kubelet port. HTTP/2 and HTTP/1.1 are offered; the apiserver
-/// uses either.
+/// uses either. Certificate files are reloaded when they change (see the module docs).
 pub fn server_config(serving: &ServingCertificate, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>> {
+    server_config_checking_every(serving, client_ca, RELOAD_CHECK)
+}
+
+/// [`server_config`] with another interval between looks at the certificate files.
+pub fn server_config_checking_every(
+    serving: &ServingCertificate,
+    client_ca: Option<&Path>,
+    check_every: Duration,
+) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let (chain, key) = match serving {
-        ServingCertificate::Files { cert, key } => {
-            let chain = certificates(&read(cert)?).map_err(|what| Error::Pem {
-                path: cert.clone(),
-                what,
-            })?;
-            let pem = read(key)?;
-            let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| Error::Pem {
-                path: key.clone(),
-                what: format!("no usable private key: {e}"),
-            })?;
-            (chain, key)
+    let resolver: Arc<dyn ResolvesServerCert> = match serving {
+        ServingCertificate::Files { cert, key } => Arc::new(ReloadingCertificate::load(
+            cert.clone(),
+            key.clone(),
+            provider.clone(),
+            check_every,
+        )?),
+        ServingCertificate::SelfSigned { common_name, names } => {
+            let (chain, key) = self_signed(common_name, names)?;
+            Arc::new(FixedCertificate(Arc::new(certified_key(chain, key, &provider)?)))
         }
-        ServingCertificate::SelfSigned { common_name, names } => self_signed(common_name, names)?,
     };
     let builder =
         ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
@@ -115,9 +134,121 @@ pub fn server_config(serving: &ServingCertificate, client_ca: Option<&Path>) -> 
         Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(chain, key)?;
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey> {
+    let certified = CertifiedKey::from_der(chain, key, provider)?;
+    Ok(certified)
+}
+
+/// The pair in two files, as read now.
+fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey> {
+    let chain = certificates(&read(cert)?).map_err(|what| Error::Pem {
+        path: cert.to_owned(),
+        what,
+    })?;
+    let pem = read(key)?;
+    let private = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| Error::Pem {
+        path: key.to_owned(),
+        what: format!("no usable private key: {e}"),
+    })?;
+    // from_der checks that the key is the certificate's, so a half-rotated pair is refused.
+    certified_key(chain, private, provider).map_err(|e| Error::Pem {
+        path: cert.to_owned(),
+        what: format!("does not go with {}: {e}", key.display()),
+    })
+}
+
+#[derive(Debug)]
+struct FixedCertificate(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The certificate files' current pair.
+struct ReloadingCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    check_every: Duration,
+    state: Mutex<Loaded>,
+}
+
+struct Loaded {
+    pair: Arc<CertifiedKey>,
+    /// The files' modification times when `pair` was read.
+    stamp: (Option<SystemTime>, Option<SystemTime>),
+    checked: Instant,
+}
+
+impl fmt::Debug for ReloadingCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingCertificate")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl ReloadingCertificate {
+    fn load(
+        cert: PathBuf,
+        key: PathBuf,
+        provider: Arc<CryptoProvider>,
+        check_every: Duration,
+    ) -> Result<ReloadingCertificate> {
+        let stamp = (modified(&cert), modified(&key));
+        let pair = Arc::new(read_pair(&cert, &key, &provider)?);
+        Ok(ReloadingCertificate {
+            cert,
+            key,
+            provider,
+            check_every,
+            state: Mutex::new(Loaded {
+                pair,
+                stamp,
+                checked: Instant::now(),
+            }),
+        })
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.checked.elapsed() >= self.check_every {
+            state.checked = Instant::now();
+            let stamp = (modified(&self.cert), modified(&self.key));
+            if stamp != state.stamp {
+                match read_pair(&self.cert, &self.key, &self.provider) {
+                    Ok(pair) => {
+                        tracing::info!(cert = %self.cert.display(), "serving certificate reloaded");
+                        state.pair = Arc::new(pair);
+                        state.stamp = stamp;
+                    }
+                    // Try again at the next check: the other file of the pair may be on its way.
+                    Err(error) => {
+                        tracing::warn!(%error, "serving certificate changed but does not load; keeping the previous one");
+                    }
+                }
+            }
+        }
+        Some(state.pair.clone())
+    }
 }
 
 fn client_verifier(

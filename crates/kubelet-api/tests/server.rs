@@ -514,3 +514,72 @@ async fn pods_health_summary_and_resource_metrics_describe_the_node() -> Result<
     assert!(text.lines().any(|l| l == "scrape_error 0"), "{text}");
     Ok(())
 }
+
+/// The certificate the server presents on a new connection.
+async fn presented_certificate(url: &str, ca_pem: &str) -> Result<Vec<u8>> {
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
+        .tls_info(true)
+        .build()?;
+    let response = client.get(format!("{url}/healthz")).send().await?;
+    let info = response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .context("no TLS info")?;
+    info.peer_certificate()
+        .map(<[u8]>::to_vec)
+        .context("no peer certificate")
+}
+
+fn der(pem: &str) -> Result<Vec<u8>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    Ok(CertificateDer::from_pem_slice(pem.as_bytes())?.to_vec())
+}
+
+#[tokio::test]
+async fn a_rotated_serving_certificate_is_served_without_a_restart_and_a_half_written_pair_is_not()
+-> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = Pki::new("rotation-ca")?;
+    let dir = tempfile::tempdir()?;
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let issue = || {
+        pki.issue(
+            "system:node:n",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            vec!["127.0.0.1".into()],
+        )
+    };
+    let (first_cert, first_key) = issue()?;
+    std::fs::write(&cert_path, &first_cert)?;
+    std::fs::write(&key_path, &first_key)?;
+    let serving = ServingCertificate::Files {
+        cert: cert_path.clone(),
+        key: key_path.clone(),
+    };
+    let tls = tke_kubelet_api::tls::server_config_checking_every(&serving, None, Duration::ZERO)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
+    let backend = Arc::new(FakeNode {
+        pod: Arc::new(Pod::default()),
+        follow: Mutex::new(None),
+        asked: Mutex::new(Vec::new()),
+    });
+    let api = KubeletApi::new(vec![NODE.to_owned()], backend, FakeReviews);
+    let _server = tokio::spawn(async move {
+        let _ = tke_kubelet_api::serve(listener, tls, api).await;
+    });
+    assert_eq!(presented_certificate(&url, &pki.ca_pem).await?, der(&first_cert)?);
+
+    // The certificate is replaced but its key is not yet: the old pair stays in service.
+    let (second_cert, second_key) = issue()?;
+    std::fs::write(&cert_path, &second_cert)?;
+    assert_eq!(presented_certificate(&url, &pki.ca_pem).await?, der(&first_cert)?);
+    // Now the pair is whole again.
+    std::fs::write(&key_path, &second_key)?;
+    assert_eq!(
+        presented_certificate(&url, &pki.ca_pem).await?,
+        der(&second_cert)?
+    );
+    Ok(())
+}

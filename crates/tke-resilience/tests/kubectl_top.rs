@@ -54,10 +54,16 @@ fn millicores(cpu: &str) -> Option<u64> {
 
 /// Polls `kubectl top` until a row for `name` shows up; returns it, or fails with what kubectl said.
 async fn top_row(cp: &ControlPlane, args: &[&str], name: &str) -> anyhow::Result<Vec<String>> {
-    let deadline = tokio::time::Instant::now() + TOP_PATIENCE;
+    let begun = tokio::time::Instant::now();
+    let deadline = begun + TOP_PATIENCE;
     loop {
         let (ok, out, err) = kubectl_top(cp, args).await?;
         if ok && let Some(row) = row(&out, name) {
+            eprintln!(
+                "kubectl top {} showed {name} after {:.1}s: {row:?}",
+                args.join(" "),
+                begun.elapsed().as_secs_f64()
+            );
             return Ok(row);
         }
         if tokio::time::Instant::now() > deadline {
