@@ -18,7 +18,6 @@ pub mod assessment;
 pub mod controller;
 pub mod events;
 pub mod global_switch;
-pub mod leader;
 pub mod metrics;
 pub mod reported;
 pub mod toleration;
@@ -33,8 +32,8 @@ use kube::config::{Config, KubeConfigOptions, Kubeconfig};
 use tke_policy::PolicyArgs;
 
 use crate::assessment::Policy;
-use crate::leader::Election;
 use crate::metrics::Metrics;
+use tke_leader::{self as leader, Election};
 
 /// Flags of `tke-resilience admission`.
 #[derive(Debug, Clone, clap::Args)]

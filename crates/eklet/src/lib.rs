@@ -9,7 +9,6 @@ pub mod config;
 pub mod dns;
 pub mod events;
 pub mod kubelet;
-pub mod leader;
 pub mod metrics;
 pub mod node;
 pub mod pods;
@@ -26,6 +25,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{Controller, controller, reflector::ObjectRef, watcher},
 };
+use tke_leader as leader;
 use tokio::sync::{mpsc, watch};
 
 pub use config::Args;
@@ -102,13 +102,14 @@ pub async fn run(args: Args) -> Result<()> {
     let config = Arc::new(config);
     let work = async {
         let mut leadership = if args.leader_elect {
-            let acquire = leader::acquire(
-                client.clone(),
-                &args.namespace,
-                &config.cluster_id,
-                &identity,
-                args.leader_elect_lease_duration,
-            );
+            // One Lease per cluster id: `eklet-<cluster-id>` in eklet's namespace.
+            let election = leader::Election {
+                namespace: args.namespace.clone(),
+                name: format!("eklet-{}", config.cluster_id),
+                identity: identity.clone(),
+                lease_seconds: args.leader_elect_lease_duration.as_secs().max(2),
+            };
+            let acquire = leader::acquire(client.clone(), &election);
             tokio::select! {
                 acquired = acquire => Some(acquired?),
                 () = shutdown_signal() => return Ok(()),

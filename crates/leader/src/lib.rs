@@ -1,7 +1,9 @@
 //! Leader election on a coordination.k8s.io Lease (kube-lease-manager), so that of several
-//! replicas only one adds tolerations and reports events. The controller runs only while this
+//! replicas of a component (eklet, eks-admission) only one works. The work runs only while this
 //! process holds the lease; losing it ends the process (fail-stop, as kube-controller-manager
-//! does) instead of risking two writers.
+//! does) instead of risking two writers, and its Deployment restarts it as a standby.
+
+use std::time::Duration;
 
 use kube::Client;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError, LeaseParams};
@@ -44,6 +46,9 @@ impl Election {
         (self.lease_seconds / 3).max(1)
     }
 }
+
+/// How long a release may take before the process moves on; the lease then expires by itself.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Leadership held by this process.
 pub struct Leadership {
@@ -98,10 +103,11 @@ impl Leadership {
         } = self;
         // Dropping the last receiver makes the election task release the lease and end.
         drop(is_leader);
-        match election.await {
-            Ok(Ok(_)) => tracing::info!(%lease, "released the leader lease"),
-            Ok(Err(error)) => tracing::warn!(%lease, %error, "releasing the leader lease"),
-            Err(error) => tracing::warn!(%lease, %error, "the election task failed"),
+        match tokio::time::timeout(RELEASE_TIMEOUT, election).await {
+            Ok(Ok(Ok(_))) => tracing::info!(%lease, "released the leader lease"),
+            Ok(Ok(Err(error))) => tracing::warn!(%lease, %error, "releasing the leader lease"),
+            Ok(Err(error)) => tracing::warn!(%lease, %error, "the election task failed"),
+            Err(_) => tracing::warn!(%lease, "the lease was not released in time; it will expire"),
         }
     }
 
