@@ -233,6 +233,7 @@ async fn an_hpa_scales_a_deployment_running_in_the_cloud_on_its_cpu_usage() -> a
     }))?;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
     hpas.create(&PostParams::default(), &hpa).await?;
+    let hpa_created = tokio::time::Instant::now();
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let node = id.node();
@@ -250,6 +251,10 @@ async fn an_hpa_scales_a_deployment_running_in_the_cloud_on_its_cpu_usage() -> a
         },
     )
     .await?;
+    eprintln!(
+        "the HPA had 3 replicas Running {:.1}s after it was created",
+        hpa_created.elapsed().as_secs_f64()
+    );
     let hpa = hpas.get("web").await?;
     let status = hpa.status.context("HPA status")?;
     assert_eq!(status.desired_replicas, 3, "{status:?}");
