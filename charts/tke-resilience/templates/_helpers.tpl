@@ -107,9 +107,33 @@ Vendor suffixes (v1.30.4-gke.1, v1.29.3+k3s1) are cut to the upstream release th
 {{- end -}}
 {{- end }}
 
-{{/* Identifies this cluster's sandboxes in the cloud and names eklet's leader-election Lease. */}}
+{{/* "true" when eklet runs its pods in another Kubernetes cluster (eklet.provider=kubernetes), else "". */}}
+{{- define "tke-resilience.kubernetesProvider" -}}
+{{- if eq (.Values.eklet.provider | default "tencent") "kubernetes" }}true{{ end -}}
+{{- end }}
+
+{{/*
+Identifies this cluster's sandboxes in the cloud and names eklet's leader-election Lease. The
+kubernetes provider uses no VPC, so cloud.uniqueID alone; and it puts the id into the names and
+labels of target pods and namespaces, so it must be a DNS label.
+*/}}
 {{- define "tke-resilience.clusterID" -}}
-{{ .Values.cloud.uniqueID | default .Values.cloud.vpcID }}
+{{- $id := .Values.cloud.uniqueID | default .Values.cloud.vpcID -}}
+{{- if include "tke-resilience.kubernetesProvider" . -}}
+{{- $id = .Values.cloud.uniqueID -}}
+{{- if not $id -}}
+{{- fail "cloud.uniqueID is required with eklet.provider=kubernetes: it names this cluster's pods and namespaces in the target cluster (lowercase letters, digits and '-')" -}}
+{{- end -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" $id) -}}
+{{- fail (printf "cloud.uniqueID %q: with eklet.provider=kubernetes it names target pods and namespaces, so use lowercase letters, digits and '-' (at most 63)" $id) -}}
+{{- end -}}
+{{- end -}}
+{{ $id }}
+{{- end }}
+
+{{/* Where the target kubeconfig Secret is mounted in the eklet container. */}}
+{{- define "tke-resilience.targetKubeconfigDir" -}}
+/etc/eklet/target
 {{- end }}
 
 {{- define "tke-resilience.credentialsSecret" -}}
