@@ -4,7 +4,10 @@
 //! N pods bound (by `spec.nodeName`) to one virtual node, first served by virtual-kubelet's mock
 //! provider, then by eklet with the `tencent` provider against cloudsim (zero start delay), on the
 //! same control plane. For each: time from the first create to the last pod Running, pods/s, p50/p99
-//! create-to-Running latency, and the node agent's peak RSS and CPU time.
+//! create-to-Running latency, and the node agent's peak RSS and CPU time. Then, with every pod
+//! Running, what metrics-server does each resolution: a scrape of the node's `/metrics/resource`
+//! (median of several, and how many pods it reported usage for). virtual-kubelet's mock provider
+//! makes its numbers up in memory; eklet reads each sandbox's agent (cloudsim's, on loopback).
 
 use std::{
     collections::HashMap,
@@ -71,6 +74,9 @@ struct Result_ {
     cpu: Duration,
     /// Set when the agent died before every pod was Running: what it said last.
     crashed: Option<String>,
+    /// Median time of a `/metrics/resource` scrape with every pod Running, and the pods it gave
+    /// usage for; `None` when the agent died first or never answered.
+    scrape: Option<(Duration, usize)>,
 }
 
 impl Result_ {
@@ -111,11 +117,17 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!();
-    println!("| agent | pods | all Running | pods/s | p50 | p99 | peak RSS | CPU time |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| agent | pods | all Running | pods/s | p50 | p99 | peak RSS | CPU time | /metrics/resource | pods with usage |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &results {
+        let (scrape, measured) = match r.scrape {
+            Some((took, pods)) => (format!("{:.0} ms", took.as_secs_f64() * 1000.0), pods.to_string()),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
         println!(
-            "| {} | {} | {:.1}s | {:.1} | {:.2}s | {:.2}s | {} MiB | {:.1}s |",
+            "| {} | {} | {:.1}s | {:.1} | {:.2}s | {:.2}s | {} MiB | {:.1}s | {scrape} | {measured} |",
             r.agent,
             match &r.crashed {
                 None => r.latencies.len().to_string(),
@@ -150,6 +162,22 @@ async fn main() -> anyhow::Result<()> {
         "[bench] p99 latency ratio eklet / virtual-kubelet: {:.2}x",
         ek99 / vk99
     );
+    let scrape = |agent: &str| {
+        let xs: Vec<f64> = results
+            .iter()
+            .filter(|r| r.agent == agent)
+            .filter_map(|r| r.scrape.map(|(took, _)| took.as_secs_f64()))
+            .collect();
+        (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+    };
+    if let (Some(vk), Some(ek)) = (scrape("virtual-kubelet"), scrape("eklet")) {
+        println!(
+            "[bench] /metrics/resource scrape time ratio eklet / virtual-kubelet: {:.2}x ({:.0} ms vs {:.0} ms)",
+            ek / vk,
+            ek * 1000.0,
+            vk * 1000.0
+        );
+    }
     Ok(())
 }
 
@@ -190,7 +218,7 @@ async fn run_vk(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::Resu
         ],
     )?;
     tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
-    measure("virtual-kubelet", cp, client, &node, proc, args.pods).await
+    measure("virtual-kubelet", cp, client, &node, port, proc, args.pods).await
 }
 
 async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::Result<Result_> {
@@ -199,7 +227,7 @@ async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::R
     std::fs::create_dir_all(&dir)?;
     let credentials = dir.join("cloud-credentials");
     std::fs::write(&credentials, "secretID=AKIDbench\nsecretKey=bench-secret-key\n")?;
-    let [cloudsim_port, kubelet, metrics] = free_ports::<3>()?;
+    let [cloudsim_port, kubelet, metrics, agents] = free_ports::<4>()?;
     let cloudsim = cp.spawn_process(
         &format!("cloudsim-{suffix}"),
         &args.binary,
@@ -210,6 +238,10 @@ async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::R
             "--start-delay=0s".into(),
             // The real API allows 20 requests/s per action (the default here).
             format!("--rate-limit={}", args.cloud_rate_limit),
+            // A usage agent per sandbox on a loopback address, as eklet reaches them over
+            // Direct Connect.
+            format!("--agent-port={agents}"),
+            format!("--private-cidr=127.{}.0.0/16", 16 + std::process::id() % 200),
         ],
         &[],
     )?;
@@ -234,11 +266,13 @@ async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::R
             "--bind-address=127.0.0.1".into(),
             "--node-pods=5000".into(),
             format!("--cloud-rate-limit={}", args.cloud_rate_limit),
+            format!("--sandbox-metrics-port={agents}"),
+            format!("--client-ca-file={}", cp.pki().ca.cert_file.display()),
         ],
         &[("RUST_LOG", "warn")],
     )?;
     tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
-    let result = measure("eklet", cp, client, &node, proc, args.pods).await;
+    let result = measure("eklet", cp, client, &node, kubelet, proc, args.pods).await;
     drop(cloudsim);
     result
 }
@@ -249,6 +283,7 @@ async fn measure(
     cp: &ControlPlane,
     client: &Client,
     node: &str,
+    kubelet_port: u16,
     mut proc: Proc,
     pods: usize,
 ) -> anyhow::Result<Result_> {
@@ -334,6 +369,10 @@ async fn measure(
     }
     let total = start.elapsed();
     watch.abort();
+    let scrape = match crashed {
+        None => scrape_resource_metrics(cp, kubelet_port).await,
+        Some(_) => None,
+    };
     let created = created.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let running = running.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let latencies: Vec<Duration> = created
@@ -354,7 +393,45 @@ async fn measure(
         peak_rss_kib,
         cpu,
         crashed,
+        scrape,
     })
+}
+
+/// Scrapes `/metrics/resource` as metrics-server does (as the apiserver's kubelet client, which
+/// the test bed's CA signs): the median time of five scrapes after a warm-up one, and the pods the
+/// last one gave memory usage for.
+async fn scrape_resource_metrics(cp: &ControlPlane, port: u16) -> Option<(Duration, usize)> {
+    let pair = &cp.pki().apiserver_kubelet_client;
+    let identity =
+        reqwest::Identity::from_pem(format!("{}{}", pair.cert_pem, pair.key_pem).as_bytes()).ok()?;
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .identity(identity)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .ok()?;
+    let url = format!("https://127.0.0.1:{port}/metrics/resource");
+    let mut times = Vec::new();
+    let mut pods = 0;
+    for round in 0..6 {
+        let begun = Instant::now();
+        let text = match http.get(&url).send().await.and_then(|r| r.error_for_status()) {
+            Ok(response) => response.text().await.ok()?,
+            Err(error) => {
+                println!("[bench] scraping {url}: {error}");
+                return None;
+            }
+        };
+        if round > 0 {
+            times.push(begun.elapsed());
+        }
+        pods = text
+            .lines()
+            .filter(|l| l.starts_with("pod_memory_working_set_bytes{"))
+            .count();
+    }
+    times.sort();
+    Some((times[times.len() / 2], pods))
 }
 
 /// The line of a log tail that says why a process died.
