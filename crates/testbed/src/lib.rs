@@ -418,6 +418,12 @@ impl ControlPlane {
     }
 
     fn write_kubeconfig(&self) -> Result<()> {
+        self.write_client_kubeconfig(&self.kubeconfig, &self.pki.admin)
+    }
+
+    /// Writes to `path` a kubeconfig for the user of a client certificate of this control plane's
+    /// CA (see [`pki::Pki::issue_client`]), for running a component under an identity of its own.
+    pub fn write_client_kubeconfig(&self, path: &Path, client: &pki::CertPair) -> Result<()> {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let yaml = format!(
@@ -429,7 +435,7 @@ clusters:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: admin
+- name: user
   user:
     client-certificate-data: {cert}
     client-key-data: {key}
@@ -437,15 +443,15 @@ contexts:
 - name: testbed
   context:
     cluster: testbed
-    user: admin
+    user: user
 current-context: testbed
 ",
             server = self.apiserver_url,
             ca = b64(&self.pki.ca.cert_pem),
-            cert = b64(&self.pki.admin.cert_pem),
-            key = b64(&self.pki.admin.key_pem),
+            cert = b64(&client.cert_pem),
+            key = b64(&client.key_pem),
         );
-        write_file(&self.kubeconfig, &yaml)
+        write_file(path, &yaml)
     }
 
     /// A new client for the admin user, bound to the calling test's runtime.

@@ -68,33 +68,8 @@ impl ControlPlane {
         )?;
         let client = pki.issue_client("metrics-server-client", USER, None)?;
         let kubeconfig = run.join("kubeconfig");
+        self.write_client_kubeconfig(&kubeconfig, &client)?;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        write_file(
-            &kubeconfig,
-            &format!(
-                "apiVersion: v1
-kind: Config
-clusters:
-- name: testbed
-  cluster:
-    server: {server}
-    certificate-authority-data: {ca}
-users:
-- name: metrics-server
-  user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-contexts:
-- name: testbed
-  context: {{cluster: testbed, user: metrics-server}}
-current-context: testbed
-",
-                server = self.apiserver_url(),
-                ca = b64(&pki.ca.cert_pem),
-                cert = b64(&client.cert_pem),
-                key = b64(&client.key_pem),
-            ),
-        )?;
         let manifest = run.join("manifest.yaml");
         write_file(&manifest, &manifest_yaml(port, &b64(&pki.ca.cert_pem)))?;
         let kubectl = self.bin("kubectl");
