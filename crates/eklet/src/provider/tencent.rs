@@ -52,6 +52,8 @@ const GIB: f64 = (1u64 << 30) as f64;
 const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Sandbox agents scraped at once for one stats call.
 const AGENT_CONCURRENCY: usize = 16;
+/// The shortest span a CPU rate is computed over.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// A container's last counter reading older than this is forgotten (its pod is gone or no longer
 /// scraped).
 const COUNTER_MEMORY: Duration = Duration::from_secs(600);
@@ -64,15 +66,56 @@ pub struct TencentProvider {
     capabilities: Capabilities,
     agents: AgentClient,
     metrics_port: u16,
-    /// The last CPU counter per (sandbox, container), to turn the agents' counters into rates.
-    readings: Mutex<HashMap<(String, String), Reading>>,
+    /// CPU counter readings per (sandbox, container), to turn the agents' counters into rates.
+    readings: Mutex<HashMap<(String, String), Readings>>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Reading {
-    time: Timestamp,
-    core_nano_seconds: u64,
+/// One container's CPU counter readings: (time, core-nanoseconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Readings {
     started: Option<Timestamp>,
+    latest: (Timestamp, u64),
+    /// The newest reading at least [`RATE_WINDOW`] older than `latest`: the base of the rate when
+    /// `latest` is too recent for one.
+    base: Option<(Timestamp, u64)>,
+}
+
+impl Readings {
+    /// The rate at a new reading, and the readings with it. Timestamps travel in milliseconds, so a
+    /// rate between two scrapes a few milliseconds apart would be off by tens of percent: the rate
+    /// spans at least [`RATE_WINDOW`] when it can, else it is the average since the container
+    /// started. A new start time or a counter that went back is a restart.
+    fn advance(
+        previous: Option<Readings>,
+        started: Option<Timestamp>,
+        time: Timestamp,
+        counter: u64,
+    ) -> (u64, Readings) {
+        let previous =
+            previous.filter(|p| p.started == started && p.latest.1 <= counter && p.latest.0 <= time);
+        let old_enough = |at: Timestamp| time.duration_since(at).unsigned_abs() >= RATE_WINDOW;
+        let base = previous.and_then(|p| {
+            if old_enough(p.latest.0) {
+                Some(p.latest)
+            } else {
+                p.base
+            }
+        });
+        let from = base.or_else(|| started.filter(|s| *s < time).map(|s| (s, 0)));
+        let rate = from.map_or(0, |(at, counted)| {
+            let elapsed = time.duration_since(at).as_nanos().max(1).unsigned_abs();
+            let used = u128::from(counter.saturating_sub(counted));
+            u64::try_from(used * 1_000_000_000 / elapsed).unwrap_or(u64::MAX)
+        });
+        (
+            rate,
+            Readings {
+                started,
+                latest: (time, counter),
+                base,
+            },
+        )
+    }
 }
 
 impl TencentProvider {
@@ -166,26 +209,13 @@ impl TencentProvider {
             .map(|c| {
                 let time = c.time.unwrap_or(now);
                 let key = (target.id.clone(), c.name.clone());
-                let previous = readings.get(&key).copied().filter(|p| p.started == c.start_time);
-                let from = match previous {
-                    Some(p) if p.time < time && p.core_nano_seconds <= c.cpu_core_nano_seconds => {
-                        Some((p.time, p.core_nano_seconds))
-                    }
-                    _ => c.start_time.filter(|s| *s < time).map(|s| (s, 0)),
-                };
-                let nano_cores = from.map_or(0, |(at, counted)| {
-                    let elapsed = time.duration_since(at).as_nanos().max(1).unsigned_abs();
-                    let used = u128::from(c.cpu_core_nano_seconds - counted);
-                    u64::try_from(used * 1_000_000_000 / elapsed).unwrap_or(u64::MAX)
-                });
-                readings.insert(
-                    key,
-                    Reading {
-                        time,
-                        core_nano_seconds: c.cpu_core_nano_seconds,
-                        started: c.start_time,
-                    },
+                let (nano_cores, next) = Readings::advance(
+                    readings.get(&key).copied(),
+                    c.start_time,
+                    time,
+                    c.cpu_core_nano_seconds,
                 );
+                readings.insert(key, next);
                 (
                     time,
                     ContainerStats {
@@ -198,7 +228,7 @@ impl TencentProvider {
             })
             .collect::<Vec<_>>();
         let cutoff = now.checked_sub(COUNTER_MEMORY).unwrap_or(Timestamp::MIN);
-        readings.retain(|_, r| r.time > cutoff);
+        readings.retain(|_, r| r.latest.0 > cutoff);
         Ok(SandboxStats {
             id: target.id.clone(),
             time: stats.iter().map(|(t, _)| *t).max().unwrap_or(now),
@@ -873,5 +903,28 @@ mod tests {
             both.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
             [sandbox.id.as_str()]
         );
+    }
+
+    #[test]
+    fn cpu_rates_span_at_least_a_second_of_millisecond_timestamps() {
+        let at = |ms: i64| Timestamp::from_millisecond(ms).unwrap();
+        let started = Some(at(1_000_000));
+        // First reading, 10 s after the start at 250m: the average since the start.
+        let (rate, r) = Readings::advance(None, started, at(1_010_000), 2_500_000_000);
+        assert_eq!(rate, 250_000_000);
+        // 5 s later at one core: the rate over those 5 s.
+        let (rate, r) = Readings::advance(Some(r), started, at(1_015_000), 7_500_000_000);
+        assert_eq!(rate, 1_000_000_000);
+        // 3 ms later (one millisecond of timestamp error is a third of that): still over >= 1 s.
+        let (rate, r) = Readings::advance(Some(r), started, at(1_015_003), 7_503_500_000);
+        assert_eq!(rate, (7_503_500_000u64 - 2_500_000_000) * 1000 / 5_003);
+        assert_eq!(r.base, Some((at(1_010_000), 2_500_000_000)), "the newest reading >= 1 s older");
+        // A restart (new start time) starts over from the new start.
+        let restarted = Some(at(1_016_000));
+        let (rate, r) = Readings::advance(Some(r), restarted, at(1_018_000), 1_000_000_000);
+        assert_eq!((rate, r.base), (500_000_000, None));
+        // So does a counter that went back under the same start time.
+        let (rate, _) = Readings::advance(Some(r), restarted, at(1_020_000), 400_000_000);
+        assert_eq!(rate, 100_000_000);
     }
 }
