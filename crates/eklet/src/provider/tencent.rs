@@ -918,7 +918,11 @@ mod tests {
         // 3 ms later (one millisecond of timestamp error is a third of that): still over >= 1 s.
         let (rate, r) = Readings::advance(Some(r), started, at(1_015_003), 7_503_500_000);
         assert_eq!(rate, (7_503_500_000u64 - 2_500_000_000) * 1000 / 5_003);
-        assert_eq!(r.base, Some((at(1_010_000), 2_500_000_000)), "the newest reading >= 1 s older");
+        assert_eq!(
+            r.base,
+            Some((at(1_010_000), 2_500_000_000)),
+            "the newest reading >= 1 s older"
+        );
         // A restart (new start time) starts over from the new start.
         let restarted = Some(at(1_016_000));
         let (rate, r) = Readings::advance(Some(r), restarted, at(1_018_000), 1_000_000_000);
