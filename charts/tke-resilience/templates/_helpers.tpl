@@ -252,3 +252,15 @@ named tke-scheduler in the release namespace, and the extender at the sidecar's 
 {{- $_ := set $cfg "extenders" $extenders -}}
 {{ toYaml $cfg }}
 {{- end }}
+
+{{/*
+Whole seconds of a Go duration made of h, m and s parts (the schema of eklet.uninstall.timeout
+allows nothing else), for the drain Job's activeDeadlineSeconds.
+*/}}
+{{- define "tke-resilience.durationSeconds" -}}
+{{- $d := . | toString -}}
+{{- $h := regexFind "[0-9]+h" $d | trimSuffix "h" | default "0" | int -}}
+{{- $m := regexFind "[0-9]+m" $d | trimSuffix "m" | default "0" | int -}}
+{{- $s := regexFind "[0-9]+s" $d | trimSuffix "s" | default "0" | int -}}
+{{ add (mul $h 3600) (mul $m 60) $s }}
+{{- end }}

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod dns;
+pub mod drain;
 pub mod events;
 pub mod kubelet;
 pub mod metrics;
@@ -59,17 +60,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Runs eklet until SIGTERM/SIGINT (returns `Ok`) or a fatal error.
 pub async fn run(args: Args) -> Result<()> {
     let mut config = Config::from_args(&args)?;
-    let client_config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| Error::KubeConfig(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| Error::KubeConfig(e.to_string()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::KubeConfig(e.to_string()))?,
-    };
+    let client_config = client_config(args.kubeconfig.as_deref()).await?;
     let apiserver = match config.pod_used_apiserver.clone() {
         Some(address) => address,
         None => client_config
@@ -312,4 +303,19 @@ fn random_suffix() -> String {
     (0..6)
         .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
         .collect()
+}
+
+/// The client configuration from `--kubeconfig`, or in-cluster (or `$KUBECONFIG`) without it.
+pub async fn client_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config> {
+    match kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| Error::KubeConfig(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::KubeConfig(e.to_string()))
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::KubeConfig(e.to_string())),
+    }
 }

@@ -38,6 +38,11 @@ enum Command {
     Admission(tke_admission::Args),
     /// eklet, the virtual node manager: one virtual node per cloud subnet, its pods run as cloud sandboxes.
     Eklet(Box<tke_eklet::Args>),
+    /// Before uninstalling: cordon eklet's virtual nodes, evict every pod on them like `kubectl drain
+    /// --force --ignore-daemonsets` (PodDisruptionBudgets hold; bare pods too, or their cloud
+    /// sandboxes would be orphaned), wait until eklet has removed every sandbox, stop eklet, then
+    /// delete the Nodes and their Leases.
+    EkletDrain(tke_eklet::drain::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -70,6 +75,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Cloudsim(args) => tke_cloudsim::run(args).await?,
         Command::Admission(args) => tke_admission::run(args).await?,
         Command::Eklet(args) => tke_eklet::run(*args).await?,
+        Command::EkletDrain(args) => {
+            if let Err(error) = tke_eklet::drain::run(args).await {
+                tracing::error!(%error, "eklet-drain failed");
+                eprintln!("error: {error}");
+                std::process::exit(1);
+            }
+        }
     }
     Ok(())
 }

@@ -1,0 +1,616 @@
+//! `helm uninstall` drains the virtual nodes first. The chart is installed into a real control
+//! plane, eklet runs here as the chart's ServiceAccount against a cloudsim, and the chart's
+//! pre-delete hook is run as it would run in its Job: the hook's own ServiceAccount and roles
+//! applied from `helm get hooks`, the Job's command line executed with a token of that account.
+//! (kwok, which runs the test bed's pods, would complete the Job without running it.)
+//!
+//! The installation helpers follow `tests/chart.rs`.
+
+mod support;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    coordination::v1::Lease,
+    core::v1::{Node, Pod},
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Api,
+    api::{ListParams, PostParams},
+};
+use serde_json::{Value, json};
+use tke_testbed::ControlPlane;
+
+const RELEASE: &str = "tke-resilience";
+const NAMESPACE: &str = "kube-system";
+const LOCAL_NODE: &str = "idc-1";
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const PATIENCE: Duration = Duration::from_secs(180);
+/// A drain that should end within seconds.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(60);
+const WORKLOAD: &str = "web";
+const WORKLOAD_NAMESPACE: &str = "default";
+
+fn chart_dir() -> PathBuf {
+    tke_testbed::workspace_root().join("charts/tke-resilience")
+}
+
+fn local_stack_values() -> PathBuf {
+    chart_dir().join("ci/local-stack-values.yaml")
+}
+
+fn str_at<'a>(value: &'a Value, pointer: &str) -> anyhow::Result<&'a str> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .with_context(|| format!("{pointer} is not a string in {value}"))
+}
+
+/// The chart installed with the real helm. eklet's Deployment keeps one replica, which kwok
+/// "runs" without running anything; the real eklet runs here and stands for that pod: it is
+/// stopped (SIGTERM, as the kubelet would) when the Deployment is scaled to zero.
+struct Installed {
+    cp: ControlPlane,
+    client: kube::Client,
+    dir: PathBuf,
+    values: Value,
+    cloudsim_port: u16,
+}
+
+impl Installed {
+    async fn install() -> anyhow::Result<Installed> {
+        let cp = ControlPlane::start(tke_testbed::Options {
+            nodes: vec![tke_testbed::NodeSpec::new(LOCAL_NODE)],
+            ..Default::default()
+        })
+        .await?;
+        let client = cp.client().await?;
+        let dir = cp.run_dir().join("chart");
+        std::fs::create_dir_all(&dir)?;
+        let [cloudsim, kubelet, metrics, admission, extender] = tke_testbed::free_ports::<5>()?;
+        let installed = Installed {
+            cp,
+            client,
+            dir,
+            values: serde_saphyr::from_str(&std::fs::read_to_string(local_stack_values())?)?,
+            cloudsim_port: cloudsim,
+        };
+        let set = format!(
+            "eklet.replicaCount=1,eksAdmission.replicaCount=0,scheduler.replicaCount=0,\
+             cloud.endpoint=http://127.0.0.1:{cloudsim},eklet.podUsedApiserver={},\
+             eklet.kubeletPort={kubelet},eklet.metricsPort={metrics},eksAdmission.metricsPort={admission},\
+             scheduler.extender.port={extender}",
+            installed.cp.apiserver_url(),
+        );
+        let chart = chart_dir().display().to_string();
+        let values = local_stack_values().display().to_string();
+        installed
+            .helm(&[
+                "install",
+                RELEASE,
+                &chart,
+                "--namespace",
+                NAMESPACE,
+                "-f",
+                &values,
+                "--set",
+                &set,
+                "--wait",
+                "--timeout",
+                "2m",
+            ])
+            .await?;
+        Ok(installed)
+    }
+
+    async fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
+        let helm = self.cp.bin("helm");
+        let kubeconfig = self.cp.kubeconfig().display().to_string();
+        let mut command = tokio::process::Command::new(&helm);
+        command.args(args).args(["--kubeconfig", &kubeconfig]);
+        for (var, sub) in [
+            ("HELM_CACHE_HOME", "cache"),
+            ("HELM_CONFIG_HOME", "config"),
+            ("HELM_DATA_HOME", "data"),
+        ] {
+            command.env(var, self.dir.join("helm").join(sub));
+        }
+        let out = command.output().await?;
+        ensure!(
+            out.status.success(),
+            "helm {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn virtual_node(&self) -> anyhow::Result<String> {
+        Ok(tke_policy::virtual_node::node_name(str_at(
+            &self.values,
+            "/cloud/subnets/0/id",
+        )?))
+    }
+
+    /// A kubeconfig authenticating as ServiceAccount `name` with a TokenRequest token.
+    async fn service_account_kubeconfig(&self, name: &str) -> anyhow::Result<PathBuf> {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), NAMESPACE);
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let token = accounts
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("a token for ServiceAccount {NAMESPACE}/{name}"))?
+            .status
+            .and_then(|s| s.token)
+            .context("no token in the TokenRequest")?;
+        let path = self.dir.join(format!("{name}.kubeconfig"));
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {server}\n    \
+             certificate-authority: {ca}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  \
+             context:\n    cluster: testbed\n    user: {name}\ncurrent-context: {name}\n",
+            server = self.cp.apiserver_url(),
+            ca = self.cp.pki().ca.cert_file.display(),
+        );
+        std::fs::write(&path, yaml)?;
+        Ok(path)
+    }
+
+    async fn cloudsim(&self) -> anyhow::Result<tke_testbed::Proc> {
+        let credentials = self.dir.join("cloudsim-credentials");
+        std::fs::write(
+            &credentials,
+            format!(
+                "secretID={}\nsecretKey={}\n",
+                str_at(&self.values, "/cloud/secretID")?,
+                str_at(&self.values, "/cloud/secretKey")?
+            ),
+        )?;
+        let args = vec![
+            "cloudsim".to_owned(),
+            format!("--listen=127.0.0.1:{}", self.cloudsim_port),
+            format!("--region={}", str_at(&self.values, "/cloud/regionLong")?),
+            format!("--credentials-file={}", credentials.display()),
+            "--start-delay=0".to_owned(),
+        ];
+        let proc = self
+            .cp
+            .spawn_process("cloudsim", &support::binary(), &args, &[])?;
+        tke_testbed::wait::until(PATIENCE, "cloudsim to answer", || self.cloud_instances_ok()).await?;
+        Ok(proc)
+    }
+
+    async fn cloud_instances_ok(&self) -> bool {
+        self.cloud_instances().await.is_ok()
+    }
+
+    /// Live sandboxes in cloudsim, as its admin API counts them.
+    async fn cloud_instances(&self) -> anyhow::Result<u64> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.cloudsim_port));
+        let stats: Value = serde_json::from_str(&support::admission::http_get(addr, "/admin/stats").await?)?;
+        stats["live_instances"]
+            .as_u64()
+            .with_context(|| format!("no live_instances in {stats}"))
+    }
+
+    /// eklet with the installed Deployment's arguments and environment, as its ServiceAccount.
+    async fn eklet(&self) -> anyhow::Result<tke_testbed::Proc> {
+        let name = format!("eklet-{RELEASE}");
+        let deployment = Api::<Deployment>::namespaced(self.client.clone(), NAMESPACE)
+            .get(&name)
+            .await?;
+        let container = deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers.into_iter().find(|c| c.name == "eklet"))
+            .context("no eklet container")?;
+        let ca = format!("{SERVICE_ACCOUNT_DIR}/ca.crt");
+        let mut line: Vec<String> = container
+            .args
+            .unwrap_or_default()
+            .into_iter()
+            .map(|arg| arg.replace(&ca, &self.cp.pki().ca.cert_file.display().to_string()))
+            .collect();
+        line.push(format!(
+            "--kubeconfig={}",
+            self.service_account_kubeconfig(&name).await?.display()
+        ));
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), NAMESPACE);
+        let mut env = vec![
+            ("HOSTNAME".to_owned(), format!("{name}-0")),
+            ("RUST_BACKTRACE".to_owned(), "0".to_owned()),
+        ];
+        for var in container.env.unwrap_or_default() {
+            let value = match (var.value, var.value_from) {
+                (Some(value), _) => value,
+                (None, Some(from)) => match (from.field_ref, from.secret_key_ref) {
+                    (Some(field), _) => match field.field_path.as_str() {
+                        "status.podIP" => "127.0.0.1".to_owned(),
+                        "metadata.namespace" => NAMESPACE.to_owned(),
+                        other => bail!(
+                            "eklet env {} from {other}, which this test does not resolve",
+                            var.name
+                        ),
+                    },
+                    (None, Some(key)) => {
+                        let secret = secrets.get(&key.name).await?;
+                        let bytes = secret
+                            .data
+                            .and_then(|d| d.get(&key.key).cloned())
+                            .with_context(|| format!("Secret {} has no key {}", key.name, key.key))?;
+                        String::from_utf8(bytes.0)?
+                    }
+                    (None, None) => bail!("eklet env {} from an unknown source", var.name),
+                },
+                (None, None) => String::new(),
+            };
+            env.push((var.name, value));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Ok(self.cp.spawn_process("eklet", &support::binary(), &line, &env)?)
+    }
+
+    /// The chart's pre-delete hooks as helm would create them: every one but the Job applied (its
+    /// ServiceAccount and roles), and the Job's container returned.
+    async fn apply_drain_hook(&self) -> anyhow::Result<Value> {
+        let text = self
+            .helm(&["get", "hooks", RELEASE, "--namespace", NAMESPACE])
+            .await?;
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)?;
+        let hooks: Vec<Value> = docs
+            .into_iter()
+            .filter(|d| d["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete")
+            .collect();
+        let (jobs, others): (Vec<Value>, Vec<Value>) = hooks.into_iter().partition(|d| d["kind"] == "Job");
+        ensure!(jobs.len() == 1, "expected one pre-delete Job, got {}", jobs.len());
+        let path = self.dir.join("drain-hook-rbac.json");
+        std::fs::write(
+            &path,
+            serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": others}))?,
+        )?;
+        let kubectl = self.cp.bin("kubectl");
+        let out = tokio::process::Command::new(&kubectl)
+            .args([
+                "--kubeconfig",
+                &self.cp.kubeconfig().display().to_string(),
+                "apply",
+                "-f",
+            ])
+            .arg(&path)
+            .output()
+            .await?;
+        ensure!(
+            out.status.success(),
+            "kubectl apply of the hook's RBAC: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let job = &jobs[0];
+        let container = job["spec"]["template"]["spec"]["containers"][0].clone();
+        Ok(json!({
+            "serviceAccount": job["spec"]["template"]["spec"]["serviceAccountName"],
+            "container": container,
+        }))
+    }
+
+    /// Runs the hook Job's command line as its ServiceAccount, with `extra` flags (`--name=value`)
+    /// in place of the chart's; waits for the exit.
+    async fn run_drain(&self, hook: &Value, extra: &[String]) -> anyhow::Result<std::process::Output> {
+        let account = str_at(hook, "/serviceAccount")?;
+        let container = &hook["container"];
+        let mut line: Vec<String> = ["command", "args"]
+            .iter()
+            .flat_map(|k| container[*k].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        ensure!(
+            line.first().map(String::as_str) == Some("eklet-drain"),
+            "the hook runs {line:?}"
+        );
+        if let Some(arg) = line.iter().find(|a| a.contains(SERVICE_ACCOUNT_DIR)) {
+            bail!("the hook reads {arg}, which this test does not provide");
+        }
+        // The test's flag replaces the chart's of the same name (a shorter --timeout).
+        for flag in extra {
+            let name = flag.split('=').next().unwrap_or_default();
+            line.retain(|arg| arg.split('=').next() != Some(name));
+            line.push(flag.clone());
+        }
+        line.push(format!(
+            "--kubeconfig={}",
+            self.service_account_kubeconfig(account).await?.display()
+        ));
+        let mut command = tokio::process::Command::new(support::binary());
+        command.args(&line).env("RUST_BACKTRACE", "0").kill_on_drop(true);
+        for var in container["env"].as_array().cloned().unwrap_or_default() {
+            let name = var["name"].as_str().unwrap_or_default().to_owned();
+            let value = match (
+                var["value"].as_str(),
+                var["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+            ) {
+                (Some(value), _) => value.to_owned(),
+                (None, Some("metadata.namespace")) => NAMESPACE.to_owned(),
+                _ => bail!("the hook's env {name} comes from {var}, which this test does not resolve"),
+            };
+            command.env(name, value);
+        }
+        // Files, not pipes, so that a drain that hangs still shows what it did.
+        let log = self
+            .dir
+            .join(format!("eklet-drain-{}.log", tke_testbed::random_suffix()));
+        let stdout = std::fs::File::create(&log)?;
+        command.stdout(stdout.try_clone()?).stderr(stdout);
+        let mut child = command.spawn()?;
+        let status = match tokio::time::timeout(DRAIN_PATIENCE, child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                let _ = child.kill().await;
+                bail!(
+                    "eklet-drain did not exit in {DRAIN_PATIENCE:?}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        Ok(std::process::Output {
+            status,
+            stdout: std::fs::read(&log)?,
+            stderr: Vec::new(),
+        })
+    }
+}
+
+/// Three replicas pinned to the virtual node, with the default grace period so that eklet's
+/// graceful deletion (sandbox first, then the Pod) is what the drain waits for.
+fn workload(virtual_node: &str) -> anyhow::Result<Deployment> {
+    let mut deployment = support::admission::deployment(WORKLOAD, 3, &[], json!({}))?;
+    let spec = deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .context("no pod spec")?;
+    spec.termination_grace_period_seconds = None;
+    spec.node_selector = Some([("kubernetes.io/hostname".to_owned(), virtual_node.to_owned())].into());
+    spec.tolerations = Some(vec![tke_policy::virtual_node::burst_toleration()]);
+    Ok(deployment)
+}
+
+fn on_node<'a>(pods: &'a [std::sync::Arc<Pod>], node: &str) -> Vec<&'a std::sync::Arc<Pod>> {
+    pods.iter()
+        .filter(|p| support::admission::node_of(p) == Some(node))
+        .collect()
+}
+
+/// SIGTERM, as the kubelet stops a container: eklet releases its leader Lease on the way out.
+fn terminate(proc: &tke_testbed::Proc) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &proc.pid().to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -TERM {}", proc.pid());
+    Ok(())
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!("{}\n{}", out.status, String::from_utf8_lossy(&out.stdout))
+}
+
+fn refused(out: &std::process::Output, account: &str) -> bool {
+    let user = format!("system:serviceaccount:{NAMESPACE}:{account}");
+    let text = output_text(out);
+    text.lines()
+        .any(|l| (l.to_lowercase().contains("forbidden") && l.contains(&user)) || l.contains("Unauthorized"))
+}
+
+#[tokio::test]
+async fn uninstall_drains_the_virtual_node_a_budget_blocks_it_and_once_lifted_no_sandbox_node_or_lease_is_left()
+-> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let chart = Installed::install().await?;
+    let client = chart.client.clone();
+    let virtual_node = chart.virtual_node()?;
+    let _cloudsim = chart.cloudsim().await?;
+    let mut eklet = chart.eklet().await?;
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    tke_testbed::wait::until(PATIENCE, "the virtual node Ready", || {
+        let (nodes, name) = (nodes.clone(), virtual_node.clone());
+        async move {
+            nodes.get_opt(&name).await.ok().flatten().is_some_and(|n| {
+                n.status
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+        }
+    })
+    .await
+    .with_context(|| eklet.log_tail(30))?;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), WORKLOAD_NAMESPACE);
+    deployments
+        .create(&PostParams::default(), &workload(&virtual_node)?)
+        .await?;
+    let pods = support::admission::wait_for_pods(
+        &client,
+        WORKLOAD_NAMESPACE,
+        WORKLOAD,
+        "3 pods Running on the virtual node",
+        |pods| {
+            on_node(pods, &virtual_node)
+                .iter()
+                .filter(|p| support::admission::is_running(p))
+                .count()
+                == 3
+        },
+    )
+    .await
+    .with_context(|| eklet.log_tail(30))?;
+    let first_pods: Vec<String> = pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    assert_eq!(chart.cloud_instances().await?, 3, "one sandbox per pod");
+    // A bare pod with no grace period: evicted as is, it would be gone before eklet removed its
+    // sandbox. The drain gives every eviction at least a second, so eklet does.
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), WORKLOAD_NAMESPACE);
+    let quick: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "quick-0"},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "nodeSelector": {"kubernetes.io/hostname": virtual_node},
+            "tolerations": [tke_policy::virtual_node::burst_toleration()],
+            "containers": [{"name": "app", "image": "busybox:1.36"}],
+        },
+    }))?;
+    pods_api.create(&PostParams::default(), &quick).await?;
+    tke_testbed::wait::until(PATIENCE, "quick-0 Running", || {
+        let api = pods_api.clone();
+        async move {
+            api.get_opt("quick-0")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| support::admission::is_running(&p))
+        }
+    })
+    .await
+    .with_context(|| eklet.log_tail(30))?;
+    assert_eq!(chart.cloud_instances().await?, 4, "one sandbox per pod");
+    let hook = chart.apply_drain_hook().await?;
+    let account = str_at(&hook, "/serviceAccount")?.to_owned();
+    println!("setup took {:?}", started.elapsed());
+
+    // A budget that allows no disruption: the drain gives up at its timeout, names the budget,
+    // and the node stays with its pods (deleting it would orphan their sandboxes).
+    let budget: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "web-no-disruption"},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": WORKLOAD}}},
+    }))?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), WORKLOAD_NAMESPACE);
+    budgets.create(&PostParams::default(), &budget).await?;
+    let blocked_at = std::time::Instant::now();
+    let out = chart.run_drain(&hook, &["--timeout=5s".to_owned()]).await?;
+    let text = output_text(&out);
+    println!("blocked drain ({:?}):\n{text}", blocked_at.elapsed());
+    ensure!(
+        !refused(&out, &account),
+        "the hook's account was refused:\n{text}"
+    );
+    ensure!(
+        !out.status.success(),
+        "the drain succeeded despite the budget:\n{text}"
+    );
+    ensure!(
+        text.contains("web-no-disruption"),
+        "the error does not name the budget:\n{text}"
+    );
+    for pod in &first_pods {
+        ensure!(
+            text.contains(pod.as_str()),
+            "the error does not name pod {pod}:\n{text}"
+        );
+    }
+    // The bare pod, under no budget, was evicted, and its sandbox went with it.
+    tke_testbed::wait::until(PATIENCE, "quick-0 gone", || {
+        let api = pods_api.clone();
+        async move { api.get_opt("quick-0").await.is_ok_and(|p| p.is_none()) }
+    })
+    .await?;
+    let node = nodes
+        .get_opt(&virtual_node)
+        .await?
+        .context("the node was deleted")?;
+    assert_eq!(
+        node.spec.and_then(|s| s.unschedulable),
+        Some(true),
+        "the node is left cordoned"
+    );
+    let bound = ListParams::default().fields(&format!("spec.nodeName={virtual_node}"));
+    assert_eq!(pods_api.list(&bound).await?.items.len(), 3, "the pods stay");
+    assert_eq!(chart.cloud_instances().await?, 3, "and so do their sandboxes");
+
+    // The budget lifted, the hook again with the chart's own timeout. When it scales eklet's
+    // Deployment to zero, the eklet here is stopped as the kubelet would stop that pod.
+    budgets.delete("web-no-disruption", &Default::default()).await?;
+    let deployments_system: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let eklet_deployment = format!("eklet-{RELEASE}");
+    let stop_eklet = async {
+        tke_testbed::wait::until(PATIENCE, "eklet's Deployment scaled to zero", || {
+            let (api, name) = (deployments_system.clone(), eklet_deployment.clone());
+            async move {
+                api.get(&name)
+                    .await
+                    .is_ok_and(|d| d.spec.and_then(|s| s.replicas) == Some(0))
+            }
+        })
+        .await?;
+        terminate(&eklet)?;
+        anyhow::Ok(())
+    };
+    let drained_at = std::time::Instant::now();
+    let (out, stopped) = tokio::join!(chart.run_drain(&hook, &[]), stop_eklet);
+    let out = out?;
+    let text = output_text(&out);
+    println!("drain ({:?}):\n{text}", drained_at.elapsed());
+    stopped.with_context(|| text.clone())?;
+    ensure!(
+        !refused(&out, &account),
+        "the hook's account was refused:\n{text}"
+    );
+    ensure!(out.status.success(), "the drain failed:\n{text}");
+    ensure!(
+        text.contains(&format!("3 pods left on {virtual_node}"))
+            && text.contains(&format!("0 pods left on {virtual_node}")),
+        "no progress lines:\n{text}"
+    );
+    tke_testbed::wait::until(PATIENCE, "eklet to exit", || {
+        let exited = eklet.exited().is_some();
+        async move { exited }
+    })
+    .await?;
+
+    assert_eq!(chart.cloud_instances().await?, 0, "sandboxes left in the cloud");
+    assert!(
+        pods_api.list(&bound).await?.items.is_empty(),
+        "pods left on {virtual_node}"
+    );
+    assert!(
+        nodes.get_opt(&virtual_node).await?.is_none(),
+        "the virtual Node is still there"
+    );
+    let node_leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    assert!(
+        node_leases.get_opt(&virtual_node).await?.is_none(),
+        "the node Lease is still there"
+    );
+    // The Deployment replaced its pods; none landed on the virtual node while it was cordoned.
+    let pods = support::admission::wait_for_pods(
+        &client,
+        WORKLOAD_NAMESPACE,
+        WORKLOAD,
+        "3 replacement pods",
+        |pods| {
+            pods.len() == 3
+                && pods
+                    .iter()
+                    .all(|p| !first_pods.contains(&p.metadata.name.clone().unwrap_or_default()))
+        },
+    )
+    .await?;
+    for pod in &pods {
+        let node = support::admission::node_of(pod);
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        assert!(
+            (node.is_none() && phase == Some("Pending")) || node == Some(LOCAL_NODE),
+            "replacement {:?} is on {node:?} ({phase:?})",
+            pod.metadata.name
+        );
+    }
+    println!("whole test {:?}", started.elapsed());
+    Ok(())
+}
