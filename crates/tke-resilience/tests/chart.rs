@@ -8,88 +8,21 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
 };
 
 use anyhow::{Context, bail, ensure};
 use base64::Engine;
 use serde_json::Value;
+use support::chart::{
+    NAMESPACE, RELEASE, chart_dir, ci_values, documents, helm, helm_on, object, render, render_error,
+    render_text, service_account_kubeconfig, service_account_token, str_at,
+};
 use tke_testbed::ControlPlane;
-
-const RELEASE: &str = "tke-resilience";
-const NAMESPACE: &str = "kube-system";
-
-fn chart_dir() -> PathBuf {
-    tke_testbed::workspace_root().join("charts/tke-resilience")
-}
-
-fn ci_values(name: &str) -> PathBuf {
-    chart_dir().join("ci").join(name)
-}
-
-fn helm(args: &[&str]) -> anyhow::Result<Output> {
-    let helm = tke_testbed::tools_dir()?.join("helm");
-    Command::new(&helm)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", helm.display()))
-}
-
-/// `helm template` of the chart in kube-system, as the seed installs it, parsed into documents.
-fn render(extra: &[&str]) -> anyhow::Result<Vec<Value>> {
-    let chart = chart_dir().display().to_string();
-    let mut args = vec!["template", RELEASE, &chart, "--namespace", NAMESPACE];
-    args.extend_from_slice(extra);
-    let out = helm(&args)?;
-    ensure!(
-        out.status.success(),
-        "helm template {extra:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    documents(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// The text of `helm template`, for checks on everything it renders.
-fn render_text(extra: &[&str]) -> anyhow::Result<String> {
-    let chart = chart_dir().display().to_string();
-    let mut args = vec!["template", RELEASE, &chart, "--namespace", NAMESPACE];
-    args.extend_from_slice(extra);
-    let out = helm(&args)?;
-    ensure!(
-        out.status.success(),
-        "helm template failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The error `helm template` gives for these values; fails the test if it renders.
-fn render_error(extra: &[&str]) -> anyhow::Result<String> {
-    let chart = chart_dir().display().to_string();
-    let mut args = vec!["template", RELEASE, &chart, "--namespace", NAMESPACE];
-    args.extend_from_slice(extra);
-    let out = helm(&args)?;
-    ensure!(
-        !out.status.success(),
-        "helm template {extra:?} rendered although it should not"
-    );
-    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).context("parsing helm's output")?;
-    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
-}
 
 fn read_values(path: &Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-fn object<'a>(docs: &'a [Value], kind: &str, name: &str) -> anyhow::Result<&'a Value> {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .with_context(|| format!("no {kind} {name} in the rendered chart"))
 }
 
 fn names_of(docs: &[Value], kind: &str) -> Vec<String> {
@@ -113,13 +46,6 @@ fn command_line(container: &Value) -> Vec<String> {
         .flat_map(|key| container[*key].as_array().cloned().unwrap_or_default())
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect()
-}
-
-fn str_at<'a>(value: &'a Value, pointer: &str) -> anyhow::Result<&'a str> {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .with_context(|| format!("{pointer} is not a string in {value}"))
 }
 
 fn seed_values() -> PathBuf {
@@ -729,28 +655,7 @@ impl Installed {
 
     /// Runs helm against this control plane, with its state kept in the run directory.
     async fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
-        let helm = self.cp.bin("helm");
-        let kubeconfig = self.cp.kubeconfig().display().to_string();
-        let mut command = tokio::process::Command::new(&helm);
-        command.args(args).args(["--kubeconfig", &kubeconfig]);
-        for (var, sub) in [
-            ("HELM_CACHE_HOME", "cache"),
-            ("HELM_CONFIG_HOME", "config"),
-            ("HELM_DATA_HOME", "data"),
-        ] {
-            command.env(var, self.dir.join("helm").join(sub));
-        }
-        let out = command
-            .output()
-            .await
-            .with_context(|| format!("running {}", helm.display()))?;
-        ensure!(
-            out.status.success(),
-            "helm {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        helm_on(&self.cp, &self.dir, args).await
     }
 
     fn subnet_id(&self) -> anyhow::Result<String> {
@@ -759,38 +664,12 @@ impl Installed {
 
     /// A kubeconfig that authenticates as ServiceAccount `name` with a token from the TokenRequest API.
     async fn service_account_kubeconfig(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let token = self.service_account_token(name).await?;
-        let path = self.dir.join(format!("{name}.kubeconfig"));
-        let yaml = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {server}\n    \
-             certificate-authority: {ca}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  \
-             context:\n    cluster: testbed\n    user: {name}\ncurrent-context: {name}\n",
-            server = self.cp.apiserver_url(),
-            ca = self.cp.pki().ca.cert_file.display(),
-        );
-        std::fs::write(&path, yaml)?;
-        Ok(path)
+        service_account_kubeconfig(&self.cp, &self.client, &self.dir, name).await
     }
 
     /// A token for ServiceAccount `name` from the TokenRequest API.
     async fn service_account_token(&self, name: &str) -> anyhow::Result<String> {
-        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-        let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
-            kube::Api::namespaced(self.client.clone(), NAMESPACE);
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        accounts
-            .create_token_request(name, &kube::api::PostParams::default(), &request)
-            .await
-            .with_context(|| format!("a token for ServiceAccount {NAMESPACE}/{name}"))?
-            .status
-            .and_then(|s| s.token)
-            .with_context(|| format!("no token in the TokenRequest for {name}"))
+        service_account_token(&self.client, name).await
     }
 
     async fn deployment(&self, name: &str) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {

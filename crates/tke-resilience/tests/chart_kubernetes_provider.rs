@@ -20,8 +20,7 @@ use anyhow::{Context, bail, ensure};
 use base64::Engine;
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::{ConfigMap, Namespace, Node, Pod, Secret, ServiceAccount},
+    core::v1::{ConfigMap, Namespace, Node, Pod, Secret},
     rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding},
 };
 use kube::{
@@ -30,10 +29,12 @@ use kube::{
     runtime::watcher,
 };
 use serde_json::{Value, json};
+use support::chart::{
+    NAMESPACE, RELEASE, chart_dir, ci_values, documents, helm, helm_on, object, render, render_error,
+    service_account_kubeconfig,
+};
 use tke_testbed::{ControlPlane, NodeSpec, Options, Proc, wait};
 
-const RELEASE: &str = "tke-resilience";
-const NAMESPACE: &str = "kube-system";
 /// The user of the target kubeconfig (its client certificate's CN), bound to the target role only.
 const TARGET_USER: &str = "idc-eklet";
 /// The Secret (and its key) the test stores the target kubeconfig in, as a user would.
@@ -44,59 +45,8 @@ const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount
 const CLUSTER_LABEL: &str = "eklet.tke-resilience.io/cluster-id";
 const PATIENCE: Duration = Duration::from_secs(180);
 
-fn chart_dir() -> PathBuf {
-    tke_testbed::workspace_root().join("charts/tke-resilience")
-}
-
 fn kubernetes_values() -> PathBuf {
-    chart_dir().join("ci/kubernetes-provider-values.yaml")
-}
-
-fn helm(args: &[&str]) -> anyhow::Result<Output> {
-    let helm = tke_testbed::tools_dir()?.join("helm");
-    Command::new(&helm)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", helm.display()))
-}
-
-fn template(extra: &[&str]) -> anyhow::Result<Output> {
-    let chart = chart_dir().display().to_string();
-    let mut args = vec!["template", RELEASE, &chart, "--namespace", NAMESPACE];
-    args.extend_from_slice(extra);
-    helm(&args)
-}
-
-/// `helm template` of the chart in kube-system, parsed into documents.
-fn render(extra: &[&str]) -> anyhow::Result<Vec<Value>> {
-    let out = template(extra)?;
-    ensure!(
-        out.status.success(),
-        "helm template {extra:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    documents(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// The error `helm template` gives for these values; fails the test if it renders.
-fn render_error(extra: &[&str]) -> anyhow::Result<String> {
-    let out = template(extra)?;
-    ensure!(
-        !out.status.success(),
-        "helm template {extra:?} rendered although it should not"
-    );
-    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).context("parsing YAML documents")?;
-    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
-}
-
-fn object<'a>(docs: &'a [Value], kind: &str, name: &str) -> anyhow::Result<&'a Value> {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .with_context(|| format!("no {kind} {name} in the rendered chart"))
+    ci_values("kubernetes-provider-values.yaml")
 }
 
 fn eklet_container(docs: &[Value]) -> anyhow::Result<&Value> {
@@ -371,29 +321,6 @@ fn refusals_in(log: &Path, users: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Runs helm against `cp`, with its cache and configuration in `dir`.
-async fn helm_on(cp: &ControlPlane, dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let helm = cp.bin("helm");
-    let kubeconfig = cp.kubeconfig().display().to_string();
-    let mut command = tokio::process::Command::new(&helm);
-    command.args(args).args(["--kubeconfig", &kubeconfig]);
-    for (var, sub) in [
-        ("HELM_CACHE_HOME", "cache"),
-        ("HELM_CONFIG_HOME", "config"),
-        ("HELM_DATA_HOME", "data"),
-    ] {
-        command.env(var, dir.join("helm").join(sub));
-    }
-    let out = command.output().await?;
-    ensure!(
-        out.status.success(),
-        "helm {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 async fn kubectl(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<Output> {
     let kubeconfig = cp.kubeconfig().display().to_string();
     let run = tokio::process::Command::new(cp.bin("kubectl"))
@@ -461,41 +388,6 @@ async fn grant_target_role(target: &Client, fixed_namespace: Option<&str>) -> an
         }
     }
     Ok(())
-}
-
-/// A kubeconfig that authenticates to `cp` as ServiceAccount `name` of the release namespace.
-async fn service_account_kubeconfig(
-    cp: &ControlPlane,
-    client: &Client,
-    dir: &Path,
-    name: &str,
-) -> anyhow::Result<PathBuf> {
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let token = Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE)
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .with_context(|| format!("a token for ServiceAccount {NAMESPACE}/{name}"))?
-        .status
-        .and_then(|s| s.token)
-        .context("no token in the TokenRequest")?;
-    let path = dir.join(format!("{name}.kubeconfig"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: idc\n  cluster:\n    server: {server}\n    \
-             certificate-authority: {ca}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  \
-             context:\n    cluster: idc\n    user: {name}\ncurrent-context: {name}\n",
-            server = cp.apiserver_url(),
-            ca = cp.pki().ca.cert_file.display(),
-        ),
-    )?;
-    Ok(path)
 }
 
 /// The installed eklet container's command line and environment, resolved as the kubelet would on

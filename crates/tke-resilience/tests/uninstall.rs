@@ -22,10 +22,9 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use serde_json::{Value, json};
+use support::chart::{NAMESPACE, RELEASE, chart_dir, ci_values, helm_on, service_account_kubeconfig, str_at};
 use tke_testbed::ControlPlane;
 
-const RELEASE: &str = "tke-resilience";
-const NAMESPACE: &str = "kube-system";
 const LOCAL_NODE: &str = "idc-1";
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const PATIENCE: Duration = Duration::from_secs(180);
@@ -33,21 +32,6 @@ const PATIENCE: Duration = Duration::from_secs(180);
 const DRAIN_PATIENCE: Duration = Duration::from_secs(60);
 const WORKLOAD: &str = "web";
 const WORKLOAD_NAMESPACE: &str = "default";
-
-fn chart_dir() -> PathBuf {
-    tke_testbed::workspace_root().join("charts/tke-resilience")
-}
-
-fn local_stack_values() -> PathBuf {
-    chart_dir().join("ci/local-stack-values.yaml")
-}
-
-fn str_at<'a>(value: &'a Value, pointer: &str) -> anyhow::Result<&'a str> {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .with_context(|| format!("{pointer} is not a string in {value}"))
-}
 
 /// The chart installed with the real helm. eklet's Deployment keeps one replica, which kwok
 /// "runs" without running anything; the real eklet runs here and stands for that pod: it is
@@ -75,7 +59,7 @@ impl Installed {
             cp,
             client,
             dir,
-            values: serde_saphyr::from_str(&std::fs::read_to_string(local_stack_values())?)?,
+            values: serde_saphyr::from_str(&std::fs::read_to_string(ci_values("local-stack-values.yaml"))?)?,
             cloudsim_port: cloudsim,
         };
         let set = format!(
@@ -86,7 +70,7 @@ impl Installed {
             installed.cp.apiserver_url(),
         );
         let chart = chart_dir().display().to_string();
-        let values = local_stack_values().display().to_string();
+        let values = ci_values("local-stack-values.yaml").display().to_string();
         installed
             .helm(&[
                 "install",
@@ -107,25 +91,7 @@ impl Installed {
     }
 
     async fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
-        let helm = self.cp.bin("helm");
-        let kubeconfig = self.cp.kubeconfig().display().to_string();
-        let mut command = tokio::process::Command::new(&helm);
-        command.args(args).args(["--kubeconfig", &kubeconfig]);
-        for (var, sub) in [
-            ("HELM_CACHE_HOME", "cache"),
-            ("HELM_CONFIG_HOME", "config"),
-            ("HELM_DATA_HOME", "data"),
-        ] {
-            command.env(var, self.dir.join("helm").join(sub));
-        }
-        let out = command.output().await?;
-        ensure!(
-            out.status.success(),
-            "helm {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        helm_on(&self.cp, &self.dir, args).await
     }
 
     fn virtual_node(&self) -> anyhow::Result<String> {
@@ -137,33 +103,7 @@ impl Installed {
 
     /// A kubeconfig authenticating as ServiceAccount `name` with a TokenRequest token.
     async fn service_account_kubeconfig(&self, name: &str) -> anyhow::Result<PathBuf> {
-        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-            Api::namespaced(self.client.clone(), NAMESPACE);
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let token = accounts
-            .create_token_request(name, &PostParams::default(), &request)
-            .await
-            .with_context(|| format!("a token for ServiceAccount {NAMESPACE}/{name}"))?
-            .status
-            .and_then(|s| s.token)
-            .context("no token in the TokenRequest")?;
-        let path = self.dir.join(format!("{name}.kubeconfig"));
-        let yaml = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {server}\n    \
-             certificate-authority: {ca}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  \
-             context:\n    cluster: testbed\n    user: {name}\ncurrent-context: {name}\n",
-            server = self.cp.apiserver_url(),
-            ca = self.cp.pki().ca.cert_file.display(),
-        );
-        std::fs::write(&path, yaml)?;
-        Ok(path)
+        service_account_kubeconfig(&self.cp, &self.client, &self.dir, name).await
     }
 
     async fn cloudsim(&self) -> anyhow::Result<tke_testbed::Proc> {

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod admission;
+pub mod chart;
 pub mod cloudsim;
 pub mod eklet;
 pub mod extender;
