@@ -125,24 +125,18 @@ pub async fn serve<P: Provider>(settings: Settings, ctx: Arc<Context<P>>) {
     futures::future::select_all(servers.map(Box::pin)).await;
 }
 
-/// The pods of one virtual node (or, for tests, of all of this eklet's), as the kubelet API
-/// sees them.
+/// The pods of one virtual node, as its kubelet API sees them.
 pub struct VirtualNodes<P> {
     ctx: Arc<Context<P>>,
-    node: Option<String>,
+    node: String,
 }
 
 impl<P: Provider> VirtualNodes<P> {
-    /// Every virtual node's pods behind one endpoint.
-    pub fn new(ctx: Arc<Context<P>>) -> VirtualNodes<P> {
-        VirtualNodes { ctx, node: None }
-    }
-
-    /// The pods of `node` only.
+    /// The pods of `node`.
     pub fn for_node(ctx: Arc<Context<P>>, node: &str) -> VirtualNodes<P> {
         VirtualNodes {
             ctx,
-            node: Some(node.to_owned()),
+            node: node.to_owned(),
         }
     }
 
@@ -150,7 +144,7 @@ impl<P: Provider> VirtualNodes<P> {
         self.ctx
             .stores
             .iter()
-            .filter(|(node, _)| self.node.as_ref().is_none_or(|n| n == node))
+            .filter(|(node, _)| *node == self.node)
             .map(|(_, store)| store)
     }
 }

@@ -227,8 +227,6 @@ impl TencentProvider {
                 )
             })
             .collect::<Vec<_>>();
-        let cutoff = now.checked_sub(COUNTER_MEMORY).unwrap_or(Timestamp::MIN);
-        readings.retain(|_, r| r.latest.0 > cutoff);
         Ok(SandboxStats {
             id: target.id.clone(),
             time: stats.iter().map(|(t, _)| *t).max().unwrap_or(now),
@@ -640,6 +638,14 @@ impl Provider for TencentProvider {
             .buffer_unordered(AGENT_CONCURRENCY)
             .collect()
             .await;
+        // Once per call, not per sandbox: readings of containers no longer scraped go.
+        let cutoff = Timestamp::now()
+            .checked_sub(COUNTER_MEMORY)
+            .unwrap_or(Timestamp::MIN);
+        self.readings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, r| r.latest.0 > cutoff);
         let mut measured = Vec::with_capacity(results.len());
         let mut first_error = None;
         for result in results {
