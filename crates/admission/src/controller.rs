@@ -18,11 +18,11 @@ use tke_policy::switch::DecidedBy;
 use tke_policy::{BurstDecision, ClaimStatus, PlacementOutcome, Reason, Violation, Warning};
 
 use crate::assessment::{Assessment, Policy, assess, unschedulable};
-use crate::events::Publisher;
 use crate::global_switch::{self, GlobalSwitch, global_switch};
 use crate::metrics::{ErrorLabels, Metrics, REFUSED, TOLERATED};
 use crate::reported::{PodKey, Reported};
 use crate::{events, toleration};
+use tke_runtime::events::Recorder;
 
 /// The name the controller reports events under, as the seed's component is called.
 pub const REPORTER: &str = "eks-admission";
@@ -88,7 +88,7 @@ pub struct Settings {
 
 struct Context {
     client: Client,
-    recorder: Publisher,
+    recorder: Recorder,
     policy: Policy,
     global: GlobalSwitch,
     claims: Store<PersistentVolumeClaim>,
@@ -99,7 +99,7 @@ struct Context {
 
 /// Runs the controller until one of its watches ends, which they do not do on their own.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Result<()> {
-    let recorder = Publisher::new(
+    let recorder = Recorder::new(
         client.clone(),
         Reporter {
             controller: REPORTER.to_owned(),

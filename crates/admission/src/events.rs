@@ -2,41 +2,15 @@
 //! allowed it, or why the pod stays off virtual nodes and what to change. Reason codes are
 //! tke-policy's, so events, `explain` and metrics use the same words.
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tke_policy::switch::BurstPermission;
 use tke_policy::virtual_node::{TAINT_EFFECT, TAINT_KEY};
 use tke_policy::{Violation, Warning};
+pub use tke_runtime::events::fit_note;
+use tke_runtime::events::{Event, EventType};
 
 /// Event reason when the toleration was written.
 pub const BURST_TOLERATION_ADDED: &str = "BurstTolerationAdded";
-/// The events.k8s.io limit on `note`.
-pub const MAX_NOTE_BYTES: usize = 1024;
-
 const ACTION: &str = "AddBurstToleration";
-
-/// Publishes events as they are, each a new Event object. kube's [`Recorder`] folds a repeat
-/// of the same reason about the same object into the first event's series and keeps the first
-/// note, so a second bad switch value would show the first one's words; this controller decides
-/// itself what is worth saying again, so each publish uses a recorder with an empty cache.
-#[derive(Clone)]
-pub struct Publisher {
-    client: Client,
-    reporter: Reporter,
-}
-
-impl Publisher {
-    pub fn new(client: Client, reporter: Reporter) -> Publisher {
-        Publisher { client, reporter }
-    }
-
-    pub async fn publish(&self, event: &Event, regarding: &ObjectReference) -> Result<(), kube::Error> {
-        Recorder::new(self.client.clone(), self.reporter.clone())
-            .publish(event, regarding)
-            .await
-    }
-}
 
 /// The Normal event for a pod that got the toleration.
 pub fn tolerated(permission: &BurstPermission) -> Event {
@@ -79,19 +53,6 @@ pub fn warning(warning: &Warning) -> Event {
         action: ACTION.to_owned(),
         secondary: None,
     }
-}
-
-/// The note cut to what the API accepts, at a character boundary, marked as cut.
-pub fn fit_note(note: &str) -> String {
-    if note.len() <= MAX_NOTE_BYTES {
-        return note.to_owned();
-    }
-    const MORE: &str = " …";
-    let mut end = MAX_NOTE_BYTES - MORE.len();
-    while !note.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{MORE}", &note[..end])
 }
 
 #[cfg(test)]
@@ -148,17 +109,5 @@ mod tests {
             note.ends_with("because pod annotation AUTO_SCALE_EKS=true overrides AUTO_SCALE_EKS=false"),
             "{note}"
         );
-    }
-
-    #[test]
-    fn long_notes_are_cut_to_the_api_limit_on_a_character_boundary() {
-        let long = "é".repeat(MAX_NOTE_BYTES);
-        let note = fit_note(&long);
-        assert!(note.len() <= MAX_NOTE_BYTES, "{} bytes", note.len());
-        assert!(note.ends_with(" …"));
-        assert!(note.starts_with("éé"));
-        assert_eq!(fit_note("short"), "short");
-        let exact = "a".repeat(MAX_NOTE_BYTES);
-        assert_eq!(fit_note(&exact), exact);
     }
 }

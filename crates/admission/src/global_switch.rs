@@ -12,8 +12,8 @@ use tke_policy::switch::EKS_CONFIG_NAME;
 use tke_policy::{SwitchSetting, Warning};
 use tokio::sync::watch;
 
-use crate::events::Publisher;
 use crate::metrics::Metrics;
+use tke_runtime::events::Recorder;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -78,7 +78,7 @@ impl GlobalSwitch {
 impl SwitchWatch {
     /// Follows the ConfigMap until the watch ends, which it does not do on its own: watch
     /// errors are retried with backoff while the last value seen stays in force.
-    pub async fn run(mut self, client: Client, recorder: Publisher, metrics: &Metrics) -> Result<()> {
+    pub async fn run(mut self, client: Client, recorder: Recorder, metrics: &Metrics) -> Result<()> {
         let api: Api<ConfigMap> = Api::namespaced(client, &self.namespace);
         let config = watcher::Config::default().fields(&format!("metadata.name={EKS_CONFIG_NAME}"));
         let mut events = watcher(api, config).default_backoff().boxed();
@@ -100,7 +100,7 @@ impl SwitchWatch {
         Err(Error::WatchEnded(self.namespace))
     }
 
-    async fn seen(&mut self, config_map: Option<ConfigMap>, recorder: &Publisher, metrics: &Metrics) {
+    async fn seen(&mut self, config_map: Option<ConfigMap>, recorder: &Recorder, metrics: &Metrics) {
         let setting = SwitchSetting::global(&self.namespace, config_map.as_ref());
         metrics.global_switch(setting.value);
         match (setting.warning(), config_map.as_ref()) {

@@ -3,10 +3,8 @@
 //! crate's reason codes (`DaemonsetForbidden`, …) as the event reason.
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::{
-    Client, Resource,
-    runtime::events::{Event, EventType, Recorder, Reporter},
-};
+use kube::{Client, Resource};
+use tke_runtime::events::{Event, EventType, Recorder, Reporter};
 
 /// The sandbox was created in the cloud.
 pub const SANDBOX_CREATED: &str = "SandboxCreated";
@@ -83,35 +81,12 @@ impl Events {
                 EventType::Normal
             },
             reason: reason.to_owned(),
-            // The events API caps notes at 1 kB.
-            note: Some(truncate(note, 1000)),
+            note: Some(note),
             action: reason.to_owned(),
             secondary: None,
         };
         if let Err(error) = self.recorder.publish(&event, reference).await {
             tracing::warn!(%error, reason, object = ?reference.name, "cannot publish event");
         }
-    }
-}
-
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn long_notes_are_cut_on_a_character_boundary() {
-        let note = "é".repeat(600);
-        let cut = super::truncate(note, 1000);
-        assert!(cut.len() <= 1000);
-        assert!(cut.chars().all(|c| c == 'é'));
     }
 }

@@ -24,9 +24,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use kube::{
     Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::events::{Recorder, Reporter},
 };
 use tke_policy::PolicyArgs;
+use tke_runtime::events::{Recorder, Reporter};
 use tracing::info;
 
 pub use filter::PolicyConfig;

@@ -18,13 +18,13 @@ use axum::{
     routing::{get, post},
 };
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use tke_policy::BurstDecision;
+use tke_runtime::events::{Event, EventType, Recorder};
 use tokio::{sync::watch, time::Instant};
 use tracing::{debug, info, warn};
 
