@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tke_kubelet_api::{
     Backend, ContainerUsage, CpuUsage, KubeReviews, KubeletApi, LogLine, LogOptions, LogStream, PodUsage,
-    ServingCertificate,
+    RunningContainer, RunningPod, ServingCertificate,
     backend::{self, ErrorKind},
 };
 use tke_policy::virtual_node;
@@ -305,6 +305,37 @@ impl<P: Provider> Backend for VirtualNodes<P> {
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         let key = ObjectRef::<Pod>::new(name).within(namespace);
         self.stores().find_map(|store| store.get(&key))
+    }
+
+    fn running_pods(&self) -> Vec<RunningPod> {
+        let mut running: Vec<RunningPod> = self
+            .ctx
+            .registry
+            .snapshot()
+            .into_iter()
+            .filter(|(_, record)| record.node == self.node && !record.gone)
+            .filter_map(|(uid, record)| {
+                let containers: Vec<RunningContainer> = record
+                    .observed
+                    .containers
+                    .iter()
+                    .chain(&record.observed.init_containers)
+                    .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+                    .map(|c| RunningContainer {
+                        name: c.name.clone(),
+                        image: c.image.clone(),
+                    })
+                    .collect();
+                (!containers.is_empty()).then(|| RunningPod {
+                    namespace: record.pod.namespace.clone().unwrap_or_default(),
+                    name: record.pod.name.clone(),
+                    uid,
+                    containers,
+                })
+            })
+            .collect();
+        running.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        running
     }
 
     async fn logs(&self, pod: Arc<Pod>, container: &str, options: LogOptions) -> backend::Result<LogStream> {

@@ -106,6 +106,23 @@ pub struct CpuUsage {
     pub core_nano_seconds: Option<u64>,
 }
 
+/// A pod as the runtime sees it (`/runningpods/`): what actually runs, not what the apiserver
+/// asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningPod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The containers running now, with the image each runs.
+    pub containers: Vec<RunningContainer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningContainer {
+    pub name: String,
+    pub image: String,
+}
+
 /// What the kubelet API serves, for the virtual nodes of one server. Every method may be called
 /// concurrently from many requests; pod lookups read a cache and must not block.
 pub trait Backend: Send + Sync + 'static {
@@ -114,6 +131,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The pod `namespace/name` if it is bound to one of the server's nodes.
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>>;
+
+    /// The pods with a running container, as the runtime (the cloud) last reported them.
+    fn running_pods(&self) -> Vec<RunningPod>;
 
     /// The log of `container` in `pod` (a container the pod's spec names). Resolves once the first
     /// lines are fetched, so a missing sandbox or an unknown previous run is an error answer, not
@@ -138,6 +158,10 @@ impl<B: Backend> Backend for Arc<B> {
 
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         B::pod(self, namespace, name)
+    }
+
+    fn running_pods(&self) -> Vec<RunningPod> {
+        B::running_pods(self)
     }
 
     fn logs(

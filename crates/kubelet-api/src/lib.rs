@@ -17,6 +17,9 @@ pub mod tls;
 mod x509;
 
 pub use auth::{KubeReviews, Reviews, User};
-pub use backend::{Backend, ContainerUsage, CpuUsage, ErrorKind, LogLine, LogOptions, LogStream, PodUsage};
+pub use backend::{
+    Backend, ContainerUsage, CpuUsage, ErrorKind, LogLine, LogOptions, LogStream, PodUsage, RunningContainer,
+    RunningPod,
+};
 pub use server::{KubeletApi, router, serve};
 pub use tls::{ServingCertificate, server_config};

@@ -18,7 +18,10 @@ use axum::{
 };
 use axum_server::tls::TlsInfo;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::{
+    api::core::v1::{Container, Pod, PodSpec},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 
 use crate::{
     auth::{Attributes, Guard, Reviews, Verdict},
@@ -64,7 +67,7 @@ impl<B: Backend, R: Reviews> KubeletApi<B, R> {
             "containerLogs" => &["log", "proxy"],
             "stats" => &["stats"],
             "metrics" => &["metrics"],
-            "pods" => &["pods", "proxy"],
+            "pods" | "runningpods" => &["pods", "proxy"],
             "healthz" => &["healthz", "proxy"],
             _ => &["proxy"],
         };
@@ -138,6 +141,8 @@ pub fn router<B: Backend, R: Reviews>(api: Arc<KubeletApi<B, R>>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/pods", get(pods::<B, R>))
         .route("/pods/", get(pods::<B, R>))
+        .route("/runningpods", get(running_pods::<B, R>))
+        .route("/runningpods/", get(running_pods::<B, R>))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs::<B, R>),
@@ -155,7 +160,8 @@ pub fn router<B: Backend, R: Reviews>(api: Arc<KubeletApi<B, R>>) -> Router {
                 StatusCode::NOT_FOUND,
                 format!(
                     "{method} {}: not a kubelet API path this virtual node serves (it serves /healthz, \
-                     /pods, /containerLogs/NAMESPACE/POD/CONTAINER, /stats/summary, /metrics/resource)",
+                     /pods, /runningpods/, /containerLogs/NAMESPACE/POD/CONTAINER, /stats/summary, \
+                     /metrics/resource)",
                     uri.path()
                 ),
             )
@@ -220,6 +226,42 @@ fn failure(error: backend::Error) -> Response {
 
 async fn pods<B: Backend, R: Reviews>(State(api): State<Arc<KubeletApi<B, R>>>) -> Response {
     let items: Vec<Pod> = api.backend.pods().iter().map(|pod| Pod::clone(pod)).collect();
+    pod_list(items)
+}
+
+/// What runs, in the kubelet's format: a PodList whose pods have only their name, namespace,
+/// UID and running containers with their images (`kubecontainer.Pod.ToAPIPod`).
+async fn running_pods<B: Backend, R: Reviews>(State(api): State<Arc<KubeletApi<B, R>>>) -> Response {
+    let items = api
+        .backend
+        .running_pods()
+        .into_iter()
+        .map(|running| Pod {
+            metadata: ObjectMeta {
+                name: Some(running.name),
+                namespace: Some(running.namespace),
+                uid: Some(running.uid),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                containers: running
+                    .containers
+                    .into_iter()
+                    .map(|c| Container {
+                        name: c.name,
+                        image: Some(c.image),
+                        ..Container::default()
+                    })
+                    .collect(),
+                ..PodSpec::default()
+            }),
+            status: None,
+        })
+        .collect();
+    pod_list(items)
+}
+
+fn pod_list(items: Vec<Pod>) -> Response {
     let list = k8s_openapi::List::<Pod> {
         items,
         metadata: Default::default(),

@@ -16,7 +16,9 @@ use rcgen::{
 use reqwest::StatusCode;
 use tke_kubelet_api::{
     Backend, ContainerUsage, CpuUsage, KubeletApi, LogLine, LogOptions, LogStream, PodUsage, Reviews, User,
-    auth::Attributes, backend, tls::ServingCertificate,
+    auth::Attributes,
+    backend::{self, RunningContainer, RunningPod},
+    tls::ServingCertificate,
 };
 use tokio::sync::mpsc;
 
@@ -37,6 +39,19 @@ impl Backend for FakeNode {
 
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         (namespace == "shop" && name == "web-1").then(|| self.pod.clone())
+    }
+
+    /// What the cloud runs: the image the sandbox reports, which is not the spec's.
+    fn running_pods(&self) -> Vec<RunningPod> {
+        vec![RunningPod {
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            uid: "3b0c4a58-0000-4000-8000-000000000001".into(),
+            containers: vec![RunningContainer {
+                name: "web".into(),
+                image: "docker.io/library/nginx:1.27-as-run".into(),
+            }],
+        }]
     }
 
     async fn logs(
@@ -512,6 +527,40 @@ async fn pods_health_summary_and_resource_metrics_describe_the_node() -> Result<
         "{text}"
     );
     assert!(text.lines().any(|l| l == "scrape_error 0"), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn running_pods_lists_what_the_runtime_runs_in_the_kubelets_format_to_whom_may_read_pods() -> Result<()>
+{
+    let node = start().await?;
+    let client = node.apiserver()?;
+    for path in ["/runningpods/", "/runningpods"] {
+        let (status, body) = node.get(&client, path, None).await?;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let list: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!(list["kind"], "PodList");
+        let pod = &list["items"][0];
+        assert_eq!(pod["metadata"]["name"], "web-1");
+        assert_eq!(pod["metadata"]["namespace"], "shop");
+        assert_eq!(pod["metadata"]["uid"], "3b0c4a58-0000-4000-8000-000000000001");
+        assert_eq!(pod["spec"]["containers"][0]["name"], "web");
+        assert_eq!(
+            pod["spec"]["containers"][0]["image"], "docker.io/library/nginx:1.27-as-run",
+            "the runtime's view, not the spec's"
+        );
+        assert!(pod.get("status").is_none(), "{pod}");
+    }
+    let (status, body) = node
+        .get(&node.client(None)?, "/runningpods/", Some("nobody"))
+        .await?;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::FORBIDDEN,
+            "Forbidden (user=nobody, verb=get, resource=nodes, subresource=pods)"
+        )
+    );
     Ok(())
 }
 
