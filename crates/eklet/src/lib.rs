@@ -24,7 +24,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{Controller, controller, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller, WatchStreamExt, controller,
+        reflector::{self, ObjectRef},
+        watcher,
+    },
 };
 use tke_leader as leader;
 use tokio::sync::{mpsc, watch};
@@ -186,6 +190,8 @@ async fn lead<P: Provider>(
     }
 
     // One pod controller per virtual node: a field selector names one node.
+    let (gone_tx, gone_rx) = mpsc::unbounded_channel::<Pod>();
+    let sweep_now = Arc::new(tokio::sync::Notify::new());
     let mut controllers = Vec::new();
     let mut stores = Vec::new();
     let mut triggers = HashMap::new();
@@ -194,11 +200,34 @@ async fn lead<P: Provider>(
         let selector = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
         let (wake_tx, wake_rx) = mpsc::unbounded_channel::<ObjectRef<Pod>>();
         let (uncordon_tx, uncordon_rx) = mpsc::unbounded_channel::<()>();
-        let controller = Controller::new(pods, selector)
+        let writer = reflector::store::Writer::<Pod>::default();
+        let store = writer.as_reader();
+        // The controller reconciles what is in the cache; a pod deleted from the apiserver is
+        // not, so its Delete event is handed to `pods::gone`, and a relist (which drops pods
+        // deleted during a watch gap without an event) asks the sweep to look.
+        let (gone, relisted) = (gone_tx.clone(), sweep_now.clone());
+        let mut lists = 0u64;
+        let stream = watcher(pods, selector)
+            .default_backoff()
+            .reflect(writer)
+            .inspect(move |event| match event {
+                Ok(watcher::Event::Delete(pod)) => {
+                    let _ = gone.send(pod.clone());
+                }
+                Ok(watcher::Event::InitDone) => {
+                    lists += 1;
+                    if lists > 1 {
+                        relisted.notify_one();
+                    }
+                }
+                _ => {}
+            })
+            .applied_objects();
+        let controller = Controller::for_stream(stream, store.clone())
             .with_config(controller::Config::default().concurrency(config.pod_sync_workers))
             .reconcile_on(receiver_stream(wake_rx))
             .reconcile_all_on(receiver_stream(uncordon_rx));
-        stores.push((node_name.clone(), controller.store()));
+        stores.push((node_name.clone(), store));
         triggers.insert(node_name.clone(), wake_tx);
         controllers.push(controller);
         let (client, views, events) = (client.clone(), views.clone(), events.clone());
@@ -223,9 +252,27 @@ async fn lead<P: Provider>(
         stores,
         triggers,
         adopted,
+        sweep_now,
         node_cpu_millis,
         node_memory_bytes,
     });
+
+    // Pods gone from the apiserver: their sandboxes are deleted at once, a few at a time, once
+    // adoption has filled the registry.
+    {
+        let ctx = ctx.clone();
+        tasks.push(Box::pin(async move {
+            let _ = ctx.adopted.subscribe().wait_for(|done| *done).await;
+            let workers = usize::from(ctx.config.pod_sync_workers);
+            receiver_stream(gone_rx)
+                .for_each_concurrent(workers, |pod| {
+                    let ctx = ctx.clone();
+                    async move { pods::gone(&pod, &ctx).await }
+                })
+                .await;
+            "the deleted-pod handler"
+        }));
+    }
 
     // The node's InternalIP is the leader's address: only the leader serves the kubelet API.
     {

@@ -30,6 +30,8 @@ use crate::{
 const MISSES_BEFORE_GONE: u32 = 2;
 /// Describe calls in flight at once during one sync.
 const DESCRIBE_CONCURRENCY: usize = 4;
+/// How long the UID of a deleted pod is remembered: far longer than any create call takes.
+const DELETED_MEMORY: Duration = Duration::from_secs(600);
 
 /// One pod's sandbox.
 #[derive(Debug, Clone)]
@@ -107,6 +109,9 @@ struct Inner {
     attempts: HashMap<String, u32>,
     /// (pod uid, reason) warnings already shown, so a pod is told once.
     notices: HashSet<(String, &'static str)>,
+    /// Pods seen deleted from the apiserver, and when: a create that was in flight when its pod
+    /// went away finds its UID here and deletes what it made at once.
+    deleted: HashMap<String, Instant>,
 }
 
 /// The adoption map, keyed by pod UID. Never held across an await.
@@ -157,6 +162,25 @@ impl Registry {
         inner.ambiguous.remove(uid);
         inner.attempts.remove(uid);
         inner.notices.retain(|(owner, _)| owner != uid);
+    }
+
+    /// Records that the pod is gone from the apiserver and forgets everything else about it.
+    /// Returns its record, if it had one, and whether its last create was ambiguous.
+    pub fn pod_deleted(&self, uid: &str) -> (Option<Record>, bool) {
+        let record = self.remove(uid);
+        let mut inner = self.lock();
+        let ambiguous = inner.ambiguous.remove(uid);
+        let now = Instant::now();
+        inner
+            .deleted
+            .retain(|_, at| now.saturating_duration_since(*at) < DELETED_MEMORY);
+        inner.deleted.insert(uid.to_owned(), now);
+        (record, ambiguous)
+    }
+
+    /// Whether the pod was seen deleted (within [`DELETED_MEMORY`]).
+    pub fn is_deleted(&self, uid: &str) -> bool {
+        self.lock().deleted.contains_key(uid)
     }
 
     pub fn len(&self) -> usize {
@@ -425,13 +449,17 @@ async fn live_pod_uids<P: Provider>(ctx: &Context<P>) -> Result<HashSet<String>,
     }
 }
 
-/// Runs [`sweep`] every `--orphan-sweep-interval`. Never returns.
+/// Runs [`sweep`] every `--orphan-sweep-interval`, and when asked to through `sweep_now`.
+/// Never returns.
 pub async fn sweep_periodically<P: Provider>(ctx: Arc<Context<P>>) {
     let mut ticker = tokio::time::interval(ctx.config.orphan_sweep_interval.max(Duration::from_secs(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = ctx.sweep_now.notified() => {}
+        }
         match sweep(&ctx).await {
             Ok(report) if report.changed_anything() => tracing::info!(?report, "sandbox sweep"),
             Ok(_) => {}

@@ -455,6 +455,138 @@ async fn an_eklet_killed_during_a_burst_is_replaced_without_duplicate_or_orphan_
     Ok(())
 }
 
+/// Issue #23, for the tencent provider: a Deployment deleted right after eklet restarted and
+/// adopted its sandboxes. The orphan sweep runs once an hour here, so only the deletion path
+/// itself can remove them.
+async fn deleting_pods_right_after_a_restart_deletes_their_sandboxes(
+    grace_seconds: i64,
+) -> anyhow::Result<()> {
+    const PODS: usize = 20;
+    const NO_SWEEP: &str = "--orphan-sweep-interval=1h";
+    let cp = ControlPlane::shared().await?;
+    let client = cp.client().await?;
+    let ns = cp.namespace("eklet-restart-delete").await?;
+    let cloud = start_cloudsim(|_| {}).await?;
+    let id = Identity::unique();
+    let mut eklet = Eklet::start(&cp, &cloud, &id, &[NO_SWEEP]).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let mut spec = cloud_pod_spec(&id, json!([{"name": "app", "image": "nginx:1.27"}]));
+    spec["automountServiceAccountToken"] = json!(false);
+    spec["terminationGracePeriodSeconds"] = json!(grace_seconds);
+    deployment(&deployments, "web", PODS as i32, spec).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let selector = watcher::Config::default().labels("app=web");
+    wait::for_objects(
+        pods.clone(),
+        selector.clone(),
+        PATIENCE,
+        "all pods Running",
+        |p| running(p) == PODS,
+    )
+    .await?;
+
+    eklet.kill();
+    let eklet = Eklet::start(&cp, &cloud, &id, &[NO_SWEEP]).await?;
+    wait::until(PATIENCE, "every sandbox adopted", || async {
+        eklet
+            .metrics_text()
+            .await
+            .is_ok_and(|text| sample(&text, "eklet_sandboxes_adopted_total") == Some(PODS as f64))
+    })
+    .await?;
+    deployments.delete("web", &DeleteParams::background()).await?;
+    wait::for_objects(pods, selector, PATIENCE, "the pods gone", |p| p.is_empty()).await?;
+    wait::until(PATIENCE, "every cloud instance deleted", || async {
+        cloud.stats().live_instances == 0
+    })
+    .await
+    .with_context(|| eklet.log_tail(30))?;
+    let metrics = eklet.metrics_text().await?;
+    assert_eq!(
+        sample(&metrics, "eklet_orphan_sandboxes_deleted_total"),
+        Some(0.0),
+        "the sweep is a safety net, not the mechanism"
+    );
+    remove_node(&client, &id.node()).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_deleted_without_grace_right_after_a_restart_take_their_sandboxes_with_them()
+-> anyhow::Result<()> {
+    deleting_pods_right_after_a_restart_deletes_their_sandboxes(0).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_deleted_gracefully_right_after_a_restart_take_their_sandboxes_with_them() -> anyhow::Result<()>
+{
+    deleting_pods_right_after_a_restart_deletes_their_sandboxes(5).await
+}
+
+/// Issue #22: events are folded into a series by (object, reason), so a second, different
+/// mistake under the same reason used to show the first one's note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_different_resolv_conf_mistake_on_the_node_shows_its_own_message() -> anyhow::Result<()> {
+    const ANNOTATION: &str = "eks.tke.cloud.tencent.com/resolv-conf";
+    let cp = ControlPlane::shared().await?;
+    let client = cp.client().await?;
+    let cloud = start_cloudsim(|_| {}).await?;
+    let id = Identity::unique();
+    let _eklet = Eklet::start(&cp, &cloud, &id, &[]).await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = nodes.get(&id.node()).await?;
+    let uid = node.uid().unwrap_or_default();
+    let notes_of = |events: &[std::sync::Arc<k8s_openapi::api::core::v1::Event>]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("InvalidResolvConf"))
+            .filter_map(|e| e.message.clone())
+            .collect()
+    };
+    let annotate = |value: &str| {
+        let nodes = nodes.clone();
+        let patch = json!({"metadata": {"annotations": {ANNOTATION: value}}});
+        let name = id.node();
+        async move {
+            nodes
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        }
+    };
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let about_node = watcher::Config::default().fields(&format!("involvedObject.uid={uid}"));
+
+    annotate("nameserver not-an-ip").await?;
+    wait::for_objects(
+        events.clone(),
+        about_node.clone(),
+        PATIENCE,
+        "the first note",
+        |events| notes_of(events).iter().any(|n| n.contains("not-an-ip")),
+    )
+    .await?;
+    annotate("search corp.example\nnameserver 300.1.1.1").await?;
+    let seen = wait::for_objects(events, about_node, PATIENCE, "the second note", |events| {
+        notes_of(events).iter().any(|n| n.contains("300.1.1.1"))
+    })
+    .await?;
+    let notes = notes_of(&seen);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("line 2") && n.contains("300.1.1.1")),
+        "the second mistake is named as such: {notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("line 1") && n.contains("not-an-ip")),
+        "the first one is still there as it was: {notes:?}"
+    );
+    remove_node(&client, &id.node()).await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_reach_running_while_the_cloud_throttles_and_fails_calls() -> anyhow::Result<()> {
     let replicas = 20;

@@ -692,6 +692,69 @@ async fn a_sigkilled_eklet_restarted_mid_burst_adopts_its_target_pods_and_duplic
     Ok(())
 }
 
+/// Issue #23: a Deployment deleted right after eklet restarted and adopted its target pods.
+/// The orphan sweep runs once an hour here, so only the deletion path itself can remove them.
+async fn deleting_pods_right_after_a_restart_deletes_their_target_pods(
+    grace_seconds: i64,
+) -> anyhow::Result<()> {
+    const PODS: usize = 20;
+    const NO_SWEEP: &str = "--orphan-sweep-interval=1h";
+    let idc = ControlPlane::shared().await?;
+    let cloud = cloud().await?;
+    let (client, target) = (idc.client().await?, cloud.client().await?);
+    let ns = idc.namespace("k8s-restart-delete").await?;
+    let id = Identity::unique();
+    let mut eklet = start_eklet(&idc, cloud.kubeconfig(), &id, &[NO_SWEEP]).await?;
+    let mut spec = cloud_pod_spec(&id, nginx());
+    spec["terminationGracePeriodSeconds"] = json!(grace_seconds);
+    deployment(&client, &ns, "web", PODS as i32, spec).await?;
+    idc_pods(&client, &ns, "web", "all pods Running", |pods| {
+        running(pods) == PODS
+    })
+    .await?;
+    target_pods(&target, &id, "a Running target pod per pod", |pods| {
+        pods.iter().filter(|p| phase(p) == "Running").count() == PODS
+    })
+    .await?;
+
+    eklet.kill();
+    let eklet = start_eklet(&idc, cloud.kubeconfig(), &id, &[NO_SWEEP]).await?;
+    wait::until(PATIENCE, "every target pod adopted", || async {
+        eklet
+            .metrics_text()
+            .await
+            .is_ok_and(|text| sample(&text, "eklet_sandboxes_adopted_total") == Some(PODS as f64))
+    })
+    .await?;
+    Api::<Deployment>::namespaced(client.clone(), &ns)
+        .delete("web", &DeleteParams::background())
+        .await?;
+    idc_pods(&client, &ns, "web", "the IDC pods gone", |pods| pods.is_empty()).await?;
+    target_pods(&target, &id, "every target pod gone", |pods| pods.is_empty())
+        .await
+        .with_context(|| eklet.log_tail(30))?;
+    let metrics = eklet.metrics_text().await?;
+    assert_eq!(
+        sample(&metrics, "eklet_orphan_sandboxes_deleted_total"),
+        Some(0.0),
+        "the sweep is a safety net, not the mechanism"
+    );
+    remove_node(&client, &id.node()).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_deleted_without_grace_right_after_a_restart_take_their_target_pods_with_them()
+-> anyhow::Result<()> {
+    deleting_pods_right_after_a_restart_deletes_their_target_pods(0).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_deleted_gracefully_right_after_a_restart_take_their_target_pods_with_them() -> anyhow::Result<()>
+{
+    deleting_pods_right_after_a_restart_deletes_their_target_pods(5).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_pod_left_gated_by_a_crashed_create_is_removed_not_adopted() -> anyhow::Result<()> {
     let idc = ControlPlane::shared().await?;

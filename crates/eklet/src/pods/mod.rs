@@ -90,6 +90,8 @@ pub struct Context<P> {
     /// Flips to true once the caches synced and existing sandboxes were adopted; reconciles
     /// wait for it, so a pod whose sandbox exists is never given a second one.
     pub adopted: watch::Sender<bool>,
+    /// Asks the orphan sweep to run now rather than at its next tick (after a pod watch relisted).
+    pub sweep_now: Arc<tokio::sync::Notify>,
     pub node_cpu_millis: u64,
     pub node_memory_bytes: u64,
 }
@@ -257,6 +259,13 @@ async fn start<P: Provider>(pod: &Pod, uid: &str, ctx: &Context<P>) -> Result<Ac
                 "created sandbox {} ({}) in subnet {}",
                 sandbox.id, built.spec.name, node.subnet
             );
+            if ctx.registry.is_deleted(uid) {
+                // The pod went away while the create was in flight.
+                tracing::info!(pod = %ObjectRef::from_obj(pod), sandbox = %sandbox.id, "the pod was deleted during the create; deleting its sandbox");
+                ctx.provider.delete(&sandbox.id, Duration::ZERO).await?;
+                ctx.metrics.sandboxes_deleted.inc();
+                return Ok(Action::await_change());
+            }
             let record = Record::new(sandbox, built.spec.name, node_name, ObjectRef::from_obj(pod));
             ctx.registry.insert(uid, record.clone());
             ctx.events.pod(pod, false, events::SANDBOX_CREATED, note).await;
@@ -499,6 +508,71 @@ async fn delete<P: Provider>(pod: &Pod, uid: &str, ctx: &Context<P>) -> Result<A
         Err(e) => return Err(e.into()),
     }
     Ok(Action::await_change())
+}
+
+/// Attempts at deleting the sandbox of a pod that is gone, before the sweep is left to do it.
+const GONE_ATTEMPTS: u32 = 5;
+
+/// The pod is gone from the apiserver: deleted with no grace period (`--force`, or a
+/// `terminationGracePeriodSeconds: 0` pod deleted by its controller), or at the end of a graceful
+/// delete. No reconcile runs for an object that is no longer in the cache, so this is the one
+/// place its sandbox is deleted at once, whatever its reconcile was doing.
+pub async fn gone<P: Provider>(pod: &Pod, ctx: &Context<P>) {
+    let Some(uid) = pod.uid() else {
+        return;
+    };
+    let reference = ObjectRef::from_obj(pod);
+    let known = match ctx.registry.pod_deleted(&uid) {
+        (Some(record), _) if record.gone => return,
+        (Some(record), _) => Some(record.sandbox_id),
+        // A create that may have succeeded: look for what it made.
+        (None, true) => None,
+        (None, false) => return,
+    };
+    let mut backoff = Duration::from_secs(1);
+    for attempt in 1..=GONE_ATTEMPTS {
+        match delete_sandbox_of(&uid, known.as_deref(), ctx).await {
+            Ok(Some(id)) => {
+                ctx.metrics.sandboxes_deleted.inc();
+                tracing::info!(pod = %reference, sandbox = %id, "sandbox deleted: its pod is gone");
+                return;
+            }
+            Ok(None) => return,
+            Err(error) if attempt < GONE_ATTEMPTS => {
+                tracing::warn!(pod = %reference, %error, attempt, "cannot delete the sandbox of a deleted pod; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(error) => {
+                tracing::warn!(pod = %reference, %error, "cannot delete the sandbox of a deleted pod; the orphan sweep will");
+            }
+        }
+    }
+}
+
+/// Deletes sandbox `known`, or the one named for the pod; returns its id, or `None` when there
+/// was nothing to delete.
+async fn delete_sandbox_of<P: Provider>(
+    uid: &str,
+    known: Option<&str>,
+    ctx: &Context<P>,
+) -> Result<Option<String>, provider::Error> {
+    let id = match known {
+        Some(id) => id.to_owned(),
+        None => match ctx
+            .provider
+            .find(&SandboxName::for_pod(&ctx.config.cluster_id, uid))
+            .await?
+        {
+            Some(sandbox) => sandbox.id,
+            None => return Ok(None),
+        },
+    };
+    match ctx.provider.delete(&id, Duration::ZERO).await {
+        Ok(()) => Ok(Some(id)),
+        Err(error) if error.kind == ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 /// Whether eklet wrote a sandbox's state into this pod before.

@@ -168,8 +168,10 @@ impl Eklet {
             "--namespace=default".into(),
             "--leader-elect-lease-duration=6s".into(),
             "--status-sync-interval=500ms".into(),
-            "--orphan-sweep-interval=10s".into(),
         ]);
+        if !extra.iter().any(|a| a.starts_with("--orphan-sweep-interval")) {
+            args.push("--orphan-sweep-interval=10s".into());
+        }
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let name = format!("eklet-{}-{}", identity.cluster_id, random_suffix());
         let proc = cp.spawn_process(
