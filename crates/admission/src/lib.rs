@@ -23,12 +23,11 @@ pub mod reported;
 pub mod toleration;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
 
 use kube::Client;
-use kube::config::{Config, KubeConfigOptions, Kubeconfig};
 use tke_policy::PolicyArgs;
 
 use crate::assessment::Policy;
@@ -76,16 +75,8 @@ pub struct Args {
 pub enum Error {
     #[error("{0}")]
     InvalidFlag(String),
-    #[error("reading kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: PathBuf,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error("finding the cluster (no --kubeconfig, $KUBECONFIG or in-cluster service account): {0}")]
-    InferConfig(#[source] kube::config::InferConfigError),
-    #[error("kubernetes client: {0}")]
-    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Client(#[from] tke_runtime::process::Error),
     #[error(transparent)]
     Metrics(#[from] metrics::Error),
     #[error(transparent)]
@@ -125,7 +116,7 @@ impl Args {
         }
         let identity = match self.leader_election_identity.as_deref().map(str::trim) {
             Some(identity) if !identity.is_empty() => identity.to_owned(),
-            _ => default_identity(),
+            _ => tke_runtime::process::identity(controller::REPORTER),
         };
         Ok(Election {
             namespace: self.leader_election_namespace.trim().to_owned(),
@@ -150,7 +141,7 @@ pub async fn run(args: Args) -> Result<()> {
         policy,
         instance: election.identity.clone(),
     };
-    let client = client(args.kubeconfig.as_deref()).await?;
+    let client = tke_runtime::process::client(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::new());
     let address = SocketAddr::new(args.metrics_bind_address, args.metrics_port);
     let server = metrics::serve(address, metrics.clone()).await?;
@@ -168,7 +159,7 @@ async fn lead(
     settings: controller::Settings,
     metrics: Arc<Metrics>,
 ) -> Result<()> {
-    let mut shutdown = pin!(shutdown_signal());
+    let mut shutdown = pin!(tke_runtime::process::shutdown_signal());
     let mut leadership = tokio::select! {
         leadership = leader::acquire(client.clone(), election) => leadership?,
         () = &mut shutdown => return Ok(()),
@@ -183,55 +174,6 @@ async fn lead(
     metrics.leader.set(0);
     leadership.release().await;
     result
-}
-
-async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kubeconfig_error = |source| Error::Kubeconfig {
-                path: path.to_owned(),
-                source,
-            };
-            let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(kubeconfig_error)?
-        }
-        None => Config::infer().await.map_err(Error::InferConfig)?,
-    };
-    Client::try_from(config).map_err(Error::Client)
-}
-
-/// Like client-go's `hostname_uuid`: unique even when two replicas share a host name.
-fn default_identity() -> String {
-    use rand::Rng;
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|host| !host.trim().is_empty());
-    let suffix: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(8)
-        .map(|byte| char::from(byte).to_ascii_lowercase())
-        .collect();
-    format!("{}_{suffix}", host.as_deref().unwrap_or(controller::REPORTER))
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                terminate.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; stop with Ctrl-C");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }
 
 #[cfg(test)]

@@ -27,13 +27,13 @@ pub struct Args {
     #[arg(long, env = "CLOUDSIM_CREDENTIALS_FILE")]
     pub credentials_file: Option<PathBuf>,
     /// From create to Running, e.g. 1s, 250ms, 0.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = tke_runtime::duration::flag)]
     pub start_delay: Duration,
     /// From a container's exit to its restart.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = tke_runtime::duration::flag)]
     pub restart_delay: Duration,
     /// Between two log lines of a running container.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = tke_runtime::duration::flag)]
     pub log_interval: Duration,
     /// Most live instances in a subnet, as SUBNET=N; repeatable.
     #[arg(long = "quota", value_name = "SUBNET=N", value_parser = parse_quota)]
@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0)]
     pub internal_error_rate: f64,
     /// Added before every API answer.
-    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    #[arg(long, default_value = "0", value_parser = tke_runtime::duration::flag)]
     pub latency: Duration,
     /// Seed for ids and random faults, for reproducible runs.
     #[arg(long)]
@@ -93,26 +93,6 @@ impl Args {
             ..Config::new(credentials)
         }
     }
-}
-
-/// `250ms`, `1s`, `2m`, `1h`, or a bare number of seconds (`0`, `1.5`).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 250ms, 1s or 2m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
 }
 
 fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
@@ -163,31 +143,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         agent_port = ?args.agent_port,
         "cloudsim listening"
     );
-    shutdown_signal().await;
+    tke_runtime::process::shutdown_signal().await;
     tracing::info!("cloudsim stopping");
     handle.shutdown().await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
 }
 
 #[cfg(test)]
@@ -203,13 +162,23 @@ mod tests {
 
     #[test]
     fn durations_take_the_usual_units_and_bare_seconds() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("-1s").is_err());
+        assert_eq!(
+            tke_runtime::duration::flag("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(
+            tke_runtime::duration::flag("1.5s"),
+            Ok(Duration::from_millis(1500))
+        );
+        assert_eq!(tke_runtime::duration::flag("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(tke_runtime::duration::flag("0"), Ok(Duration::ZERO));
+        assert!(tke_runtime::duration::flag("soon").is_err());
+        assert!(
+            tke_runtime::duration::flag("5d")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(tke_runtime::duration::flag("-1s").is_err());
     }
 
     #[test]

@@ -86,20 +86,20 @@ pub struct Args {
     pub pod_used_apiserver: Option<String>,
 
     /// A sandbox not Running after this long fails its pod (e.g. 24h, 90m, 30s).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = tke_runtime::duration::flag)]
     pub wait_sandbox_running_timeout: Duration,
 
     /// How often sandbox states are read from the cloud (batched describes).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = tke_runtime::duration::flag)]
     pub status_sync_interval: Duration,
 
     /// How often the cloud is listed for sandboxes whose pod is gone.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = tke_runtime::duration::flag)]
     pub orphan_sweep_interval: Duration,
 
     /// Service-account tokens for providers that mount them are refreshed this often (and
     /// always before they expire).
-    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    #[arg(long, default_value = "30m", value_parser = tke_runtime::duration::flag)]
     pub sa_token_refresh_interval: Duration,
 
     /// Pods reconciled at the same time.
@@ -203,7 +203,7 @@ pub struct Args {
     pub leader_elect: bool,
 
     /// How long a leader's Lease is valid without renewal.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = tke_runtime::duration::flag)]
     pub leader_elect_lease_duration: Duration,
 
     /// The eligibility rules shared with the other components.
@@ -420,45 +420,10 @@ impl Config {
     }
 }
 
-/// Parses Go-style durations as the chart writes them: `24h`, `90m`, `1h30m`, `500ms`, `30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("empty duration".into());
-    }
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        let (number, after) = rest.split_at(digits);
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("{text:?}: expected a number before {unit:?}"))?;
-        let seconds = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "" => return Err(format!("{text:?}: a unit (ms, s, m, h) is required")),
-            other => return Err(format!("{text:?}: unknown unit {other:?} (use ms, s, m or h)")),
-        };
-        total += Duration::try_from_secs_f64(value * seconds).map_err(|e| format!("{text:?}: {e}"))?;
-        rest = after;
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
+    use tke_runtime::duration::flag as parse_duration;
+
     use super::*;
 
     fn args(extra: &[&str]) -> Args {

@@ -23,7 +23,7 @@ use kube::{
 };
 use tokio::time::Instant;
 
-use crate::config::{Subnet, parse_duration};
+use crate::config::Subnet;
 use crate::node::LEASE_NAMESPACE;
 
 /// How long a refused eviction (429: a disruption budget) waits before it is asked again.
@@ -85,7 +85,7 @@ pub struct Args {
 
     /// Give up after this long (e.g. 10m, 90s): the pods left are named with why (a disruption
     /// budget, still terminating), and no Node is deleted.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = tke_runtime::duration::flag)]
     pub timeout: Duration,
 
     /// eklet's Deployment in --namespace. Once the nodes are empty it is scaled to zero and its
@@ -177,7 +177,7 @@ pub fn node_names(subnets: &[String]) -> Result<Vec<String>> {
 /// The client eklet builds (`--kubeconfig`, else the usual inference: in-cluster in a pod),
 /// without kube's own retries.
 async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
-    let config = crate::client_config(kubeconfig.map(PathBuf::as_path))
+    let config = tke_runtime::process::client_config(kubeconfig.map(PathBuf::as_path))
         .await
         .map_err(|e| Error::KubeConfig(e.to_string()))?;
     let mut config = config;

@@ -23,7 +23,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
-    config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         Controller, WatchStreamExt, controller,
         reflector::{self, ObjectRef},
@@ -41,8 +40,8 @@ use provider::Provider;
 pub enum Error {
     #[error(transparent)]
     Config(#[from] config::Error),
-    #[error("kubernetes client configuration: {0}")]
-    KubeConfig(String),
+    #[error(transparent)]
+    Client(#[from] tke_runtime::process::Error),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
@@ -64,7 +63,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Runs eklet until SIGTERM/SIGINT (returns `Ok`) or a fatal error.
 pub async fn run(args: Args) -> Result<()> {
     let mut config = Config::from_args(&args)?;
-    let client_config = client_config(args.kubeconfig.as_deref()).await?;
+    let client_config = tke_runtime::process::client_config(args.kubeconfig.as_deref()).await?;
     let apiserver = match config.pod_used_apiserver.clone() {
         Some(address) => address,
         None => client_config
@@ -86,14 +85,7 @@ pub async fn run(args: Args) -> Result<()> {
     let listener = metrics::bind(metrics_addr).await?;
     let metrics_server = tokio::spawn(metrics::serve(listener, metrics.clone()));
 
-    let identity = format!(
-        "{}-{}",
-        std::env::var("HOSTNAME")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "eklet".into()),
-        random_suffix()
-    );
+    let identity = tke_runtime::process::identity("eklet");
     let config = Arc::new(config);
     let work = async {
         let mut leadership = if args.leader_elect {
@@ -107,7 +99,7 @@ pub async fn run(args: Args) -> Result<()> {
             let acquire = leader::acquire(client.clone(), &election);
             tokio::select! {
                 acquired = acquire => Some(acquired?),
-                () = shutdown_signal() => return Ok(()),
+                () = tke_runtime::process::shutdown_signal() => return Ok(()),
             }
         } else {
             None
@@ -122,7 +114,7 @@ pub async fn run(args: Args) -> Result<()> {
         let result = tokio::select! {
             result = lead(client.clone(), config.clone(), apiserver, provider, metrics.clone(), &identity, kubelet_api) => result,
             () = lost => Err(Error::LeadershipLost),
-            () = shutdown_signal() => {
+            () = tke_runtime::process::shutdown_signal() => {
                 tracing::info!("shutting down");
                 Ok(())
             }
@@ -140,25 +132,6 @@ pub async fn run(args: Args) -> Result<()> {
             Ok(Err(e)) => Err(e.into()),
             _ => Err(Error::TaskEnded("the metrics server")),
         },
-    }
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
     }
 }
 
@@ -342,27 +315,4 @@ fn receiver_stream<T: Send + 'static>(
     futures::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|item| (item, receiver))
     })
-}
-
-fn random_suffix() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..6)
-        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
-        .collect()
-}
-
-/// The client configuration from `--kubeconfig`, or in-cluster (or `$KUBECONFIG`) without it.
-pub async fn client_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config> {
-    match kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| Error::KubeConfig(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| Error::KubeConfig(e.to_string()))
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::KubeConfig(e.to_string())),
-    }
 }

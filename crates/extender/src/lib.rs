@@ -21,10 +21,6 @@ pub mod wire;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use kube::{
-    Client, Config,
-    config::{KubeConfigOptions, Kubeconfig},
-};
 use tke_policy::PolicyArgs;
 use tke_runtime::events::{Recorder, Reporter};
 use tracing::info;
@@ -35,16 +31,8 @@ pub use view::ClusterView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: PathBuf,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error("configuring the Kubernetes client: {0}")]
-    ClientConfig(#[from] kube::config::InferConfigError),
-    #[error("creating the Kubernetes client: {0}")]
-    Client(#[from] kube::Error),
+    #[error(transparent)]
+    Client(#[from] tke_runtime::process::Error),
     #[error("loading the TLS certificate {cert} and key {key}: {source}")]
     Tls {
         cert: PathBuf,
@@ -91,7 +79,7 @@ pub struct Args {
     /// (a binding that fails after the filter, in Reserve, Permit or PreBind). Longer risks
     /// sending pods to the cloud that could have been local; shorter risks exceeding
     /// LOCAL_REPLICAS when binding is slow (volume provisioning in PreBind).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = tke_runtime::duration::flag)]
     pub pending_decision_ttl: Duration,
 }
 
@@ -105,19 +93,10 @@ impl Args {
     }
 }
 
-/// Reads `60s`, `2m`, `1m 30s` or ISO 8601 (`PT60S`).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let signed: jiff::SignedDuration = text
-        .trim()
-        .parse()
-        .map_err(|e| format!("{text:?} is not a duration: {e}"))?;
-    Duration::try_from(signed).map_err(|_| format!("{text:?} is negative"))
-}
-
 /// Runs the extender until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = client(args.kubeconfig.as_deref()).await?;
+    let client = tke_runtime::process::client(args.kubeconfig.as_deref()).await?;
     let reporter = Reporter {
         controller: "tke-scheduler-extender".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -145,7 +124,7 @@ pub async fn run(args: Args) -> Result<()> {
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        tke_runtime::process::shutdown_signal().await;
         info!("shutting down");
         shutdown.graceful_shutdown(Some(Duration::from_secs(5)));
     });
@@ -200,47 +179,6 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
         .set_nonblocking(true)
         .map_err(|source| Error::Listen { addr, source })?;
     Ok(listener)
-}
-
-async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
-                path: path.to_owned(),
-                source,
-            })?;
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|source| Error::Kubeconfig {
-                    path: path.to_owned(),
-                    source,
-                })?
-        }
-        None => Config::infer().await?,
-    };
-    Ok(Client::try_from(config)?)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,8 @@
-//! What every tke-resilience component process shares. Today: [`events`], the recorder that
-//! eklet, eks-admission and the scheduler extender publish their Kubernetes events through.
+//! What every tke-resilience component process shares, so that each does it one way:
+//! [`events`] (the recorder eklet, eks-admission and the scheduler extender publish through),
+//! [`duration`] (the one syntax of every duration flag), and [`process`] (the Kubernetes client
+//! from `--kubeconfig` or in-cluster, the identity in Leases and events, the shutdown signal).
 
+pub mod duration;
 pub mod events;
+pub mod process;

@@ -83,19 +83,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
 }
 
 async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Error> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::Config(e.to_string()))?,
-    };
-    Client::try_from(config).map_err(|e| Error::Config(e.to_string()))
+    tke_runtime::process::client(kubeconfig)
+        .await
+        .map_err(|e| Error::Config(e.to_string()))
 }
 
 /// Reads the pod, the global switch, the nodes, the owner's pods and the pod's claims, and asks
