@@ -8,7 +8,10 @@ use std::{net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::Parser;
 use tke_policy::EligibilityConfig;
 
-use crate::quantity;
+use crate::{
+    provider::{ProviderKind, kubernetes, tencent},
+    quantity,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -108,75 +111,16 @@ pub struct Args {
 
     /// The cloud provider: `tencent` (EKS container instances) or `kubernetes` (pods in the
     /// cluster of --target-kubeconfig).
-    #[arg(long, default_value = "tencent", value_parser = ["tencent", "kubernetes"])]
-    pub provider: String,
+    #[arg(long, value_enum, default_value_t = ProviderKind::Tencent)]
+    pub provider: ProviderKind,
 
-    /// Kubeconfig of the cluster pods burst into with --provider kubernetes.
-    #[arg(long, required_if_eq("provider", "kubernetes"))]
-    pub target_kubeconfig: Option<PathBuf>,
+    /// The flags of `--provider kubernetes`.
+    #[command(flatten)]
+    pub kubernetes: kubernetes::Flags,
 
-    /// Put every target pod into this one namespace of the target cluster; by default each
-    /// namespace NS gets its own target namespace <cluster-id>-NS.
-    #[arg(long)]
-    pub target_namespace: Option<String>,
-
-    /// A node selector of target pods, KEY=VALUE; VALUE may contain {zone} and {subnet}, the
-    /// virtual node's. Repeatable.
-    #[arg(long = "target-node-selector", value_name = "KEY=VALUE")]
-    pub target_node_selectors: Vec<String>,
-
-    /// A toleration of target pods, KEY[=VALUE][:EFFECT]. Repeatable.
-    #[arg(long = "target-toleration", value_name = "KEY[=VALUE][:EFFECT]")]
-    pub target_tolerations: Vec<String>,
-
-    /// An annotation of target pods, KEY=VALUE with the placeholders of --target-node-selector.
-    /// Repeatable.
-    #[arg(long = "target-pod-annotation", value_name = "KEY=VALUE")]
-    pub target_pod_annotations: Vec<String>,
-
-    /// Scheduler of target pods; default: the target cluster's default scheduler.
-    #[arg(long)]
-    pub target_scheduler_name: Option<String>,
-
-    /// Copy pod labels to target pods (lets target Services select them; a target ReplicaSet
-    /// with a matching selector would adopt them).
-    #[arg(long, default_value_t = false)]
-    pub target_keep_labels: bool,
-
-    /// Cloud region, e.g. ap-guangzhou (the chart's regionLong).
-    #[arg(long, required_unless_present = "target_kubeconfig", default_value = "")]
-    pub region: String,
-
-    /// VPC the sandboxes are placed in.
-    #[arg(long, required_unless_present = "target_kubeconfig", default_value = "")]
-    pub vpc_id: String,
-
-    /// Security groups for sandboxes whose pod has no security-group-id annotation.
-    #[arg(long = "security-group-id", value_delimiter = ',')]
-    pub security_group_ids: Vec<String>,
-
-    /// Tencent Cloud API domain; the endpoint is https://tke.<api-domain>.
-    #[arg(long, env = "API_DOMAIN", default_value = "tencentcloudapi.com")]
-    pub api_domain: String,
-
-    /// Full endpoint URL, overriding --api-domain (e.g. a cloudsim at http://127.0.0.1:8080).
-    #[arg(long)]
-    pub cloud_endpoint: Option<String>,
-
-    /// Cloud API requests per second, per action (the API allows 20).
-    #[arg(long, default_value_t = 20)]
-    pub cloud_rate_limit: u32,
-
-    /// The port each sandbox's agent serves its containers' usage on (`/metrics`, cAdvisor
-    /// names), unless the pod's `eks.tke.cloud.tencent.com/metrics-port` annotation says another.
-    /// eklet scrapes it at the pod IP when metrics-server asks the virtual node for usage.
-    #[arg(long, default_value_t = tke_tencent::agent::DEFAULT_METRICS_PORT)]
-    pub sandbox_metrics_port: u16,
-
-    /// Read the cloud credentials from this file or mounted Secret directory instead of the
-    /// TENCENTCLOUD_* environment variables.
-    #[arg(long)]
-    pub credentials_file: Option<PathBuf>,
+    /// The flags of `--provider tencent`.
+    #[command(flatten)]
+    pub tencent: tencent::Flags,
 
     /// Advertised CPU capacity of each virtual node.
     #[arg(long, default_value = "1000")]

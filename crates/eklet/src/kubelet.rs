@@ -34,7 +34,7 @@ use tke_policy::virtual_node;
 
 use crate::{
     config::{self, Args, Config},
-    pods::Context,
+    context::Context,
     provider::{self, ContainerState, ContainerStats, DESCRIBE_BATCH, Provider, StatsTarget},
 };
 

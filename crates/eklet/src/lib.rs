@@ -6,6 +6,7 @@
 //! existing sandboxes, the batched status loop and the orphan sweep.
 
 pub mod config;
+pub mod context;
 pub mod dns;
 pub mod drain;
 pub mod events;
@@ -15,6 +16,7 @@ pub mod node;
 pub mod pods;
 pub mod provider;
 pub mod quantity;
+pub mod registry;
 pub mod sandboxes;
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
@@ -213,13 +215,13 @@ async fn lead<P: Provider>(
     let (adopted, _) = watch::channel(false);
     let node_cpu_millis = quantity::millis(&config.resources.cpu).unwrap_or(u64::MAX);
     let node_memory_bytes = quantity::units(&config.resources.memory).unwrap_or(u64::MAX);
-    let ctx = Arc::new(pods::Context {
+    let ctx = Arc::new(context::Context {
         client: client.clone(),
         provider,
         config: config.clone(),
         apiserver,
         nodes: views,
-        registry: sandboxes::Registry::default(),
+        registry: registry::Registry::default(),
         events,
         metrics,
         stores,

@@ -13,7 +13,7 @@ pub mod spec;
 pub mod status;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::Arc,
     time::Duration,
 };
@@ -28,20 +28,18 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
     runtime::{
         controller::Action,
-        reflector::{ObjectRef, Store},
+        reflector::ObjectRef,
     },
 };
 use rand::Rng;
 use tke_policy::ClaimStatus;
-use tokio::sync::{mpsc, watch};
 
+pub use crate::context::Context;
 use crate::{
-    config::{ApiServerAddress, Config},
-    events::{self, Events},
-    metrics::{Metrics, PhaseLabels},
-    node::{NodeView, NodeViews},
+    events,
+    node::NodeView,
     provider::{self, ErrorKind, Provider, SandboxName, SandboxPhase},
-    sandboxes::{Record, Registry},
+    registry::Record,
 };
 
 /// The annotation the ReplicaSet controller ranks victims by on scale-down.
@@ -72,71 +70,6 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Everything the pod reconciles share.
-pub struct Context<P> {
-    pub client: Client,
-    pub provider: P,
-    pub config: Arc<Config>,
-    pub apiserver: ApiServerAddress,
-    pub nodes: Arc<NodeViews>,
-    pub registry: Registry,
-    pub events: Events,
-    pub metrics: Arc<Metrics>,
-    /// The pod cache of each virtual node.
-    pub stores: Vec<(String, Store<Pod>)>,
-    /// Wakes a pod's reconcile, per virtual node.
-    pub triggers: HashMap<String, mpsc::UnboundedSender<ObjectRef<Pod>>>,
-    /// Flips to true once the caches synced and existing sandboxes were adopted; reconciles
-    /// wait for it, so a pod whose sandbox exists is never given a second one.
-    pub adopted: watch::Sender<bool>,
-    /// Asks the orphan sweep to run now rather than at its next tick (after a pod watch relisted).
-    pub sweep_now: Arc<tokio::sync::Notify>,
-    pub node_cpu_millis: u64,
-    pub node_memory_bytes: u64,
-}
-
-impl<P: Provider> Context<P> {
-    /// Wakes the reconcile of `pod` on `node`.
-    pub fn wake(&self, node: &str, pod: ObjectRef<Pod>) {
-        if let Some(sender) = self.triggers.get(node) {
-            let _ = sender.send(pod);
-        }
-    }
-
-    /// Every cached pod by UID.
-    pub fn cached_pods(&self) -> HashMap<String, Arc<Pod>> {
-        self.stores
-            .iter()
-            .flat_map(|(_, store)| store.state())
-            .filter_map(|pod| pod.uid().map(|uid| (uid, pod)))
-            .collect()
-    }
-
-    pub fn count_pods_by_phase(&self) {
-        let mut counts: BTreeMap<String, i64> = ["Pending", "Running", "Succeeded", "Failed", "Unknown"]
-            .iter()
-            .map(|p| ((*p).to_owned(), 0))
-            .collect();
-        for (_, store) in &self.stores {
-            for pod in store.state() {
-                let phase = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.phase.clone())
-                    .unwrap_or_else(|| "Pending".into());
-                *counts.entry(phase).or_default() += 1;
-            }
-        }
-        for (phase, count) in counts {
-            self.metrics.pods.get_or_create(&PhaseLabels { phase }).set(count);
-        }
-    }
-
-    fn node_ip(&self) -> String {
-        self.config.node_ip.to_string()
-    }
-}
 
 /// The reconcile of one pod.
 pub async fn reconcile<P: Provider>(pod: Arc<Pod>, ctx: Arc<Context<P>>) -> Result<Action> {

@@ -46,7 +46,7 @@ use super::{
     Capabilities, ContainerStats, Error, ErrorKind, LogOptions, ProbeKind, Provider, Result, Sandbox,
     SandboxEvent, SandboxName, SandboxStats, StatsTarget, VolumeKind, VolumeSource, VolumeSpec,
 };
-use crate::{config::Args, quantity};
+use crate::quantity;
 
 /// A call to either apiserver that has not answered in this long is treated as failed (it may
 /// still have been executed).
@@ -73,19 +73,57 @@ pub enum SetupError {
     },
 }
 
-/// Reads the `--target-*` flags.
-pub fn settings_from_args(args: &Args) -> Result<Settings, SetupError> {
+/// The flags of `--provider kubernetes`, flattened into eklet's.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[group(id = "kubernetes_flags")]
+#[command(next_help_heading = "Provider kubernetes")]
+pub struct Flags {
+    /// Kubeconfig of the cluster pods burst into with --provider kubernetes.
+    #[arg(long, required_if_eq("provider", "kubernetes"))]
+    pub target_kubeconfig: Option<PathBuf>,
+
+    /// Put every target pod into this one namespace of the target cluster; by default each
+    /// namespace NS gets its own target namespace <cluster-id>-NS.
+    #[arg(long)]
+    pub target_namespace: Option<String>,
+
+    /// A node selector of target pods, KEY=VALUE; VALUE may contain {zone} and {subnet}, the
+    /// virtual node's. Repeatable.
+    #[arg(long = "target-node-selector", value_name = "KEY=VALUE")]
+    pub target_node_selectors: Vec<String>,
+
+    /// A toleration of target pods, KEY[=VALUE][:EFFECT]. Repeatable.
+    #[arg(long = "target-toleration", value_name = "KEY[=VALUE][:EFFECT]")]
+    pub target_tolerations: Vec<String>,
+
+    /// An annotation of target pods, KEY=VALUE with the placeholders of --target-node-selector.
+    /// Repeatable.
+    #[arg(long = "target-pod-annotation", value_name = "KEY=VALUE")]
+    pub target_pod_annotations: Vec<String>,
+
+    /// Scheduler of target pods; default: the target cluster's default scheduler.
+    #[arg(long)]
+    pub target_scheduler_name: Option<String>,
+
+    /// Copy pod labels to target pods (lets target Services select them; a target ReplicaSet
+    /// with a matching selector would adopt them).
+    #[arg(long, default_value_t = false)]
+    pub target_keep_labels: bool,
+}
+
+/// Reads the `--target-*` flags; `cluster_id` names target pods and namespaces.
+pub fn settings_from_flags(args: &Flags, cluster_id: &str) -> Result<Settings, SetupError> {
     let invalid = |flag: &'static str, value: &str, reason: &str| SetupError::Invalid {
         flag,
         value: value.to_owned(),
         reason: reason.to_owned(),
     };
-    let cluster_id = args.cluster_id.trim().to_owned();
+    let cluster_id = cluster_id.trim().to_owned();
     // It names target pods and namespaces and is a label value.
     if !is_dns_label(&cluster_id) {
         return Err(invalid(
             "--cluster-id",
-            &args.cluster_id,
+            &cluster_id,
             "the kubernetes provider needs lowercase letters, digits and '-' (at most 63, no '-' at the ends)",
         ));
     }
@@ -164,9 +202,13 @@ pub struct KubernetesProvider {
 }
 
 impl KubernetesProvider {
-    /// From the `eklet` flags; `source` is the IDC client eklet itself uses.
-    pub async fn from_args(args: &Args, source: Client) -> Result<KubernetesProvider, SetupError> {
-        let settings = settings_from_args(args)?;
+    /// From its flags; `source` is the IDC client eklet itself uses.
+    pub async fn from_flags(
+        args: &Flags,
+        cluster_id: &str,
+        source: Client,
+    ) -> Result<KubernetesProvider, SetupError> {
+        let settings = settings_from_flags(args, cluster_id)?;
         let path = args.target_kubeconfig.clone().ok_or(SetupError::NoKubeconfig)?;
         let kubeconfig_error = |message: String| SetupError::Kubeconfig {
             path: path.clone(),
@@ -989,6 +1031,8 @@ mod tests {
 
     use super::*;
 
+    use crate::{config::Args, provider::ProviderKind};
+
     fn args(extra: &[&str]) -> Args {
         let mut argv = vec![
             "eklet",
@@ -1008,7 +1052,7 @@ mod tests {
     #[test]
     fn the_kubernetes_provider_needs_no_cloud_flags_but_a_target_kubeconfig() {
         let parsed = args(&[]);
-        assert_eq!(parsed.provider, "kubernetes");
+        assert_eq!(parsed.provider, ProviderKind::Kubernetes);
         let missing = Args::try_parse_from([
             "eklet",
             "--subnet",
@@ -1025,7 +1069,7 @@ mod tests {
 
     #[test]
     fn target_flags_become_settings_and_bad_ones_are_named() {
-        let settings = settings_from_args(&args(&[
+        let parsed = args(&[
             "--target-namespace",
             "burst",
             "--target-node-selector",
@@ -1034,19 +1078,20 @@ mod tests {
             "eks.tke.cloud.tencent.com/eklet:NoSchedule",
             "--target-scheduler-name",
             "serverless",
-        ]))
-        .unwrap_or_else(|e| panic!("{e}"));
+        ]);
+        let settings =
+            settings_from_flags(&parsed.kubernetes, &parsed.cluster_id).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(settings.namespaces, Namespaces::Fixed("burst".into()));
         assert_eq!(settings.node_selector.len(), 1);
         assert_eq!(settings.scheduler_name.as_deref(), Some("serverless"));
-        let bad = settings_from_args(&args(&["--target-namespace", "Not_A_Namespace"])).unwrap_err();
+        let flags = |extra: &[&str]| args(extra).kubernetes;
+        let bad =
+            settings_from_flags(&flags(&["--target-namespace", "Not_A_Namespace"]), "idc-1").unwrap_err();
         assert!(bad.to_string().contains("--target-namespace"), "{bad}");
-        let bad = settings_from_args(&args(&["--target-toleration", "k:Always"])).unwrap_err();
+        let bad = settings_from_flags(&flags(&["--target-toleration", "k:Always"]), "idc-1").unwrap_err();
         assert!(bad.to_string().contains("--target-toleration"), "{bad}");
-        let mut upper = args(&[]);
-        upper.cluster_id = "IDC-1".into();
         assert!(
-            settings_from_args(&upper)
+            settings_from_flags(&flags(&[]), "IDC-1")
                 .unwrap_err()
                 .to_string()
                 .contains("--cluster-id")

@@ -11,6 +11,8 @@ pub mod kubernetes;
 pub mod selected;
 pub mod tencent;
 
+pub use selected::ProviderKind;
+
 use std::{collections::BTreeMap, fmt, future::Future, time::Duration};
 
 use jiff::Timestamp;

@@ -21,6 +21,15 @@ pub enum SetupError {
     Flags(String),
 }
 
+/// The values of `--provider`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProviderKind {
+    /// Tencent Cloud EKS container instances (or cloudsim).
+    Tencent,
+    /// Pods in another cluster, reached by `--target-kubeconfig`.
+    Kubernetes,
+}
+
 pub enum SelectedProvider {
     Tencent(TencentProvider),
     Kubernetes(KubernetesProvider),
@@ -29,22 +38,24 @@ pub enum SelectedProvider {
 impl SelectedProvider {
     /// The provider of `--provider`; `client` is eklet's own cluster.
     pub async fn from_args(args: &Args, client: &Client) -> Result<SelectedProvider, SetupError> {
-        match args.provider.as_str() {
-            "kubernetes" => Ok(SelectedProvider::Kubernetes(
-                KubernetesProvider::from_args(args, client.clone()).await?,
+        match args.provider {
+            ProviderKind::Kubernetes => Ok(SelectedProvider::Kubernetes(
+                KubernetesProvider::from_flags(&args.kubernetes, &args.cluster_id, client.clone()).await?,
             )),
-            _ => {
-                if args.target_kubeconfig.is_some() {
+            ProviderKind::Tencent => {
+                if args.kubernetes.target_kubeconfig.is_some() {
                     return Err(SetupError::Flags(
                         "--target-kubeconfig is for --provider kubernetes".into(),
                     ));
                 }
-                if args.region.trim().is_empty() || args.vpc_id.trim().is_empty() {
+                if args.tencent.region.trim().is_empty() || args.tencent.vpc_id.trim().is_empty() {
                     return Err(SetupError::Flags(
                         "--provider tencent needs --region and --vpc-id".into(),
                     ));
                 }
-                Ok(SelectedProvider::Tencent(TencentProvider::from_args(args)?))
+                Ok(SelectedProvider::Tencent(TencentProvider::from_flags(
+                    &args.tencent,
+                )?))
             }
         }
     }

@@ -9,6 +9,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     sync::Mutex,
     time::Duration,
 };
@@ -35,7 +36,6 @@ use super::{
     LogOptions, ProbeAction, ProbeKind, ProbeSpec, Provider, RestartPolicy, Result, Sandbox, SandboxEvent,
     SandboxName, SandboxPhase, SandboxSpec, SandboxStats, StatsTarget, VolumeKind, VolumeSource, VolumeSpec,
 };
-use crate::config::Args;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -118,10 +118,51 @@ impl Readings {
     }
 }
 
+/// The flags of `--provider tencent`, flattened into eklet's.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "tencent_flags")]
+#[command(next_help_heading = "Provider tencent")]
+pub struct Flags {
+    /// Cloud region, e.g. ap-guangzhou (the chart's regionLong).
+    #[arg(long, required_unless_present = "target_kubeconfig", default_value = "")]
+    pub region: String,
+
+    /// VPC the sandboxes are placed in.
+    #[arg(long, required_unless_present = "target_kubeconfig", default_value = "")]
+    pub vpc_id: String,
+
+    /// Security groups for sandboxes whose pod has no security-group-id annotation.
+    #[arg(long = "security-group-id", value_delimiter = ',')]
+    pub security_group_ids: Vec<String>,
+
+    /// Tencent Cloud API domain; the endpoint is https://tke.<api-domain>.
+    #[arg(long, env = "API_DOMAIN", default_value = "tencentcloudapi.com")]
+    pub api_domain: String,
+
+    /// Full endpoint URL, overriding --api-domain (e.g. a cloudsim at http://127.0.0.1:8080).
+    #[arg(long)]
+    pub cloud_endpoint: Option<String>,
+
+    /// Cloud API requests per second, per action (the API allows 20).
+    #[arg(long, default_value_t = 20)]
+    pub cloud_rate_limit: u32,
+
+    /// The port each sandbox's agent serves its containers' usage on (`/metrics`, cAdvisor
+    /// names), unless the pod's `eks.tke.cloud.tencent.com/metrics-port` annotation says another.
+    /// eklet scrapes it at the pod IP when metrics-server asks the virtual node for usage.
+    #[arg(long, default_value_t = tke_tencent::agent::DEFAULT_METRICS_PORT)]
+    pub sandbox_metrics_port: u16,
+
+    /// Read the cloud credentials from this file or mounted Secret directory instead of the
+    /// TENCENTCLOUD_* environment variables.
+    #[arg(long)]
+    pub credentials_file: Option<PathBuf>,
+}
+
 impl TencentProvider {
-    /// From the `eklet` flags; credentials from `--credentials-file` or the `TENCENTCLOUD_*`
+    /// From its flags; credentials from `--credentials-file` or the `TENCENTCLOUD_*`
     /// environment.
-    pub fn from_args(args: &Args) -> Result<TencentProvider, SetupError> {
+    pub fn from_flags(args: &Flags) -> Result<TencentProvider, SetupError> {
         let credentials = match &args.credentials_file {
             Some(path) => Credentials::from_path(path)?,
             None => Credentials::from_env()?,
