@@ -8,11 +8,7 @@
 //! consistent list of the cluster's pods — taken after the sandbox was found unmatched — does
 //! not contain the pod's UID.
 
-use std::{
-    collections::HashSet,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;

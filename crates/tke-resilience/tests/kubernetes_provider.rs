@@ -692,6 +692,72 @@ async fn a_sigkilled_eklet_restarted_mid_burst_adopts_its_target_pods_and_duplic
     Ok(())
 }
 
+/// The token secret of a target pod: (token, ca.crt, namespace).
+async fn token_files(target: &Client, target_ns: &str, twin: &Pod) -> anyhow::Result<[String; 3]> {
+    let spec = twin.spec.clone().unwrap_or_default();
+    let volume = spec
+        .containers
+        .first()
+        .and_then(|c| c.volume_mounts.as_ref())
+        .and_then(|mounts| mounts.iter().find(|m| m.mount_path == TOKEN_PATH))
+        .map(|m| m.name.clone())
+        .context("the service-account mount")?;
+    let secret_name = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == volume)
+        .and_then(|v| v.secret.as_ref())
+        .and_then(|s| s.secret_name.clone())
+        .context("the token volume is a Secret")?;
+    let data = Api::<Secret>::namespaced(target.clone(), target_ns)
+        .get(&secret_name)
+        .await?
+        .data
+        .unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
+            .unwrap_or_default()
+    };
+    Ok([text("token"), text("ca.crt"), text("namespace")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_account_token_in_the_target_is_refreshed_with_its_volume_otherwise_unchanged()
+-> anyhow::Result<()> {
+    let idc = ControlPlane::shared().await?;
+    let cloud = cloud().await?;
+    let (client, target) = (idc.client().await?, cloud.client().await?);
+    let ns = idc.namespace("k8s-token-refresh").await?;
+    let id = Identity::unique();
+    let _eklet = start_eklet(&idc, cloud.kubeconfig(), &id, &["--sa-token-refresh-interval=1s"]).await?;
+    deployment(&client, &ns, "web", 1, cloud_pod_spec(&id, nginx())).await?;
+    let pods = idc_pods(&client, &ns, "web", "a Running pod", |pods| running(pods) == 1).await?;
+    let pod = pods.first().context("a pod")?;
+    let target_ns = target_namespace(&id, &ns);
+    let twin = Api::<Pod>::namespaced(target.clone(), &target_ns)
+        .get(&target_name(&id, pod))
+        .await?;
+    let [first, ca, namespace] = token_files(&target, &target_ns, &twin).await?;
+    assert_eq!(first.split('.').count(), 3, "a JWT");
+    wait::until(PATIENCE, "a new token in the target", || async {
+        token_files(&target, &target_ns, &twin)
+            .await
+            .is_ok_and(|[token, ..]| token != first)
+    })
+    .await?;
+    let [token, ca_after, namespace_after] = token_files(&target, &target_ns, &twin).await?;
+    assert_eq!(token.split('.').count(), 3, "a JWT");
+    assert_eq!(
+        (ca_after, namespace_after),
+        (ca, namespace),
+        "the rest of the volume as it was"
+    );
+    remove_node(&client, &id.node()).await;
+    Ok(())
+}
+
 /// Issue #23: a Deployment deleted right after eklet restarted and adopted its target pods.
 /// The orphan sweep runs once an hour here, so only the deletion path itself can remove them.
 async fn deleting_pods_right_after_a_restart_deletes_their_target_pods(

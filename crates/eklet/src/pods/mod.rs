@@ -12,11 +12,7 @@ pub mod env;
 pub mod spec;
 pub mod status;
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 use k8s_openapi::api::{
@@ -26,10 +22,7 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
-    runtime::{
-        controller::Action,
-        reflector::ObjectRef,
-    },
+    runtime::{controller::Action, reflector::ObjectRef},
 };
 use rand::Rng;
 use tke_policy::ClaimStatus;
@@ -240,23 +233,14 @@ async fn refresh_token<P: Provider>(
     record: &Record,
     ctx: &Context<P>,
 ) -> Result<Option<Duration>> {
-    let token_volumes: Vec<&str> = pod
+    let holds_token = pod
         .spec
         .as_ref()
         .and_then(|s| s.volumes.as_deref())
         .unwrap_or_default()
         .iter()
-        .filter(|v| {
-            v.projected.as_ref().is_some_and(|p| {
-                p.sources
-                    .iter()
-                    .flatten()
-                    .any(|s| s.service_account_token.is_some())
-            })
-        })
-        .map(|v| v.name.as_str())
-        .collect();
-    if !ctx.provider.capabilities().service_account_token || token_volumes.is_empty() {
+        .any(spec::holds_token);
+    if !ctx.provider.capabilities().service_account_token || !holds_token {
         return Ok(None);
     }
     let period = ctx
@@ -275,28 +259,16 @@ async fn refresh_token<P: Provider>(
         ctx.registry.update(uid, |r| r.token_refresh_at = Some(at));
         return Ok(Some(at.saturating_duration_since(now)));
     }
-    let node_name = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .unwrap_or_default();
-    let Some(node) = ctx.nodes.get(&node_name) else {
-        return Ok(None);
-    };
-    let claims = fetch_claims(pod, &ctx.client).await?;
-    let built = match build_spec(pod, &node, claims, ctx).await? {
-        Ok(built) => built,
+    // Only the token volumes, and only what they project: not the whole sandbox spec again.
+    let refs = gather(pod, &ctx.client, &spec::token_needs(pod), BTreeMap::new()).await?;
+    let volumes = match spec::token_volumes(pod, &refs) {
+        Ok(volumes) => volumes,
         Err(problem) => {
             tracing::warn!(pod = %ObjectRef::from_obj(pod), ?problem, "cannot refresh the service-account token");
             return Ok(Some(CONFIG_RETRY));
         }
     };
-    for volume in built
-        .spec
-        .volumes
-        .iter()
-        .filter(|v| token_volumes.contains(&v.name.as_str()))
-    {
+    for volume in &volumes {
         ctx.provider.refresh_files(&record.sandbox_id, volume).await?;
     }
     ctx.registry

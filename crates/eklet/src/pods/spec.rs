@@ -199,6 +199,51 @@ pub fn needs(pod: &Pod, capabilities: &Capabilities) -> Needs {
     needs
 }
 
+/// Whether a volume projects a service-account token (the automounted `kube-api-access-…` or
+/// one the pod declares).
+pub fn holds_token(volume: &Volume) -> bool {
+    volume.projected.as_ref().is_some_and(|p| {
+        p.sources
+            .iter()
+            .flatten()
+            .any(|s| s.service_account_token.is_some())
+    })
+}
+
+/// What a token refresh reads: a new token and the objects the token volumes project beside it
+/// (the cluster CA's ConfigMap) — not the pod's other ConfigMaps, Secrets or claims.
+pub fn token_needs(pod: &Pod) -> Needs {
+    let mut needs = Needs::default();
+    for source in volumes(pod)
+        .iter()
+        .filter(|v| holds_token(v))
+        .flat_map(|v| v.projected.iter().flat_map(|p| p.sources.iter().flatten()))
+    {
+        if let Some(cm) = &source.config_map {
+            needs.config_maps.insert(cm.name.clone());
+        }
+        if let Some(secret) = &source.secret {
+            needs.secrets.insert(secret.name.clone());
+        }
+        needs.token |= source.service_account_token.is_some();
+    }
+    needs
+}
+
+/// The pod's token volumes with their files, for a refresh in a running sandbox.
+pub fn token_volumes(pod: &Pod, refs: &References) -> Result<Vec<VolumeSpec>, Problem> {
+    volumes(pod)
+        .iter()
+        .filter(|v| holds_token(v))
+        .map(|volume| {
+            Ok(VolumeSpec {
+                name: volume.name.clone(),
+                source: files_source(pod, volume, refs)?,
+            })
+        })
+        .collect()
+}
+
 /// Everything [`build`] needs besides the pod and the fetched objects.
 pub struct Setting<'a> {
     pub cluster_id: &'a str,
@@ -1093,6 +1138,42 @@ mod tests {
             panic!("not files")
         };
         assert_eq!(files.get("app.conf").map(Vec::as_slice), Some(&b"x=1"[..]));
+    }
+
+    #[test]
+    fn a_token_refresh_reads_only_what_the_token_volume_projects() {
+        let pod = pod(json!({
+            "volumes": [automount(), {"name": "conf", "configMap": {"name": "settings"}},
+                        {"name": "creds", "secret": {"secretName": "db"}}],
+            "containers": [{"name": "app", "image": "nginx",
+                "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "api", "key": "k"}}}]}]}));
+        let needs = token_needs(&pod);
+        assert!(needs.token);
+        assert_eq!(needs.config_maps, [ROOT_CA_CONFIG_MAP.to_owned()].into());
+        assert!(needs.secrets.is_empty(), "{:?}", needs.secrets);
+        let refs = References {
+            config_maps: [(
+                ROOT_CA_CONFIG_MAP.to_owned(),
+                ConfigMap {
+                    data: Some([("ca.crt".to_owned(), "PEM".to_owned())].into()),
+                    ..ConfigMap::default()
+                },
+            )]
+            .into(),
+            token: Some(IssuedToken {
+                token: "fresh".into(),
+                expires_in: Duration::from_secs(3607),
+            }),
+            ..References::default()
+        };
+        let volumes = token_volumes(&pod, &refs).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(volumes.len(), 1, "only the token volume");
+        let VolumeSource::Files { files, .. } = &volumes[0].source else {
+            panic!("not files")
+        };
+        assert_eq!(files.get("token").map(Vec::as_slice), Some(&b"fresh"[..]));
+        assert_eq!(files.get("ca.crt").map(Vec::as_slice), Some(&b"PEM"[..]));
+        assert_eq!(files.get("namespace").map(Vec::as_slice), Some(&b"shop"[..]));
     }
 
     #[test]
