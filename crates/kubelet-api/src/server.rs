@@ -435,6 +435,10 @@ impl Drop for ShutdownOnDrop {
     }
 }
 
+fn refuse(status: StatusCode, message: String) -> Box<Response> {
+    Box::new(plain(status, message))
+}
+
 /// A pod a streaming path names, checked: it exists here, the UID matches if given, the
 /// container is in its spec and, as far as the pod's status says, running.
 struct Target {
@@ -447,7 +451,7 @@ fn target<B: Backend, R: Reviews>(
     api: &KubeletApi<B, R>,
     rest: &str,
     with_container: bool,
-) -> Result<Target, Response> {
+) -> Result<Target, Box<Response>> {
     let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
     let (namespace, name, uid, container) = match (with_container, segments.as_slice()) {
         (true, [namespace, name, container]) => (*namespace, *name, None, *container),
@@ -460,7 +464,7 @@ fn target<B: Backend, R: Reviews>(
             } else {
                 "NAMESPACE/POD or NAMESPACE/POD/UID"
             };
-            return Err(plain(StatusCode::NOT_FOUND, format!("{rest:?} is not {form}")));
+            return Err(refuse(StatusCode::NOT_FOUND, format!("{rest:?} is not {form}")));
         }
     };
     let pod = api
@@ -469,7 +473,7 @@ fn target<B: Backend, R: Reviews>(
         .filter(|pod| uid.is_none() || pod.metadata.uid.as_deref() == uid)
         .ok_or_else(|| {
             let uid = uid.map(|uid| format!(" with UID {uid}")).unwrap_or_default();
-            plain(
+            refuse(
                 StatusCode::NOT_FOUND,
                 format!("pod {name:?}{uid} does not exist in namespace {namespace:?} on this node"),
             )
@@ -477,7 +481,7 @@ fn target<B: Backend, R: Reviews>(
     if with_container {
         if !container_names(&pod).any(|c| c == container) {
             let known: Vec<&str> = container_names(&pod).collect();
-            return Err(plain(
+            return Err(refuse(
                 StatusCode::NOT_FOUND,
                 format!(
                     "container {container:?} not found in pod {name:?} (its containers: {})",
@@ -486,7 +490,7 @@ fn target<B: Backend, R: Reviews>(
             ));
         }
         if let Some(why) = not_running(&pod, container) {
-            return Err(plain(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 format!("container {container:?} in pod {name:?} is not running ({why})"),
             ));
@@ -529,11 +533,11 @@ fn not_running(pod: &Pod, container: &str) -> Option<String> {
     })
 }
 
-fn query_of(request: &Request) -> Result<Vec<(String, String)>, Response> {
+fn query_of(request: &Request) -> Result<Vec<(String, String)>, Box<Response>> {
     Query::<Vec<(String, String)>>::try_from_uri(request.uri())
         .map(|Query(query)| query)
         .map_err(|e| {
-            plain(
+            refuse(
                 StatusCode::BAD_REQUEST,
                 format!("unable to decode the query: {e}"),
             )
@@ -569,7 +573,10 @@ fn switching(upgrade: &'static str) -> axum::http::response::Builder {
 
 /// The SPDY handshake (`httpstream.Handshake`): the newest protocol both speak, "" for a client
 /// that offers none, 403 naming ours when nothing matches.
-fn spdy_handshake(request: &Request, ours: &[&'static str]) -> Result<(&'static str, Response), Response> {
+fn spdy_handshake(
+    request: &Request,
+    ours: &[&'static str],
+) -> Result<(&'static str, Response), Box<Response>> {
     let offered = header_values(request, "X-Stream-Protocol-Version");
     let protocol = if offered.is_empty() {
         ""
@@ -577,7 +584,7 @@ fn spdy_handshake(request: &Request, ours: &[&'static str]) -> Result<(&'static 
         match streaming::negotiate(&offered, ours) {
             Some(protocol) => protocol,
             None => {
-                let mut response = plain(
+                let mut response = refuse(
                     StatusCode::FORBIDDEN,
                     format!(
                         "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {ours:?}"
@@ -598,7 +605,7 @@ fn spdy_handshake(request: &Request, ours: &[&'static str]) -> Result<(&'static 
         builder = builder.header("X-Stream-Protocol-Version", protocol);
     }
     let response = builder.body(Body::empty()).map_err(|e| {
-        plain(
+        refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("upgrade response: {e}"),
         )
@@ -611,9 +618,9 @@ fn spdy_handshake(request: &Request, ours: &[&'static str]) -> Result<(&'static 
 fn websocket_handshake(
     request: &Request,
     ours: &[&'static str],
-) -> Result<(Option<&'static str>, Response), Response> {
+) -> Result<(Option<&'static str>, Response), Box<Response>> {
     let Some(key) = request.headers().get("Sec-WebSocket-Key") else {
-        return Err(plain(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "a WebSocket upgrade needs a Sec-WebSocket-Key header".into(),
         ));
@@ -625,7 +632,7 @@ fn websocket_handshake(
         match streaming::negotiate(&offered, ours) {
             Some(protocol) => Some(protocol),
             None => {
-                return Err(plain(
+                return Err(refuse(
                     StatusCode::BAD_REQUEST,
                     format!(
                         "none of the WebSocket subprotocols {offered:?} is spoken here; this server speaks {ours:?}"
@@ -640,7 +647,7 @@ fn websocket_handshake(
         builder = builder.header("Sec-WebSocket-Protocol", protocol);
     }
     let response = builder.body(Body::empty()).map_err(|e| {
-        plain(
+        refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("upgrade response: {e}"),
         )
@@ -703,11 +710,11 @@ async fn remote_command<B: Backend, R: Reviews>(
     let what = if attach { "attach" } else { "exec" };
     let query = match query_of(&request) {
         Ok(query) => query,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Target { pod, container } = match target(&api, rest, true) {
         Ok(target) => target,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let options = match streaming::Options::parse(&query) {
         Ok(options) => options,
@@ -732,7 +739,7 @@ async fn remote_command<B: Backend, R: Reviews>(
     if websocket {
         let (protocol, response) = match websocket_handshake(&request, &ws::EXEC_PROTOCOLS) {
             Ok(handshake) => handshake,
-            Err(response) => return response,
+            Err(response) => return *response,
         };
         let protocol = protocol.unwrap_or("channel.k8s.io");
         tokio::spawn(async move {
@@ -786,7 +793,7 @@ async fn remote_command<B: Backend, R: Reviews>(
     }
     let (protocol, response) = match spdy_handshake(&request, &streaming::EXEC_PROTOCOLS) {
         Ok(handshake) => handshake,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     tokio::spawn(async move {
         let _permit = permit;
@@ -794,17 +801,13 @@ async fn remote_command<B: Backend, R: Reviews>(
             return;
         };
         let connection = streaming::spdy_connection(io, limits);
-        streaming::spdy_remote_command(
-            connection,
-            protocol,
-            options,
-            &api.backend,
+        let command = streaming::RemoteCommand {
             pod,
-            &container,
+            container,
             action,
-            limits,
-        )
-        .await;
+            options,
+        };
+        streaming::spdy_remote_command(connection, protocol, &api.backend, command, limits).await;
     });
     response
 }
@@ -817,11 +820,11 @@ async fn port_forward<B: Backend, R: Reviews>(
     use streaming::{Outbound, ws};
     let query = match query_of(&request) {
         Ok(query) => query,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Target { pod, .. } = match target(&api, &rest, false) {
         Ok(target) => target,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let websocket = upgrade_is(&request, "websocket");
     if !websocket && !upgrade_is(&request, "SPDY/3.1") {
@@ -831,7 +834,7 @@ async fn port_forward<B: Backend, R: Reviews>(
     if websocket {
         let (protocol, response) = match websocket_handshake(&request, &ws::PORT_FORWARD_PROTOCOLS) {
             Ok(handshake) => handshake,
-            Err(response) => return response,
+            Err(response) => return *response,
         };
         if protocol == Some(ws::SPDY_TUNNEL) {
             let Some(permit) = api.sessions.try_start() else {
@@ -903,7 +906,7 @@ async fn port_forward<B: Backend, R: Reviews>(
     }
     let (_, response) = match spdy_handshake(&request, &[streaming::PORT_FORWARD_PROTOCOL]) {
         Ok(handshake) => handshake,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(permit) = api.sessions.try_start() else {
         return too_many_sessions(limits);
@@ -929,11 +932,11 @@ async fn run<B: Backend, R: Reviews>(
 ) -> Response {
     let mut query = match query_of(&request) {
         Ok(query) => query,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Target { pod, container } = match target(&api, &rest, true) {
         Ok(target) => target,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let form = request
         .headers()

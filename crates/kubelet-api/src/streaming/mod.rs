@@ -219,6 +219,15 @@ pub struct Channels {
     pub status: StatusFormat,
 }
 
+/// One exec or attach, as the request asked for it.
+#[derive(Debug, Clone)]
+pub struct RemoteCommand {
+    pub pod: Arc<Pod>,
+    pub container: String,
+    pub action: Action,
+    pub options: Options,
+}
+
 /// What runs: a command, or the container's own process.
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -504,13 +513,16 @@ pub async fn forward<B: Backend>(
 pub async fn spdy_remote_command<B: Backend>(
     connection: Connection,
     protocol: &str,
-    options: Options,
     backend: &B,
-    pod: Arc<Pod>,
-    container: &str,
-    action: Action,
+    command: RemoteCommand,
     limits: Limits,
 ) {
+    let RemoteCommand {
+        pod,
+        container,
+        action,
+        options,
+    } = command;
     let mut connection = connection;
     let resizing = !matches!(protocol, "v2.channel.k8s.io" | "channel.k8s.io" | "");
     let expected = 1
@@ -576,7 +588,7 @@ pub async fn spdy_remote_command<B: Backend>(
     remote_command(
         backend,
         pod,
-        container,
+        &container,
         action,
         options.tty,
         channels,

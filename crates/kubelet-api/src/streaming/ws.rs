@@ -287,11 +287,7 @@ pub async fn tunnel(io: Upgraded) -> tokio::io::DuplexStream {
     tokio::spawn(async move {
         while let Some(Ok(message)) = stream.next().await {
             match message {
-                Message::Binary(data) => {
-                    if to_spdy.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(data) if to_spdy.write_all(&data).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
