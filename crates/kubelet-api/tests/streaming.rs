@@ -22,7 +22,9 @@ use tokio::{
     sync::watch,
 };
 use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
+use tokio_tungstenite::tungstenite::{
+    Message, client::IntoClientRequest, http::HeaderValue, protocol::frame::coding::CloseCode,
+};
 
 const NODE: &str = "eklet-subnet-a";
 const UID: &str = "3b0c4a58-0000-4000-8000-000000000001";
@@ -386,7 +388,11 @@ async fn websocket_v5_exec_carries_stdin_stdout_stderr_and_the_exit_code() -> Re
                 3 => got.error.extend_from_slice(&data[1..]),
                 other => bail!("a message on channel {other}"),
             },
-            Message::Close(_) => break,
+            Message::Close(frame) => {
+                // Go's clients end their streams only on a normal closure (1000).
+                assert_eq!(frame.map(|f| f.code), Some(CloseCode::Normal));
+                break;
+            }
             _ => {}
         }
     }
@@ -896,6 +902,54 @@ async fn exec_needs_create_on_nodes_proxy_even_as_a_get_and_anonymous_gets_401()
             (status, body.as_str()),
             (reqwest::StatusCode::UNAUTHORIZED, "Unauthorized"),
             "{path}"
+        );
+    }
+    Ok(())
+}
+
+/// client-go's own clients (what kubectl and the apiserver run) against this server: exec over
+/// SPDY and WebSocket v5 with exit code 3, port-forward over SPDY and over SPDY tunnelled in a
+/// WebSocket. Needs Go and network access to the Go module proxy (or a warm module cache) on
+/// first build, so it runs only when asked: `cargo test -p tke-kubelet-api --test streaming --
+/// --ignored` (set `TKE_INTEROP_BIN` to a prebuilt `go build` of tests/interop to skip the build).
+#[tokio::test]
+#[ignore = "needs Go and client-go; run with --ignored"]
+async fn go_client_go_interop() -> Result<()> {
+    let node = start().await?;
+    let (echo, _echo) = echo_listener().await?;
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &node.ca_pem)?;
+    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let mut command = match std::env::var_os("TKE_INTEROP_BIN") {
+        Some(binary) => tokio::process::Command::new(binary),
+        None => {
+            let mut go = tokio::process::Command::new("go");
+            go.arg("run").arg(".").current_dir(&interop);
+            go
+        }
+    };
+    let output = command
+        .arg(format!("https://127.0.0.1:{}", node.port))
+        .arg("admin")
+        .arg(&ca)
+        .arg(echo.to_string())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running the Go interop client")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for check in [
+        "ok exec over SPDY",
+        "ok exec over WebSocket v5",
+        "ok port-forward over SPDY",
+        "ok port-forward over SPDY tunnelled in WebSocket",
+    ] {
+        assert!(
+            stdout.lines().any(|line| line == check),
+            "{check} missing:\n{stdout}\n{stderr}"
         );
     }
     Ok(())

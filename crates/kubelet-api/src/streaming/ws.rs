@@ -23,7 +23,7 @@ use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
         Message,
-        protocol::{Role, WebSocketConfig},
+        protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode},
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -117,6 +117,15 @@ impl Channels {
     }
 }
 
+/// Close code 1000: Go's clients take only a normal closure as the end of their streams; a close
+/// without a code (1005) fails every stream still being read.
+fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
+
 fn config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(16 << 20))
@@ -203,7 +212,7 @@ async fn write_messages(
         }
         touch(&activity);
     }
-    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.send(normal_close()).await;
     let _ = sink.close().await;
     closed.cancel();
 }
@@ -310,7 +319,7 @@ pub async fn tunnel(io: Upgraded) -> tokio::io::DuplexStream {
                 }
             }
         }
-        let _ = sink.send(Message::Close(None)).await;
+        let _ = sink.send(normal_close()).await;
         let _ = sink.close().await;
     });
     theirs
