@@ -17,7 +17,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -130,13 +133,21 @@ impl Connection {
         let (streams_tx, streams) = mpsc::channel(16);
         let closed = CancellationToken::new();
         let activity = Arc::new(Mutex::new(Instant::now()));
-        tokio::spawn(write_frames(write, out_rx, closed.clone(), activity.clone()));
+        let last_stream_id = Arc::new(AtomicU32::new(0));
+        tokio::spawn(write_frames(
+            write,
+            out_rx,
+            closed.clone(),
+            activity.clone(),
+            last_stream_id.clone(),
+        ));
         tokio::spawn(read_frames(
             read,
             out.clone(),
             streams_tx,
             closed.clone(),
             activity,
+            last_stream_id,
             settings,
         ));
         Connection { streams, out, closed }
@@ -162,6 +173,7 @@ async fn write_frames<W: AsyncWrite>(
     mut out: mpsc::Receiver<Out>,
     closed: CancellationToken,
     activity: Arc<Mutex<Instant>>,
+    last_stream_id: Arc<AtomicU32>,
 ) {
     let mut write = std::pin::pin!(write);
     let mut codec = Codec::new();
@@ -182,7 +194,7 @@ async fn write_frames<W: AsyncWrite>(
             Out::Close => {
                 let _ = codec.encode(
                     &Frame::GoAway {
-                        last_good_stream_id: 0,
+                        last_good_stream_id: last_stream_id.load(Ordering::Relaxed),
                         status: 0,
                     },
                     &mut buffer,
@@ -248,6 +260,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
     new_streams: mpsc::Sender<Stream>,
     closed: CancellationToken,
     activity: Arc<Mutex<Instant>>,
+    last_good_stream_id: Arc<AtomicU32>,
     settings: Settings,
 ) {
     let mut frames = FramedRead::new(read, Decode(Codec::new()));
@@ -304,6 +317,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
                     .await;
                     continue;
                 }
+                last_good_stream_id.store(stream_id, Ordering::Relaxed);
                 let (data, incoming) = mpsc::channel(STREAM_QUEUE);
                 if flags & super::FLAG_FIN == 0 {
                     streams.insert(
@@ -380,4 +394,206 @@ async fn read_frames<R: AsyncRead + Unpin>(
     tracing::debug!(%reason, "SPDY connection ends");
     drop(streams);
     closed.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    use super::*;
+
+    const HOURS_4: Duration = Duration::from_secs(4 * 60 * 60);
+
+    fn settings() -> Settings {
+        Settings {
+            idle_timeout: HOURS_4,
+            max_streams: 2,
+        }
+    }
+
+    struct Client {
+        io: DuplexStream,
+        codec: Codec,
+        buffer: BytesMut,
+    }
+
+    impl Client {
+        async fn send(&mut self, frame: Frame) {
+            let mut out = BytesMut::new();
+            self.codec.encode(&frame, &mut out).unwrap();
+            self.io.write_all(&out).await.unwrap();
+        }
+
+        async fn next(&mut self) -> Option<Frame> {
+            loop {
+                if let Some(frame) = self.codec.decode(&mut self.buffer).unwrap() {
+                    return Some(frame);
+                }
+                if self.io.read_buf(&mut self.buffer).await.unwrap() == 0 {
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn connect() -> (Connection, Client) {
+        let (server, client) = tokio::io::duplex(1 << 20);
+        let connection = Connection::start(server, settings());
+        let client = Client {
+            io: client,
+            codec: Codec::new(),
+            buffer: BytesMut::new(),
+        };
+        (connection, client)
+    }
+
+    fn syn(stream_id: u32) -> Frame {
+        Frame::SynStream {
+            stream_id,
+            associated_to: 0,
+            priority: 0,
+            flags: 0,
+            headers: vec![("streamtype".into(), "stdout".into())],
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_idle_for_the_timeout_is_closed_and_activity_postpones_it() {
+        let (connection, mut client) = connect();
+        let started = Instant::now();
+        tokio::time::sleep(HOURS_4 - Duration::from_secs(60)).await;
+        assert!(!connection.closed().is_cancelled());
+        client.send(Frame::Ping { id: 1 }).await;
+        assert_eq!(client.next().await, Some(Frame::Ping { id: 1 }));
+        connection.closed().cancelled().await;
+        // Closed a full timeout after the ping, not after the start.
+        assert!(started.elapsed() >= HOURS_4 * 2 - Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_frame_ends_the_connection_without_a_panic() {
+        let (connection, mut client) = connect();
+        // A control frame of SPDY version 2.
+        client
+            .io
+            .write_all(&[0x80, 0x02, 0x00, 0x01, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        connection.closed().cancelled().await;
+    }
+
+    #[tokio::test]
+    async fn streams_are_answered_and_delivered_and_those_beyond_the_cap_refused() {
+        let (mut connection, mut client) = connect();
+        for id in [1, 3, 5] {
+            client.send(syn(id)).await;
+        }
+        client
+            .send(Frame::Data {
+                stream_id: 1,
+                fin: true,
+                data: Bytes::from_static(b"in"),
+            })
+            .await;
+        let mut first = connection.streams.recv().await.unwrap();
+        let _second = connection.streams.recv().await.unwrap();
+        assert_eq!(first.id, 1);
+        assert_eq!(super::super::header(&first.headers, "streamType"), Some("stdout"));
+        assert_eq!(first.incoming.recv().await, Some(Bytes::from_static(b"in")));
+        assert_eq!(first.incoming.recv().await, None, "FIN ends the stream's input");
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            seen.push(client.next().await.unwrap());
+        }
+        assert!(seen.contains(&Frame::RstStream {
+            stream_id: 5,
+            status: RST_REFUSED_STREAM
+        }));
+        assert_eq!(
+            seen.iter()
+                .filter(|f| matches!(f, Frame::SynReply { .. }))
+                .count(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn stream_ids_must_be_odd_and_increasing() {
+        let (_connection, mut client) = connect();
+        client.send(syn(3)).await;
+        client.send(syn(1)).await;
+        client.send(syn(4)).await;
+        let mut resets = Vec::new();
+        while resets.len() < 2 {
+            if let Some(Frame::RstStream { stream_id, status }) = client.next().await {
+                assert_eq!(status, RST_PROTOCOL_ERROR);
+                resets.push(stream_id);
+            }
+        }
+        assert_eq!(resets, vec![1, 4]);
+    }
+
+    #[tokio::test]
+    async fn the_client_is_granted_window_as_its_data_is_taken() {
+        let (mut connection, mut client) = connect();
+        client.send(syn(1)).await;
+        let mut stream = connection.streams.recv().await.unwrap();
+        let chunk = Bytes::from(vec![7u8; 16 * 1024]);
+        for _ in 0..2 {
+            client
+                .send(Frame::Data {
+                    stream_id: 1,
+                    fin: false,
+                    data: chunk.clone(),
+                })
+                .await;
+        }
+        for _ in 0..2 {
+            assert_eq!(stream.incoming.recv().await.map(|b| b.len()), Some(16 * 1024));
+        }
+        loop {
+            match client.next().await {
+                Some(Frame::WindowUpdate { stream_id, delta }) => {
+                    assert_eq!((stream_id, delta), (1, 32 * 1024));
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("no WINDOW_UPDATE"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn closing_says_goaway_after_what_was_queued() {
+        let (mut connection, mut client) = connect();
+        client.send(syn(1)).await;
+        let stream = connection.streams.recv().await.unwrap();
+        stream.writer.write(Bytes::from_static(b"out")).await.unwrap();
+        stream.writer.finish().await.unwrap();
+        connection.close().await;
+        let mut frames = Vec::new();
+        while let Some(frame) = client.next().await {
+            frames.push(frame);
+        }
+        assert_eq!(
+            frames[1..],
+            [
+                Frame::Data {
+                    stream_id: 1,
+                    fin: false,
+                    data: Bytes::from_static(b"out")
+                },
+                Frame::Data {
+                    stream_id: 1,
+                    fin: true,
+                    data: Bytes::new()
+                },
+                Frame::GoAway {
+                    last_good_stream_id: 1,
+                    status: 0
+                },
+            ]
+        );
+        assert!(matches!(frames[0], Frame::SynReply { stream_id: 1, .. }));
+    }
 }
