@@ -93,6 +93,20 @@ impl Backend for LocalNode {
         io: StreamIo,
     ) -> backend::Result<ExitStatus> {
         let _in_flight = InFlight::new(&self.running);
+        // Stands in for a terminal program (no pty here): reports the first size the client sets.
+        if command == ["tty-size"] {
+            let (Some(mut resize), Some(mut stdout), true) = (io.resize, io.stdout, io.tty) else {
+                return Err(backend::Error::new(
+                    backend::ErrorKind::BadRequest,
+                    "tty-size needs a tty",
+                ));
+            };
+            let size = resize.recv().await.ok_or_else(|| internal("no terminal size"))?;
+            let text = format!("{}x{}\n", size.width, size.height);
+            stdout.write_all(text.as_bytes()).await.map_err(internal)?;
+            stdout.shutdown().await.map_err(internal)?;
+            return Ok(ExitStatus::Code(0));
+        }
         let (program, args) = command
             .split_first()
             .ok_or_else(|| backend::Error::new(backend::ErrorKind::BadRequest, "no command"))?;
@@ -194,6 +208,10 @@ struct Running {
 }
 
 async fn start() -> Result<Running> {
+    start_with(tke_kubelet_api::StreamingLimits::default()).await
+}
+
+async fn start_with(limits: tke_kubelet_api::StreamingLimits) -> Result<Running> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
@@ -230,7 +248,7 @@ async fn start() -> Result<Running> {
         pod: Arc::new(pod),
         running,
     });
-    let api = KubeletApi::new(vec![NODE.to_owned()], backend.clone(), FakeReviews);
+    let api = KubeletApi::with_limits(vec![NODE.to_owned()], backend.clone(), FakeReviews, limits);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let server = tokio::spawn(async move {
@@ -822,6 +840,86 @@ async fn run_answers_the_combined_output_of_the_command() -> Result<()> {
     let body = response.text().await?;
     assert_eq!(status, reqwest::StatusCode::OK, "{body}");
     assert_eq!(body, "ran here\n");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tty_exec_receives_the_clients_terminal_size_over_spdy_and_websocket() -> Result<()> {
+    let node = start().await?;
+    let path = "/exec/shop/web-1/web?command=tty-size&tty=1&output=1&input=1";
+    let mut client = SpdyClient::open(&node, path, "v4.channel.k8s.io").await?;
+    for (id, kind) in [(1, "error"), (3, "stdin"), (5, "stdout"), (7, "resize")] {
+        client.open_stream(id, &[("streamType", kind)]).await?;
+    }
+    // Split mid-object, as a stream may deliver it.
+    client.data(7, br#"{"Width":120,"#, false).await?;
+    client.data(7, br#""Height":40}"#, false).await?;
+    let mut stdout = Vec::new();
+    while let Some(frame) = client.next().await? {
+        match frame {
+            Frame::Data {
+                stream_id: 5, data, ..
+            } => stdout.extend_from_slice(&data),
+            Frame::GoAway { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&stdout), "120x40\n");
+
+    let mut ws = node.websocket(path, "admin", "v5.channel.k8s.io").await?;
+    ws.send(Message::Binary(Bytes::from_static(
+        b"\x04{\"Width\":80,\"Height\":24}",
+    )))
+    .await?;
+    let mut stdout = Vec::new();
+    while let Some(message) = ws.next().await {
+        match message? {
+            Message::Binary(data) if data.first() == Some(&1) => stdout.extend_from_slice(&data[1..]),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&stdout), "80x24\n");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spdy_client_that_vanishes_mid_exec_has_its_process_killed() -> Result<()> {
+    let node = start().await?;
+    let mut running = node.backend.running.subscribe();
+    let mut client =
+        SpdyClient::open(&node, &exec_path("sleep 600", "output=1"), "v4.channel.k8s.io").await?;
+    client.open_stream(1, &[("streamType", "error")]).await?;
+    client.open_stream(3, &[("streamType", "stdout")]).await?;
+    running.wait_for(|n| *n == 1).await?;
+    drop(client);
+    running.wait_for(|n| *n == 0).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sessions_beyond_the_limit_get_429() -> Result<()> {
+    let node = start_with(tke_kubelet_api::StreamingLimits {
+        max_sessions: 1,
+        ..Default::default()
+    })
+    .await?;
+    let mut running = node.backend.running.subscribe();
+    let _first = node
+        .websocket(&exec_path("sleep 600", "output=1"), "admin", "v5.channel.k8s.io")
+        .await?;
+    running.wait_for(|n| *n == 1).await?;
+    let (status, head, _) = node
+        .upgrade(
+            &exec_path("true", "output=1"),
+            "admin",
+            &[
+                ("Upgrade", "SPDY/3.1"),
+                ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
+            ],
+        )
+        .await?;
+    assert_eq!(status, 429, "{head}");
     Ok(())
 }
 
