@@ -21,6 +21,10 @@ pub const MAX_FRAME_LENGTH: usize = (1 << 24) - 1;
 /// The cap on a header block, compressed or not; Kubernetes streams carry a handful of short
 /// headers, so anything near this is abuse.
 pub const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// The largest DATA frame a peer may send us. A SPDY/3.1 peer never exceeds its 64 KiB window,
+/// and Go's clients write what one `io.Copy` buffer holds (32 KiB); refusing more up front keeps a
+/// client from making us buffer 16 MiB per frame.
+pub const MAX_DATA_IN: usize = 1 << 20;
 /// The initial flow-control window of a stream (SPDY/3.1 §2.6.8).
 pub const INITIAL_WINDOW: u32 = 64 * 1024;
 
@@ -44,7 +48,7 @@ pub const RST_FLOW_CONTROL_ERROR: u32 = 7;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    #[error("frame of {0} bytes is longer than the {max} allowed", max = MAX_FRAME_LENGTH)]
+    #[error("frame of {0} bytes is longer than allowed")]
     TooLong(usize),
     #[error("SPDY version {0} is not 3")]
     Version(u16),
@@ -162,6 +166,15 @@ impl Codec {
             return Ok(None);
         }
         let length = usize::from(buf[5]) << 16 | usize::from(buf[6]) << 8 | usize::from(buf[7]);
+        let limit = if buf[0] & 0x80 == 0 {
+            MAX_DATA_IN
+        } else {
+            // A SYN_STREAM's fixed fields, then at most a capped header block.
+            MAX_HEADER_BLOCK + 10
+        };
+        if length > limit {
+            return Err(Error::TooLong(length));
+        }
         if buf.len() < 8 + length {
             buf.reserve(8 + length - buf.len());
             return Ok(None);
@@ -639,6 +652,17 @@ mod tests {
         wire.put_u32(1);
         wire.put_slice(&compressed);
         assert_eq!(Codec::new().decode(&mut wire), Err(Error::HeaderBlockTooLarge));
+    }
+
+    #[test]
+    fn a_frame_announcing_more_than_the_cap_is_refused_before_it_is_buffered() {
+        let mut data = BytesMut::from(&[0x00, 0x00, 0x00, 0x01, 0x00, 0x20, 0x00, 0x00][..]);
+        assert_eq!(Codec::new().decode(&mut data), Err(Error::TooLong(2 << 20)));
+        let mut control = BytesMut::from(&[0x80, 0x03, 0x00, 0x01, 0x00, 0xff, 0xff, 0xff][..]);
+        assert_eq!(
+            Codec::new().decode(&mut control),
+            Err(Error::TooLong(MAX_FRAME_LENGTH))
+        );
     }
 
     #[test]

@@ -266,22 +266,23 @@ async fn read_frames<R: AsyncRead + Unpin>(
     let mut frames = FramedRead::new(read, Decode(Codec::new()));
     let mut streams: HashMap<u32, Incoming> = HashMap::new();
     let mut last_stream_id = 0u32;
-    let reason = loop {
+    // Why the connection ended, and whether that is worth more than a debug line.
+    let (reason, notable) = loop {
         let deadline = *activity.lock().unwrap_or_else(|e| e.into_inner()) + settings.idle_timeout;
         let frame = tokio::select! {
             frame = frames.next() => frame,
             () = tokio::time::sleep_until(deadline) => {
                 let last = *activity.lock().unwrap_or_else(|e| e.into_inner());
                 if last + settings.idle_timeout <= Instant::now() {
-                    break format!("idle for {:?}", settings.idle_timeout);
+                    break (format!("idle for {:?}", settings.idle_timeout), true);
                 }
                 continue;
             }
-            () = closed.cancelled() => break "closed".to_owned(),
+            () = closed.cancelled() => break ("closed".to_owned(), false),
         };
         let frame = match frame {
-            None => break "the client closed the connection".to_owned(),
-            Some(Err(error)) => break format!("{error}"),
+            None => break ("the client closed the connection".to_owned(), false),
+            Some(Err(error)) => break (format!("{error}"), true),
             Some(Ok(frame)) => frame,
         };
         touch(&activity);
@@ -336,7 +337,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 .await
                 .is_err()
                 {
-                    break "the writer stopped".to_owned();
+                    break ("the writer stopped".to_owned(), false);
                 }
                 let stream = Stream {
                     id: stream_id,
@@ -349,7 +350,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 };
                 if new_streams.send(stream).await.is_err() {
                     // Nobody takes new streams any more; the handler ended.
-                    break "the handler is done".to_owned();
+                    break ("the handler is done".to_owned(), false);
                 }
             }
             Frame::Data { stream_id, fin, data } => {
@@ -379,7 +380,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
                     let _ = reply(Frame::Ping { id }).await;
                 }
             }
-            Frame::GoAway { .. } => break "the client said GOAWAY".to_owned(),
+            Frame::GoAway { .. } => break ("the client said GOAWAY".to_owned(), false),
             Frame::Headers { stream_id, fin, .. } => {
                 if fin {
                     streams.remove(&stream_id);
@@ -391,7 +392,11 @@ async fn read_frames<R: AsyncRead + Unpin>(
             | Frame::Unknown { .. } => {}
         }
     };
-    tracing::debug!(%reason, "SPDY connection ends");
+    if notable {
+        tracing::info!(%reason, "SPDY connection ends");
+    } else {
+        tracing::debug!(%reason, "SPDY connection ends");
+    }
     drop(streams);
     closed.cancel();
 }

@@ -570,11 +570,14 @@ pub async fn spdy_remote_command<B: Backend>(
     let stdout = take("stdout");
     let stderr = take("stderr");
     let resize = take("resize");
+    if let Some(stdin) = &stdin
+        && matches!(protocol, "channel.k8s.io" | "")
+    {
+        // v1 clients wait for the server to end its (unused) side of stdin before copying.
+        let _ = stdin.writer.finish().await;
+    }
     let channels = Channels {
-        // Protocol v1 had no stdin half-close; the kubelet closes it at once there.
-        stdin: stdin
-            .filter(|_| !matches!(protocol, "channel.k8s.io" | ""))
-            .map(|s| s.incoming),
+        stdin: stdin.map(|s| s.incoming),
         stdout: stdout.map(|s| Outbound::Spdy(s.writer)),
         stderr: stderr.map(|s| Outbound::Spdy(s.writer)),
         error: Outbound::Spdy(error.writer),

@@ -226,22 +226,22 @@ async fn read_messages(
     activity: Arc<Mutex<Instant>>,
     idle_timeout: Duration,
 ) {
-    let reason = loop {
+    let (reason, notable) = loop {
         let deadline = *activity.lock().unwrap_or_else(|e| e.into_inner()) + idle_timeout;
         let message = tokio::select! {
             message = stream.next() => message,
             () = tokio::time::sleep_until(deadline) => {
                 let last = *activity.lock().unwrap_or_else(|e| e.into_inner());
                 if last + idle_timeout <= Instant::now() {
-                    break format!("idle for {idle_timeout:?}");
+                    break (format!("idle for {idle_timeout:?}"), true);
                 }
                 continue;
             }
-            () = closed.cancelled() => break "closed".to_owned(),
+            () = closed.cancelled() => break ("closed".to_owned(), false),
         };
         let message = match message {
-            None => break "the client closed the connection".to_owned(),
-            Some(Err(error)) => break error.to_string(),
+            None => break ("the client closed the connection".to_owned(), false),
+            Some(Err(error)) => break (error.to_string(), true),
             Some(Ok(message)) => message,
         };
         touch(&activity);
@@ -253,14 +253,14 @@ async fn read_messages(
             (Message::Text(text), Encoding::Base64) if !text.is_empty() => {
                 let text = text.as_str();
                 let Some(channel) = text.as_bytes()[0].checked_sub(b'0') else {
-                    break "a base64 message without a channel digit".to_owned();
+                    break ("a base64 message without a channel digit".to_owned(), true);
                 };
                 match base64::engine::general_purpose::STANDARD.decode(&text[1..]) {
                     Ok(payload) => (channel, Bytes::from(payload)),
-                    Err(error) => break format!("a base64 message that does not decode: {error}"),
+                    Err(error) => break (format!("a base64 message that does not decode: {error}"), true),
                 }
             }
-            (Message::Close(_), _) => break "the client closed the WebSocket".to_owned(),
+            (Message::Close(_), _) => break ("the client closed the WebSocket".to_owned(), false),
             (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => continue,
             // Empty messages carry nothing; the wrong kind for the protocol is ignored as
             // upstream does.
@@ -281,7 +281,11 @@ async fn read_messages(
             senders.remove(&channel);
         }
     };
-    tracing::debug!(%reason, "WebSocket connection ends");
+    if notable {
+        tracing::info!(%reason, "WebSocket connection ends");
+    } else {
+        tracing::debug!(%reason, "WebSocket connection ends");
+    }
     drop(senders);
     closed.cancel();
 }
