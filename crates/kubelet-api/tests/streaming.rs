@@ -1047,6 +1047,8 @@ async fn go_client_go_interop() -> Result<()> {
     for check in [
         "ok exec over SPDY",
         "ok exec over WebSocket v5",
+        "ok exec over WebSocket v4",
+        "ok exec over SPDY v4",
         "ok port-forward over SPDY",
         "ok port-forward over SPDY tunnelled in WebSocket",
     ] {

@@ -43,6 +43,16 @@ func main() {
 	check(err)
 	exitThree("exec over WebSocket v5", wsExec)
 
+	wsV4Exec, err := remotecommand.NewWebSocketExecutorForProtocols(config, "GET", execURL, "v4.channel.k8s.io")
+	check(err)
+	exitThree("exec over WebSocket v4", wsV4Exec)
+
+	v4Transport, v4Upgrader, err := spdy.RoundTripperFor(config)
+	check(err)
+	spdyV4Exec, err := remotecommand.NewSPDYExecutorForProtocols(v4Transport, v4Upgrader, "POST", mustURL(execURL), "v4.channel.k8s.io")
+	check(err)
+	exitThree("exec over SPDY v4", spdyV4Exec)
+
 	pfURL := mustURL(base + "/portForward/shop/web-1")
 	transport, upgrader, err := spdy.RoundTripperFor(config)
 	check(err)
