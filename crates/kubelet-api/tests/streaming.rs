@@ -17,7 +17,7 @@ use tke_kubelet_api::{
     tls::ServingCertificate,
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::watch,
 };
@@ -448,9 +448,9 @@ async fn websocket_base64_exec_encodes_each_channel_as_text() -> Result<()> {
     Ok(())
 }
 
-/// A SPDY client on the crate's own codec.
-struct SpdyClient {
-    io: TlsStream<TcpStream>,
+/// A SPDY client on the crate's own codec, over TLS or tunnelled in a WebSocket.
+struct SpdyClient<IO = TlsStream<TcpStream>> {
+    io: IO,
     codec: Codec,
     buffer: BytesMut,
 }
@@ -470,11 +470,17 @@ impl SpdyClient {
                 .contains(&format!("x-stream-protocol-version: {protocol}")),
             "{head}"
         );
-        Ok(SpdyClient {
+        Ok(SpdyClient::over(io))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> SpdyClient<IO> {
+    fn over(io: IO) -> SpdyClient<IO> {
+        SpdyClient {
             io,
             codec: Codec::new(),
             buffer: BytesMut::new(),
-        })
+        }
     }
 
     async fn send(&mut self, frame: Frame) -> Result<()> {
@@ -684,6 +690,92 @@ async fn spdy_port_forward_round_trips_bytes_over_several_concurrent_connections
             want.len()
         );
     }
+    Ok(())
+}
+
+/// Forwards `payload` through one data/error stream pair to `port` and returns what came back.
+async fn forward_once<IO: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SpdyClient<IO>,
+    port: u16,
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    let port = port.to_string();
+    client
+        .open_stream(1, &[("streamType", "error"), ("port", &port), ("requestID", "0")])
+        .await?;
+    client.data(1, b"", true).await?;
+    client
+        .open_stream(3, &[("streamType", "data"), ("port", &port), ("requestID", "0")])
+        .await?;
+    for chunk in payload.chunks(16 * 1024) {
+        client.data(3, chunk, false).await?;
+    }
+    client.data(3, b"", true).await?;
+    let mut received = Vec::new();
+    loop {
+        match client.next().await? {
+            Some(Frame::Data {
+                stream_id: 3,
+                data,
+                fin,
+            }) => {
+                received.extend_from_slice(&data);
+                if fin {
+                    return Ok(received);
+                }
+            }
+            Some(Frame::Data {
+                stream_id: 1, data, ..
+            }) if !data.is_empty() => {
+                bail!("error stream: {}", String::from_utf8_lossy(&data))
+            }
+            Some(_) => {}
+            None => bail!("the connection ended after {} bytes", received.len()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn spdy_tunnelled_in_a_websocket_forwards_a_port_as_the_apiserver_sends_it() -> Result<()> {
+    let node = start().await?;
+    let (port, _echo) = echo_listener().await?;
+    let ws = node
+        .websocket("/portForward/shop/web-1", "admin", "SPDY/3.1+portforward.k8s.io")
+        .await?;
+    // The SPDY bytes ride in binary messages whose boundaries mean nothing.
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (mut sink, mut stream) = ws.split();
+    let (mut from_spdy, mut to_spdy) = tokio::io::split(ours);
+    let _down = AbortOnDrop(tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Binary(data) = message
+                && to_spdy.write_all(&data).await.is_err()
+            {
+                break;
+            }
+        }
+    }));
+    let _up = AbortOnDrop(tokio::spawn(async move {
+        let mut buffer = vec![0u8; 8 * 1024];
+        while let Ok(n) = from_spdy.read(&mut buffer).await {
+            if n == 0
+                || sink
+                    .send(Message::Binary(Bytes::copy_from_slice(&buffer[..n])))
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+        }
+    }));
+    let sent = payload(3, 150 * 1024);
+    let received = forward_once(&mut SpdyClient::over(theirs), port, &sent).await?;
+    assert!(
+        received == sent,
+        "{} bytes back of {}",
+        received.len(),
+        sent.len()
+    );
     Ok(())
 }
 
