@@ -580,6 +580,29 @@ async fn spdy_v1_to_v3_exec_reports_a_non_zero_exit_as_text() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_spdy_stream_the_query_did_not_ask_for_is_reset_and_does_not_count() -> Result<()> {
+    let node = start().await?;
+    let mut client = SpdyClient::open(&node, &exec_path("echo out", "output=1"), "v4.channel.k8s.io").await?;
+    client.open_stream(1, &[("streamType", "error")]).await?;
+    client.open_stream(3, &[("streamType", "stderr")]).await?;
+    client.open_stream(5, &[("streamType", "stdout")]).await?;
+    let (mut stdout, mut reset) = (Vec::new(), None);
+    while let Some(frame) = client.next().await? {
+        match frame {
+            Frame::Data {
+                stream_id: 5, data, ..
+            } => stdout.extend_from_slice(&data),
+            Frame::RstStream { stream_id, .. } => reset = Some(stream_id),
+            Frame::GoAway { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(reset, Some(3));
+    assert_eq!(stdout, b"out\n");
+    Ok(())
+}
+
+#[tokio::test]
 async fn spdy_negotiation_refuses_unknown_protocols_with_403_naming_ours() -> Result<()> {
     let node = start().await?;
     let (status, head, _) = node

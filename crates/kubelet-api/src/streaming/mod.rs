@@ -546,14 +546,16 @@ pub async fn spdy_remote_command<B: Backend>(
             tracing::debug!("SPDY: the client left before opening its streams");
             return;
         };
+        // Only the streams the query asked for count, so a stray one cannot stand in for one
+        // still to come.
         let kind = match spdy::header(&stream.headers, "streamType") {
             Some("error") => "error",
-            Some("stdin") => "stdin",
-            Some("stdout") => "stdout",
-            Some("stderr") => "stderr",
-            Some("resize") if resizing => "resize",
+            Some("stdin") if options.stdin => "stdin",
+            Some("stdout") if options.stdout => "stdout",
+            Some("stderr") if options.stderr => "stderr",
+            Some("resize") if resizing && options.tty => "resize",
             other => {
-                tracing::info!(stream_type = ?other, "SPDY: ignoring a stream of unexpected type");
+                tracing::info!(stream_type = ?other, "SPDY: refusing a stream the request did not ask for");
                 let _ = stream.writer.reset(spdy::RST_CANCEL).await;
                 continue;
             }
