@@ -10,168 +10,26 @@ use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use tke_kubelet_api::{
-    Backend, ExitStatus, KubeletApi, LogOptions, LogStream, PodUsage, PortStream, Reviews, StreamIo, User,
+    KubeletApi, Reviews, User,
     auth::Attributes,
-    backend::{self, RunningPod},
     spdy::{Codec, Frame},
     tls::ServingCertificate,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::watch,
 };
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::{
     Message, client::IntoClientRequest, http::HeaderValue, protocol::frame::coding::CloseCode,
 };
 
+mod support;
+
+use support::{AbortOnDrop, LocalNode, echo_listener, payload};
+
 const NODE: &str = "eklet-subnet-a";
 const UID: &str = "3b0c4a58-0000-4000-8000-000000000001";
-
-/// Pod `shop/web-1`: container `web` runs, `sidecar` is still being created. Exec runs the
-/// command as a local process; attach echoes stdin to stdout; port-forward connects to that port
-/// on 127.0.0.1. `running` counts execs in flight, so a test can see the work end.
-struct LocalNode {
-    pod: Arc<Pod>,
-    running: watch::Sender<usize>,
-}
-
-/// Counts one exec in flight for as long as it lives.
-struct InFlight(watch::Sender<usize>);
-
-impl InFlight {
-    fn new(counter: &watch::Sender<usize>) -> InFlight {
-        counter.send_modify(|n| *n += 1);
-        InFlight(counter.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
-}
-
-fn internal(e: impl std::fmt::Display) -> backend::Error {
-    backend::Error::new(backend::ErrorKind::Internal, e.to_string())
-}
-
-async fn copy_out(from: Option<impl AsyncRead + Unpin>, to: Option<backend::StreamWriter>) {
-    if let (Some(mut from), Some(mut to)) = (from, to) {
-        let _ = tokio::io::copy(&mut from, &mut to).await;
-        let _ = to.shutdown().await;
-    }
-}
-
-impl Backend for LocalNode {
-    fn pods(&self) -> Vec<Arc<Pod>> {
-        vec![self.pod.clone()]
-    }
-
-    fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
-        (namespace == "shop" && name == "web-1").then(|| self.pod.clone())
-    }
-
-    fn running_pods(&self) -> Vec<RunningPod> {
-        Vec::new()
-    }
-
-    async fn logs(&self, _: Arc<Pod>, _: &str, _: LogOptions) -> backend::Result<LogStream> {
-        Ok(futures::stream::empty().boxed())
-    }
-
-    async fn usage(&self, _: &[Arc<Pod>]) -> backend::Result<Vec<PodUsage>> {
-        Ok(Vec::new())
-    }
-
-    async fn exec(
-        &self,
-        _pod: Arc<Pod>,
-        _container: &str,
-        command: Vec<String>,
-        io: StreamIo,
-    ) -> backend::Result<ExitStatus> {
-        let _in_flight = InFlight::new(&self.running);
-        // Stands in for a terminal program (no pty here): reports the first size the client sets.
-        if command == ["tty-size"] {
-            let (Some(mut resize), Some(mut stdout), true) = (io.resize, io.stdout, io.tty) else {
-                return Err(backend::Error::new(
-                    backend::ErrorKind::BadRequest,
-                    "tty-size needs a tty",
-                ));
-            };
-            let size = resize.recv().await.ok_or_else(|| internal("no terminal size"))?;
-            let text = format!("{}x{}\n", size.width, size.height);
-            stdout.write_all(text.as_bytes()).await.map_err(internal)?;
-            stdout.shutdown().await.map_err(internal)?;
-            return Ok(ExitStatus::Code(0));
-        }
-        let (program, args) = command
-            .split_first()
-            .ok_or_else(|| backend::Error::new(backend::ErrorKind::BadRequest, "no command"))?;
-        let piped = |wanted: bool| {
-            if wanted {
-                std::process::Stdio::piped()
-            } else {
-                std::process::Stdio::null()
-            }
-        };
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .stdin(piped(io.stdin.is_some()))
-            .stdout(piped(io.stdout.is_some()))
-            .stderr(piped(io.stderr.is_some()))
-            // Dropping this future (the client went away) kills the process.
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(internal)?;
-        let stdin = match (io.stdin, child.stdin.take()) {
-            (Some(mut from), Some(mut to)) => Some(AbortOnDrop(tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut from, &mut to).await;
-            }))),
-            _ => None,
-        };
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let (status, (), ()) = tokio::join!(
-            child.wait(),
-            copy_out(stdout, io.stdout),
-            copy_out(stderr, io.stderr)
-        );
-        drop(stdin);
-        let status = status.map_err(internal)?;
-        Ok(match status.code() {
-            Some(code) => ExitStatus::Code(code),
-            None => ExitStatus::Killed(status.to_string()),
-        })
-    }
-
-    async fn attach(&self, _pod: Arc<Pod>, _container: &str, io: StreamIo) -> backend::Result<()> {
-        if let (Some(mut from), Some(mut to)) = (io.stdin, io.stdout) {
-            tokio::io::copy(&mut from, &mut to).await.map_err(internal)?;
-            to.shutdown().await.map_err(internal)?;
-        }
-        Ok(())
-    }
-
-    async fn port_forward(&self, _pod: Arc<Pod>, port: u16) -> backend::Result<PortStream> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| {
-            backend::Error::new(
-                backend::ErrorKind::Unavailable,
-                format!("connecting to port {port}: {e}"),
-            )
-        })?;
-        Ok(Box::new(stream))
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Token `admin` may do anything on the node; `getter` may only `get` (so it reads logs but
 /// must not exec through a WebSocket GET).
@@ -243,11 +101,7 @@ async fn start_with(limits: tke_kubelet_api::StreamingLimits) -> Result<Running>
             {"name": "sidecar", "image": "envoy", "imageID": "", "ready": false, "restartCount": 0,
                 "state": {"waiting": {"reason": "ContainerCreating"}}}]}
     }))?;
-    let (running, _) = watch::channel(0);
-    let backend = Arc::new(LocalNode {
-        pod: Arc::new(pod),
-        running,
-    });
+    let backend = Arc::new(LocalNode::new(pod));
     let api = KubeletApi::with_limits(vec![NODE.to_owned()], backend.clone(), FakeReviews, limits);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -622,28 +476,6 @@ async fn spdy_negotiation_refuses_unknown_protocols_with_403_naming_ours() -> Re
         "{head}"
     );
     Ok(())
-}
-
-/// A loopback listener that echoes every connection until the peer half-closes.
-async fn echo_listener() -> Result<(u16, AbortOnDrop)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut read, mut write) = stream.into_split();
-                let _ = tokio::io::copy(&mut read, &mut write).await;
-                let _ = write.shutdown().await;
-            });
-        }
-    });
-    Ok((port, AbortOnDrop(task)))
-}
-
-fn payload(seed: u8, length: usize) -> Vec<u8> {
-    (0..length)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
 }
 
 #[tokio::test]
