@@ -452,17 +452,16 @@ async fn followed_logs_arrive_line_by_line_as_they_are_written() -> Result<()> {
 }
 
 #[tokio::test]
-async fn exec_attach_port_forward_and_run_answer_501_with_and_without_uid() -> Result<()> {
+async fn streaming_paths_without_an_upgrade_answer_400_with_and_without_uid() -> Result<()> {
     let node = start().await?;
     let client = node.apiserver()?;
     for path in [
-        "/exec/shop/web-1/web?command=ls",
-        "/exec/shop/web-1/3b0c4a58-0000-4000-8000-000000000001/web",
-        "/attach/shop/web-1/web",
-        "/attach/shop/web-1/3b0c4a58-0000-4000-8000-000000000001/web",
+        "/exec/shop/web-1/web?command=ls&output=1",
+        "/exec/shop/web-1/3b0c4a58-0000-4000-8000-000000000001/web?command=ls&output=1",
+        "/attach/shop/web-1/web?output=1",
+        "/attach/shop/web-1/3b0c4a58-0000-4000-8000-000000000001/web?output=1",
         "/portForward/shop/web-1",
         "/portForward/shop/web-1/3b0c4a58-0000-4000-8000-000000000001",
-        "/run/shop/web-1/web",
     ] {
         for method in [reqwest::Method::GET, reqwest::Method::POST] {
             let response = client
@@ -471,12 +470,27 @@ async fn exec_attach_port_forward_and_run_answer_501_with_and_without_uid() -> R
                 .await?;
             let status = response.status();
             let body = response.text().await?;
-            assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{method} {path}: {body}");
-            assert!(body.contains("not implemented"), "{body}");
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
+            assert!(body.contains("needs a connection upgrade"), "{body}");
         }
     }
     let (status, body) = node.get(&client, "/configz", None).await?;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn run_on_a_backend_without_exec_answers_501_naming_what_is_missing() -> Result<()> {
+    let node = start().await?;
+    let response = node
+        .apiserver()?
+        .post(format!("{}/run/shop/web-1/web?cmd=ls", node.url))
+        .send()
+        .await?;
+    let status = response.status();
+    let body = response.text().await?;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
+    assert!(body.contains("Backend::exec"), "{body}");
     Ok(())
 }
 
