@@ -105,6 +105,12 @@ pub struct Args {
     #[arg(long, default_value = "30m", value_parser = tke_runtime::duration::flag)]
     pub sa_token_refresh_interval: Duration,
 
+    /// List `ExtendWebSocketsToKubelet` in each virtual node's `status.declaredFeatures`, so a
+    /// 1.36 apiserver proxies WebSocket exec, attach and port-forward to eklet unchanged instead of
+    /// translating them to SPDY (both work; false keeps the translation).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub declare_websocket_streaming: bool,
+
     /// Pods reconciled at the same time.
     #[arg(long, default_value_t = 64)]
     pub pod_sync_workers: u16,
@@ -257,6 +263,7 @@ pub struct Config {
     pub wait_sandbox_running_timeout: Duration,
     pub status_sync_interval: Duration,
     pub orphan_sweep_interval: Duration,
+    pub declare_websocket_streaming: bool,
     pub sa_token_refresh_interval: Duration,
     pub pod_sync_workers: u16,
     pub eligibility: EligibilityConfig,
@@ -339,6 +346,7 @@ impl Config {
             wait_sandbox_running_timeout: args.wait_sandbox_running_timeout,
             status_sync_interval: args.status_sync_interval,
             orphan_sweep_interval: args.orphan_sweep_interval,
+            declare_websocket_streaming: args.declare_websocket_streaming,
             sa_token_refresh_interval: args.sa_token_refresh_interval,
             pod_sync_workers: args.pod_sync_workers.max(1),
             eligibility,

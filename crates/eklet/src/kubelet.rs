@@ -29,6 +29,7 @@ use tke_kubelet_api::{
     Backend, ContainerUsage, CpuUsage, KubeReviews, KubeletApi, LogLine, LogOptions, LogStream, PodUsage,
     RunningContainer, RunningPod, ServingCertificate,
     backend::{self, ErrorKind},
+    backend::{ExitStatus, PortStream, StreamIo},
 };
 use tke_policy::virtual_node;
 
@@ -297,6 +298,51 @@ impl<P: Provider> Follow<P> {
     }
 }
 
+impl<P: Provider> VirtualNodes<P> {
+    /// The sandbox of `pod` if `container` runs in it now: what exec, attach and port-forward
+    /// need. Refusals as the kubelet gives them: no such sandbox 404, not running 400.
+    fn running_sandbox(&self, pod: &Pod, container: Option<&str>) -> backend::Result<String> {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let record = pod
+            .metadata
+            .uid
+            .as_deref()
+            .and_then(|uid| self.ctx.registry.get(uid))
+            .filter(|record| !record.gone)
+            .ok_or_else(|| backend::Error::not_found(format!("pod {name:?} has no sandbox on this node")))?;
+        let running = match container {
+            Some(container) => record
+                .observed
+                .containers
+                .iter()
+                .chain(&record.observed.init_containers)
+                .any(|c| c.name == container && matches!(c.state, ContainerState::Running { .. })),
+            None => record.observed.phase == provider::SandboxPhase::Running,
+        };
+        if !running {
+            let what = container.map_or_else(
+                || format!("pod {name:?}"),
+                |c| format!("container {c:?} of pod {name:?}"),
+            );
+            return Err(backend::Error::new(
+                ErrorKind::BadRequest,
+                format!("{what} is not running"),
+            ));
+        }
+        Ok(record.sandbox_id)
+    }
+
+    fn lacks(&self, what: &str) -> backend::Error {
+        backend::Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "the {} provider has no {what} for cloud pods",
+                self.ctx.provider.name()
+            ),
+        )
+    }
+}
+
 impl<P: Provider> Backend for VirtualNodes<P> {
     fn pods(&self) -> Vec<Arc<Pod>> {
         self.stores().flat_map(|store| store.state()).collect()
@@ -305,6 +351,48 @@ impl<P: Provider> Backend for VirtualNodes<P> {
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         let key = ObjectRef::<Pod>::new(name).within(namespace);
         self.stores().find_map(|store| store.get(&key))
+    }
+
+    async fn exec(
+        &self,
+        pod: Arc<Pod>,
+        container: &str,
+        command: Vec<String>,
+        io: StreamIo,
+    ) -> backend::Result<ExitStatus> {
+        if !self.ctx.provider.capabilities().exec {
+            return Err(self.lacks("exec"));
+        }
+        let id = self.running_sandbox(&pod, Some(container))?;
+        self.ctx
+            .provider
+            .exec(&id, container, command, io)
+            .await
+            .map_err(from_provider)
+    }
+
+    async fn attach(&self, pod: Arc<Pod>, container: &str, io: StreamIo) -> backend::Result<()> {
+        if !self.ctx.provider.capabilities().attach {
+            return Err(self.lacks("attach"));
+        }
+        let id = self.running_sandbox(&pod, Some(container))?;
+        self.ctx
+            .provider
+            .attach(&id, container, io)
+            .await
+            .map_err(from_provider)
+    }
+
+    async fn port_forward(&self, pod: Arc<Pod>, port: u16) -> backend::Result<PortStream> {
+        if !self.ctx.provider.capabilities().port_forward {
+            return Err(self.lacks("port-forward"));
+        }
+        let id = self.running_sandbox(&pod, None)?;
+        self.ctx
+            .provider
+            .port_forward(&id, port)
+            .await
+            .map_err(from_provider)
     }
 
     fn running_pods(&self) -> Vec<RunningPod> {

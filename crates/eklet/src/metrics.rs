@@ -302,6 +302,30 @@ impl<P: Provider> Provider for Measured<P> {
         self.metrics.call("stats", &result);
         result
     }
+
+    async fn exec(
+        &self,
+        id: &str,
+        container: &str,
+        command: Vec<String>,
+        io: provider::StreamIo,
+    ) -> provider::Result<provider::ExitStatus> {
+        let result = self.inner.exec(id, container, command, io).await;
+        self.metrics.call("exec", &result);
+        result
+    }
+
+    async fn attach(&self, id: &str, container: &str, io: provider::StreamIo) -> provider::Result<()> {
+        let result = self.inner.attach(id, container, io).await;
+        self.metrics.call("attach", &result);
+        result
+    }
+
+    async fn port_forward(&self, id: &str, port: u16) -> provider::Result<provider::PortStream> {
+        let result = self.inner.port_forward(id, port).await;
+        self.metrics.call("port_forward", &result);
+        result
+    }
 }
 
 #[cfg(test)]

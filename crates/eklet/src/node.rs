@@ -146,6 +146,10 @@ pub fn desired_node(subnet: &Subnet) -> Node {
     }
 }
 
+/// The node feature that makes a 1.36 apiserver proxy WebSocket streaming to the kubelet as is
+/// (KEP-4006, kubernetes#136256).
+pub const EXTEND_WEBSOCKETS_TO_KUBELET: &str = "ExtendWebSocketsToKubelet";
+
 /// The status eklet reports for a virtual node whose kubelet API is on `kubelet_port`.
 pub fn desired_status(
     config: &Config,
@@ -230,6 +234,9 @@ pub fn desired_status(
             system_uuid: String::new(),
             ..NodeSystemInfo::default()
         }),
+        declared_features: config
+            .declare_websocket_streaming
+            .then(|| vec![EXTEND_WEBSOCKETS_TO_KUBELET.to_owned()]),
         ..NodeStatus::default()
     }
 }
@@ -517,6 +524,19 @@ mod tests {
             ("eks.tke.cloud.tencent.com/eklet", "NoSchedule")
         );
         assert!(tke_policy::is_virtual_node(&desired_node(&subnet)));
+    }
+
+    #[test]
+    fn the_node_declares_websocket_streaming_unless_told_not_to() {
+        let declared = |config: &Config| {
+            desired_status(config, "kubernetes", 10241, Timestamp::now(), None)
+                .declared_features
+                .unwrap_or_default()
+        };
+        let mut config = config();
+        assert_eq!(declared(&config), vec![EXTEND_WEBSOCKETS_TO_KUBELET.to_owned()]);
+        config.declare_websocket_streaming = false;
+        assert!(declared(&config).is_empty());
     }
 
     #[test]

@@ -948,6 +948,9 @@ mod tests {
             logs: true,
             stats: false,
             resolves_pod_ip: false,
+            exec: false,
+            attach: false,
+            port_forward: false,
         }
     }
 
@@ -971,6 +974,9 @@ mod tests {
             logs: true,
             stats: true,
             resolves_pod_ip: true,
+            exec: false,
+            attach: false,
+            port_forward: false,
         }
     }
 

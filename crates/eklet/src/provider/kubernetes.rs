@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod copies;
+pub mod streams;
 pub mod translate;
 
 use std::{
@@ -43,8 +44,9 @@ use self::{
     translate::{Fetched, Namespaces, Object, Placement, Settings, SourceKind},
 };
 use super::{
-    Capabilities, ContainerStats, Error, ErrorKind, LogOptions, ProbeKind, Provider, Result, Sandbox,
-    SandboxEvent, SandboxName, SandboxStats, StatsTarget, VolumeKind, VolumeSource, VolumeSpec,
+    Capabilities, ContainerStats, Error, ErrorKind, ExitStatus, LogOptions, PortStream, ProbeKind, Provider,
+    Result, Sandbox, SandboxEvent, SandboxName, SandboxStats, StatsTarget, StreamIo, VolumeKind,
+    VolumeSource, VolumeSpec,
 };
 use crate::quantity;
 
@@ -248,6 +250,9 @@ impl KubernetesProvider {
                 stats: true,
                 // The target kubelet resolves the fieldRef the translated pod keeps (VK#998).
                 resolves_pod_ip: true,
+                exec: true,
+                attach: true,
+                port_forward: true,
             },
             copy_work: Mutex::new(Some(copy_work)),
             tasks: OnceLock::new(),
@@ -884,6 +889,43 @@ impl Provider for KubernetesProvider {
         };
         let (secret, _) = translate::files_secret(&volume.name, files, *mode, &at);
         apply(&self.shared.target, namespace, secret.owned_by(name, &owner_uid)).await
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        container: &str,
+        command: Vec<String>,
+        io: StreamIo,
+    ) -> Result<ExitStatus> {
+        const ACTION: &str = "ExecPod";
+        let (namespace, name) = self.parse_id(ACTION, id)?;
+        let params = streams::params(container, &io);
+        let process = call(ACTION, self.pods(namespace).exec(name, command, &params)).await?;
+        Ok(streams::relay(process, io).await)
+    }
+
+    async fn attach(&self, id: &str, container: &str, io: StreamIo) -> Result<()> {
+        const ACTION: &str = "AttachPod";
+        let (namespace, name) = self.parse_id(ACTION, id)?;
+        let params = streams::params(container, &io);
+        let process = call(ACTION, self.pods(namespace).attach(name, &params)).await?;
+        streams::relay(process, io).await;
+        Ok(())
+    }
+
+    async fn port_forward(&self, id: &str, port: u16) -> Result<PortStream> {
+        const ACTION: &str = "PortForwardPod";
+        let (namespace, name) = self.parse_id(ACTION, id)?;
+        let mut forwarder = call(ACTION, self.pods(namespace).portforward(name, &[port])).await?;
+        let stream = forwarder.take_stream(port).ok_or_else(|| Error {
+            action: ACTION,
+            kind: ErrorKind::Transient,
+            code: "NoStream".into(),
+            message: format!("the target gave no stream for port {port} of {id}"),
+            maybe_executed: false,
+        })?;
+        Ok(Box::new(streams::ForwardedPort::new(stream, forwarder)))
     }
 
     async fn logs(&self, id: &str, container: &str, options: &LogOptions) -> Result<String> {

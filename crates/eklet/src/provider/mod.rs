@@ -12,6 +12,7 @@ pub mod selected;
 pub mod tencent;
 
 pub use selected::ProviderKind;
+pub use tke_kubelet_api::backend::{ExitStatus, PortStream, StreamIo, TerminalSize};
 
 use std::{collections::BTreeMap, fmt, future::Future, time::Duration};
 
@@ -159,6 +160,11 @@ pub struct Capabilities {
     /// The provider's own runtime fills downward-API `status.podIP` env in the sandbox (a target
     /// kubelet does); otherwise such pods are refused, since eklet fixes env before the IP exists.
     pub resolves_pod_ip: bool,
+    /// `kubectl exec`, `attach` and `port-forward` through [`Provider::exec`],
+    /// [`Provider::attach`] and [`Provider::port_forward`].
+    pub exec: bool,
+    pub attach: bool,
+    pub port_forward: bool,
 }
 
 impl Capabilities {
@@ -541,6 +547,64 @@ pub trait Provider: Send + Sync + 'static {
     /// measured now; a sandbox missing from the answer is shown without usage. An error means
     /// none could be.
     fn stats(&self, targets: &[StatsTarget]) -> impl Future<Output = Result<Vec<SandboxStats>>> + Send;
+
+    /// Runs `command` in `container` of a running sandbox with the client's streams, until it
+    /// exits. The contract is the kubelet API's ([`tke_kubelet_api::Backend::exec`]): dropping the
+    /// future (the client went away) drops the streams and must stop the remote command. Only
+    /// called when [`Capabilities::exec`] is true.
+    fn exec(
+        &self,
+        id: &str,
+        container: &str,
+        command: Vec<String>,
+        io: StreamIo,
+    ) -> impl Future<Output = Result<ExitStatus>> + Send {
+        drop((command, io));
+        std::future::ready(Err(unsupported(
+            "ExecContainer",
+            self.name(),
+            "exec",
+            id,
+            container,
+        )))
+    }
+
+    /// Attaches the client's streams to the main process of `container` until it ends. Only
+    /// called when [`Capabilities::attach`] is true.
+    fn attach(&self, id: &str, container: &str, io: StreamIo) -> impl Future<Output = Result<()>> + Send {
+        drop(io);
+        std::future::ready(Err(unsupported(
+            "AttachContainer",
+            self.name(),
+            "attach",
+            id,
+            container,
+        )))
+    }
+
+    /// One connection to `port` of the sandbox, as from inside it. Only called when
+    /// [`Capabilities::port_forward`] is true.
+    fn port_forward(&self, id: &str, port: u16) -> impl Future<Output = Result<PortStream>> + Send {
+        let container = format!("port {port}");
+        std::future::ready(Err(unsupported(
+            "PortForward",
+            self.name(),
+            "port-forward",
+            id,
+            &container,
+        )))
+    }
+}
+
+/// The refusal of a streaming call a provider does not have.
+fn unsupported(action: &'static str, provider: &str, what: &str, id: &str, target: &str) -> Error {
+    Error {
+        action,
+        kind: ErrorKind::Unsupported,
+        code: "UnsupportedByProvider".into(),
+        message: format!("the {provider} provider has no {what} (sandbox {id}, {target})"),
+        maybe_executed: false,
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@ use std::time::Duration;
 use kube::Client;
 
 use super::{
-    Capabilities, LogOptions, Provider, Result, Sandbox, SandboxEvent, SandboxName, SandboxSpec,
-    SandboxStats, StatsTarget, VolumeSpec, kubernetes::KubernetesProvider, tencent::TencentProvider,
+    Capabilities, ExitStatus, LogOptions, PortStream, Provider, Result, Sandbox, SandboxEvent, SandboxName,
+    SandboxSpec, SandboxStats, StatsTarget, StreamIo, VolumeSpec, kubernetes::KubernetesProvider,
+    tencent::TencentProvider,
 };
 use crate::config::Args;
 
@@ -136,6 +137,32 @@ impl Provider for SelectedProvider {
         match self {
             SelectedProvider::Tencent(p) => p.stats(targets).await,
             SelectedProvider::Kubernetes(p) => p.stats(targets).await,
+        }
+    }
+    async fn exec(
+        &self,
+        id: &str,
+        container: &str,
+        command: Vec<String>,
+        io: StreamIo,
+    ) -> Result<ExitStatus> {
+        match self {
+            SelectedProvider::Tencent(p) => p.exec(id, container, command, io).await,
+            SelectedProvider::Kubernetes(p) => p.exec(id, container, command, io).await,
+        }
+    }
+
+    async fn attach(&self, id: &str, container: &str, io: StreamIo) -> Result<()> {
+        match self {
+            SelectedProvider::Tencent(p) => p.attach(id, container, io).await,
+            SelectedProvider::Kubernetes(p) => p.attach(id, container, io).await,
+        }
+    }
+
+    async fn port_forward(&self, id: &str, port: u16) -> Result<PortStream> {
+        match self {
+            SelectedProvider::Tencent(p) => p.port_forward(id, port).await,
+            SelectedProvider::Kubernetes(p) => p.port_forward(id, port).await,
         }
     }
 }

@@ -204,6 +204,9 @@ impl TencentProvider {
                 stats: true,
                 // Env is fixed at create time, before the API assigns the IP.
                 resolves_pod_ip: false,
+                exec: false,
+                attach: false,
+                port_forward: false,
             },
             agents: AgentClient::new(AGENT_TIMEOUT),
             metrics_port: agent::DEFAULT_METRICS_PORT,

@@ -1,0 +1,194 @@
+//! `kubectl exec`, `attach` and `port-forward` of a burst pod, through the target cluster's own
+//! `pods/exec`, `pods/attach` and `pods/portforward` (kube's WebSocket client): the client's
+//! streams are copied to the target pod's and back, the exit status comes from the target's
+//! error channel, and dropping the call (the client went away) closes the target connection.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use futures::SinkExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
+use kube::api::{AttachParams, AttachedProcess, Portforwarder, TerminalSize as KubeTerminalSize};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+
+use super::super::{ExitStatus, StreamIo};
+
+/// Buffer between the client's streams and the target's (kube's default is 1 KiB).
+const BUFFER: usize = 64 * 1024;
+
+/// The attach parameters for the streams the client asked for.
+pub fn params(container: &str, io: &StreamIo) -> AttachParams {
+    AttachParams {
+        container: Some(container.to_owned()),
+        stdin: io.stdin.is_some(),
+        stdout: io.stdout.is_some(),
+        stderr: io.stderr.is_some(),
+        tty: io.tty,
+        max_stdin_buf_size: Some(BUFFER),
+        max_stdout_buf_size: Some(BUFFER),
+        max_stderr_buf_size: Some(BUFFER),
+    }
+}
+
+/// Copies the client's streams to `process` and back until its output ends; then its status.
+pub async fn relay(mut process: AttachedProcess, io: StreamIo) -> ExitStatus {
+    let status = process.take_status();
+    let (stdin, stdout, stderr) = (process.stdin(), process.stdout(), process.stderr());
+    let terminal = process.terminal_size();
+    let input = async {
+        if let (Some(mut from), Some(mut to)) = (io.stdin, stdin) {
+            let _ = tokio::io::copy(&mut from, &mut to).await;
+            let _ = to.shutdown().await;
+        }
+    };
+    let resize = async {
+        if let (Some(mut sizes), Some(mut sender)) = (io.resize, terminal) {
+            while let Some(size) = sizes.recv().await {
+                let size = KubeTerminalSize {
+                    width: size.width,
+                    height: size.height,
+                };
+                if sender.send(size).await.is_err() {
+                    break;
+                }
+            }
+        }
+    };
+    let output = async {
+        let out = async {
+            if let (Some(mut from), Some(mut to)) = (stdout, io.stdout) {
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+                let _ = to.shutdown().await;
+            }
+        };
+        let err = async {
+            if let (Some(mut from), Some(mut to)) = (stderr, io.stderr) {
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+                let _ = to.shutdown().await;
+            }
+        };
+        futures::join!(out, err);
+    };
+    // Input and resizes may outlive the output (a client that keeps stdin open after the command
+    // ended); the command's end is the output's end.
+    tokio::select! {
+        () = output => {}
+        () = async { futures::join!(input, resize); std::future::pending::<()>().await } => {}
+    }
+    match status {
+        Some(status) => exit_status(status.await),
+        None => ExitStatus::Killed("the target sent no status".into()),
+    }
+}
+
+/// The kubelet's status on the error channel, as an exit status.
+pub fn exit_status(status: Option<Status>) -> ExitStatus {
+    let Some(status) = status else {
+        return ExitStatus::Killed("the target's connection ended without a status".into());
+    };
+    if status.status.as_deref() == Some("Success") {
+        return ExitStatus::Code(0);
+    }
+    let code = (status.reason.as_deref() == Some("NonZeroExitCode"))
+        .then(|| status.details.as_ref()?.causes.as_ref())
+        .flatten()
+        .and_then(|causes| {
+            causes
+                .iter()
+                .find(|c| c.reason.as_deref() == Some("ExitCode"))
+                .and_then(|c| c.message.as_deref()?.parse().ok())
+        });
+    match code {
+        Some(code) => ExitStatus::Code(code),
+        None => ExitStatus::Killed(status.message.unwrap_or_else(|| "the command failed".into())),
+    }
+}
+
+/// One forwarded connection; the target connection closes when it is dropped.
+pub struct ForwardedPort {
+    stream: DuplexStream,
+    forwarder: Portforwarder,
+}
+
+impl ForwardedPort {
+    pub fn new(stream: DuplexStream, forwarder: Portforwarder) -> ForwardedPort {
+        ForwardedPort { stream, forwarder }
+    }
+}
+
+impl Drop for ForwardedPort {
+    fn drop(&mut self) {
+        self.forwarder.abort();
+    }
+}
+
+impl AsyncRead for ForwardedPort {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ForwardedPort {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{StatusCause, StatusDetails};
+
+    use super::*;
+
+    #[test]
+    fn the_targets_status_becomes_the_exit_code_kubectl_returns() {
+        let success = Status {
+            status: Some("Success".into()),
+            ..Status::default()
+        };
+        assert_eq!(exit_status(Some(success)), ExitStatus::Code(0));
+        let three = Status {
+            status: Some("Failure".into()),
+            reason: Some("NonZeroExitCode".into()),
+            message: Some("command terminated with non-zero exit code".into()),
+            details: Some(StatusDetails {
+                causes: Some(vec![StatusCause {
+                    reason: Some("ExitCode".into()),
+                    message: Some("3".into()),
+                    ..StatusCause::default()
+                }]),
+                ..StatusDetails::default()
+            }),
+            ..Status::default()
+        };
+        assert_eq!(exit_status(Some(three)), ExitStatus::Code(3));
+        let other = Status {
+            status: Some("Failure".into()),
+            message: Some("container not found".into()),
+            ..Status::default()
+        };
+        assert_eq!(
+            exit_status(Some(other)),
+            ExitStatus::Killed("container not found".into())
+        );
+        assert!(matches!(exit_status(None), ExitStatus::Killed(_)));
+    }
+}
