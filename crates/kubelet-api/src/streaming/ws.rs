@@ -245,26 +245,11 @@ async fn read_messages(
             Some(Ok(message)) => message,
         };
         touch(&activity);
-        let (channel, payload) = match (message, encoding) {
-            (Message::Binary(mut data), Encoding::Binary) if !data.is_empty() => {
-                let payload = data.split_off(1);
-                (data[0], payload)
-            }
-            (Message::Text(text), Encoding::Base64) if !text.is_empty() => {
-                let text = text.as_str();
-                let Some(channel) = text.as_bytes()[0].checked_sub(b'0') else {
-                    break ("a base64 message without a channel digit".to_owned(), true);
-                };
-                match base64::engine::general_purpose::STANDARD.decode(&text[1..]) {
-                    Ok(payload) => (channel, Bytes::from(payload)),
-                    Err(error) => break (format!("a base64 message that does not decode: {error}"), true),
-                }
-            }
-            (Message::Close(_), _) => break ("the client closed the WebSocket".to_owned(), false),
-            (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => continue,
-            // Empty messages carry nothing; the wrong kind for the protocol is ignored as
-            // upstream does.
-            _ => continue,
+        let (channel, payload) = match read(message, encoding) {
+            Read::Channel(channel, payload) => (channel, payload),
+            Read::Nothing => continue,
+            Read::Closed => break ("the client closed the WebSocket".to_owned(), false),
+            Read::Malformed(why) => break (why.to_owned(), true),
         };
         if close_signal && channel == CLOSE {
             if let Some(&closing) = payload.first() {
@@ -288,6 +273,38 @@ async fn read_messages(
     }
     drop(senders);
     closed.cancel();
+}
+
+/// What one message from the client carries.
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    Channel(u8, Bytes),
+    /// Pings, empty messages, and the wrong kind of message for the protocol (ignored as upstream
+    /// does).
+    Nothing,
+    Closed,
+    Malformed(&'static str),
+}
+
+fn read(message: Message, encoding: Encoding) -> Read {
+    match (message, encoding) {
+        (Message::Binary(mut data), Encoding::Binary) if !data.is_empty() => {
+            let payload = data.split_off(1);
+            Read::Channel(data[0], payload)
+        }
+        (Message::Text(text), Encoding::Base64) if !text.is_empty() => {
+            let text = text.as_bytes();
+            let Some(channel) = text.first().filter(|b| b.is_ascii_digit()).map(|b| b - b'0') else {
+                return Read::Malformed("a base64 message without a channel digit");
+            };
+            match base64::engine::general_purpose::STANDARD.decode(&text[1..]) {
+                Ok(payload) => Read::Channel(channel, Bytes::from(payload)),
+                Err(_) => Read::Malformed("a base64 message that does not decode"),
+            }
+        }
+        (Message::Close(_), _) => Read::Closed,
+        _ => Read::Nothing,
+    }
 }
 
 /// SPDY tunnelled in binary messages, as a byte stream for [`crate::spdy::session`]: each
@@ -327,4 +344,42 @@ pub async fn tunnel(io: Upgraded) -> tokio::io::DuplexStream {
         let _ = sink.close().await;
     });
     theirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_messages_carry_their_channel_in_the_first_byte() {
+        assert_eq!(
+            read(Message::Binary(Bytes::from_static(b"\x01out")), Encoding::Binary),
+            Read::Channel(1, Bytes::from_static(b"out"))
+        );
+        assert_eq!(
+            read(Message::Binary(Bytes::new()), Encoding::Binary),
+            Read::Nothing
+        );
+    }
+
+    #[test]
+    fn base64_messages_carry_a_channel_digit_and_anything_else_is_malformed() {
+        assert_eq!(
+            read(Message::Text("0aGk=".into()), Encoding::Base64),
+            Read::Channel(0, Bytes::from_static(b"hi"))
+        );
+        // A multi-byte first character must not be sliced through.
+        assert!(matches!(
+            read(Message::Text("éaGk=".into()), Encoding::Base64),
+            Read::Malformed(_)
+        ));
+        assert!(matches!(
+            read(Message::Text("0!!".into()), Encoding::Base64),
+            Read::Malformed(_)
+        ));
+        assert_eq!(
+            read(Message::Text("0aGk=".into()), Encoding::Binary),
+            Read::Nothing
+        );
+    }
 }
