@@ -132,14 +132,19 @@ fn config() -> WebSocketConfig {
         .max_frame_size(Some(16 << 20))
 }
 
-async fn websocket(io: Upgraded) -> WebSocketStream<Upgraded> {
+/// A connection a WebSocket can run over: the upgraded HTTP connection, or a test's pipe.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+async fn websocket<IO: Io>(io: IO) -> WebSocketStream<IO> {
     WebSocketStream::from_raw_socket(io, Role::Server, Some(config())).await
 }
 
 /// Starts reading and writing channels over an upgraded connection. `readable` lists the
 /// channels the client may write; `close_signal` is `v5`'s channel 255.
-pub async fn channels(
-    io: Upgraded,
+pub async fn channels<IO: Io>(
+    io: IO,
     encoding: Encoding,
     readable: &[u8],
     close_signal: bool,
@@ -180,7 +185,7 @@ fn touch(activity: &Mutex<Instant>) {
 }
 
 async fn write_messages(
-    mut sink: futures::stream::SplitSink<WebSocketStream<Upgraded>, Message>,
+    mut sink: futures::stream::SplitSink<WebSocketStream<impl Io>, Message>,
     mut out: mpsc::Receiver<Out>,
     encoding: Encoding,
     closed: CancellationToken,
@@ -218,7 +223,7 @@ async fn write_messages(
 }
 
 async fn read_messages(
-    mut stream: futures::stream::SplitStream<WebSocketStream<Upgraded>>,
+    mut stream: futures::stream::SplitStream<WebSocketStream<impl Io>>,
     mut senders: HashMap<u8, mpsc::Sender<Bytes>>,
     encoding: Encoding,
     close_signal: bool,
@@ -309,7 +314,7 @@ fn read(message: Message, encoding: Encoding) -> Read {
 
 /// SPDY tunnelled in binary messages, as a byte stream for [`crate::spdy::session`]: each
 /// message's payload is the next bytes of the SPDY connection, whatever its boundaries.
-pub async fn tunnel(io: Upgraded) -> tokio::io::DuplexStream {
+pub async fn tunnel<IO: Io>(io: IO) -> tokio::io::DuplexStream {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (mut sink, mut stream) = websocket(io).await.split();
     let (mut from_spdy, mut to_spdy) = tokio::io::split(ours);
@@ -349,6 +354,51 @@ pub async fn tunnel(io: Upgraded) -> tokio::io::DuplexStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HOURS_4: Duration = Duration::from_secs(4 * 60 * 60);
+
+    async fn connect(
+        readable: &[u8],
+        close_signal: bool,
+    ) -> (Channels, WebSocketStream<tokio::io::DuplexStream>) {
+        let (server, client) = tokio::io::duplex(1 << 16);
+        let channels = channels(server, Encoding::Binary, readable, close_signal, HOURS_4).await;
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (channels, client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_websocket_idle_for_the_timeout_is_closed_and_activity_postpones_it() {
+        let (mut channels, mut client) = connect(&[STDIN], false).await;
+        let mut stdin = channels.inputs.remove(&STDIN).unwrap();
+        let started = Instant::now();
+        tokio::time::sleep(HOURS_4 - Duration::from_secs(60)).await;
+        assert!(!channels.closed().is_cancelled());
+        client
+            .send(Message::Binary(Bytes::from_static(b"\x00typed")))
+            .await
+            .unwrap();
+        assert_eq!(stdin.recv().await, Some(Bytes::from_static(b"typed")));
+        channels.closed().cancelled().await;
+        assert!(started.elapsed() >= HOURS_4 * 2 - Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn the_v5_close_signal_ends_one_channels_input() {
+        let (mut channels, mut client) = connect(&[STDIN, RESIZE], true).await;
+        let mut stdin = channels.inputs.remove(&STDIN).unwrap();
+        client
+            .send(Message::Binary(Bytes::from_static(b"\x00last")))
+            .await
+            .unwrap();
+        client
+            .send(Message::Binary(Bytes::from_static(&[CLOSE, STDIN])))
+            .await
+            .unwrap();
+        assert_eq!(stdin.recv().await, Some(Bytes::from_static(b"last")));
+        assert_eq!(stdin.recv().await, None);
+        assert!(!channels.closed().is_cancelled(), "the connection stays up");
+    }
 
     #[test]
     fn binary_messages_carry_their_channel_in_the_first_byte() {
