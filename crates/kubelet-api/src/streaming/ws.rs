@@ -132,14 +132,19 @@ fn config() -> WebSocketConfig {
         .max_frame_size(Some(16 << 20))
 }
 
-async fn websocket(io: Upgraded) -> WebSocketStream<Upgraded> {
+/// A connection a WebSocket can run over: the upgraded HTTP connection, or a test's pipe.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+async fn websocket<IO: Io>(io: IO) -> WebSocketStream<IO> {
     WebSocketStream::from_raw_socket(io, Role::Server, Some(config())).await
 }
 
 /// Starts reading and writing channels over an upgraded connection. `readable` lists the
 /// channels the client may write; `close_signal` is `v5`'s channel 255.
-pub async fn channels(
-    io: Upgraded,
+pub async fn channels<IO: Io>(
+    io: IO,
     encoding: Encoding,
     readable: &[u8],
     close_signal: bool,
@@ -180,7 +185,7 @@ fn touch(activity: &Mutex<Instant>) {
 }
 
 async fn write_messages(
-    mut sink: futures::stream::SplitSink<WebSocketStream<Upgraded>, Message>,
+    mut sink: futures::stream::SplitSink<WebSocketStream<impl Io>, Message>,
     mut out: mpsc::Receiver<Out>,
     encoding: Encoding,
     closed: CancellationToken,
@@ -218,7 +223,7 @@ async fn write_messages(
 }
 
 async fn read_messages(
-    mut stream: futures::stream::SplitStream<WebSocketStream<Upgraded>>,
+    mut stream: futures::stream::SplitStream<WebSocketStream<impl Io>>,
     mut senders: HashMap<u8, mpsc::Sender<Bytes>>,
     encoding: Encoding,
     close_signal: bool,
@@ -245,26 +250,11 @@ async fn read_messages(
             Some(Ok(message)) => message,
         };
         touch(&activity);
-        let (channel, payload) = match (message, encoding) {
-            (Message::Binary(mut data), Encoding::Binary) if !data.is_empty() => {
-                let payload = data.split_off(1);
-                (data[0], payload)
-            }
-            (Message::Text(text), Encoding::Base64) if !text.is_empty() => {
-                let text = text.as_str();
-                let Some(channel) = text.as_bytes()[0].checked_sub(b'0') else {
-                    break ("a base64 message without a channel digit".to_owned(), true);
-                };
-                match base64::engine::general_purpose::STANDARD.decode(&text[1..]) {
-                    Ok(payload) => (channel, Bytes::from(payload)),
-                    Err(error) => break (format!("a base64 message that does not decode: {error}"), true),
-                }
-            }
-            (Message::Close(_), _) => break ("the client closed the WebSocket".to_owned(), false),
-            (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => continue,
-            // Empty messages carry nothing; the wrong kind for the protocol is ignored as
-            // upstream does.
-            _ => continue,
+        let (channel, payload) = match read(message, encoding) {
+            Read::Channel(channel, payload) => (channel, payload),
+            Read::Nothing => continue,
+            Read::Closed => break ("the client closed the WebSocket".to_owned(), false),
+            Read::Malformed(why) => break (why.to_owned(), true),
         };
         if close_signal && channel == CLOSE {
             if let Some(&closing) = payload.first() {
@@ -290,9 +280,41 @@ async fn read_messages(
     closed.cancel();
 }
 
+/// What one message from the client carries.
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    Channel(u8, Bytes),
+    /// Pings, empty messages, and the wrong kind of message for the protocol (ignored as upstream
+    /// does).
+    Nothing,
+    Closed,
+    Malformed(&'static str),
+}
+
+fn read(message: Message, encoding: Encoding) -> Read {
+    match (message, encoding) {
+        (Message::Binary(mut data), Encoding::Binary) if !data.is_empty() => {
+            let payload = data.split_off(1);
+            Read::Channel(data[0], payload)
+        }
+        (Message::Text(text), Encoding::Base64) if !text.is_empty() => {
+            let text = text.as_bytes();
+            let Some(channel) = text.first().filter(|b| b.is_ascii_digit()).map(|b| b - b'0') else {
+                return Read::Malformed("a base64 message without a channel digit");
+            };
+            match base64::engine::general_purpose::STANDARD.decode(&text[1..]) {
+                Ok(payload) => Read::Channel(channel, Bytes::from(payload)),
+                Err(_) => Read::Malformed("a base64 message that does not decode"),
+            }
+        }
+        (Message::Close(_), _) => Read::Closed,
+        _ => Read::Nothing,
+    }
+}
+
 /// SPDY tunnelled in binary messages, as a byte stream for [`crate::spdy::session`]: each
 /// message's payload is the next bytes of the SPDY connection, whatever its boundaries.
-pub async fn tunnel(io: Upgraded) -> tokio::io::DuplexStream {
+pub async fn tunnel<IO: Io>(io: IO) -> tokio::io::DuplexStream {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (mut sink, mut stream) = websocket(io).await.split();
     let (mut from_spdy, mut to_spdy) = tokio::io::split(ours);
@@ -327,4 +349,87 @@ pub async fn tunnel(io: Upgraded) -> tokio::io::DuplexStream {
         let _ = sink.close().await;
     });
     theirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOURS_4: Duration = Duration::from_secs(4 * 60 * 60);
+
+    async fn connect(
+        readable: &[u8],
+        close_signal: bool,
+    ) -> (Channels, WebSocketStream<tokio::io::DuplexStream>) {
+        let (server, client) = tokio::io::duplex(1 << 16);
+        let channels = channels(server, Encoding::Binary, readable, close_signal, HOURS_4).await;
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (channels, client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_websocket_idle_for_the_timeout_is_closed_and_activity_postpones_it() {
+        let (mut channels, mut client) = connect(&[STDIN], false).await;
+        let mut stdin = channels.inputs.remove(&STDIN).unwrap();
+        let started = Instant::now();
+        tokio::time::sleep(HOURS_4 - Duration::from_secs(60)).await;
+        assert!(!channels.closed().is_cancelled());
+        client
+            .send(Message::Binary(Bytes::from_static(b"\x00typed")))
+            .await
+            .unwrap();
+        assert_eq!(stdin.recv().await, Some(Bytes::from_static(b"typed")));
+        channels.closed().cancelled().await;
+        assert!(started.elapsed() >= HOURS_4 * 2 - Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn the_v5_close_signal_ends_one_channels_input() {
+        let (mut channels, mut client) = connect(&[STDIN, RESIZE], true).await;
+        let mut stdin = channels.inputs.remove(&STDIN).unwrap();
+        client
+            .send(Message::Binary(Bytes::from_static(b"\x00last")))
+            .await
+            .unwrap();
+        client
+            .send(Message::Binary(Bytes::from_static(&[CLOSE, STDIN])))
+            .await
+            .unwrap();
+        assert_eq!(stdin.recv().await, Some(Bytes::from_static(b"last")));
+        assert_eq!(stdin.recv().await, None);
+        assert!(!channels.closed().is_cancelled(), "the connection stays up");
+    }
+
+    #[test]
+    fn binary_messages_carry_their_channel_in_the_first_byte() {
+        assert_eq!(
+            read(Message::Binary(Bytes::from_static(b"\x01out")), Encoding::Binary),
+            Read::Channel(1, Bytes::from_static(b"out"))
+        );
+        assert_eq!(
+            read(Message::Binary(Bytes::new()), Encoding::Binary),
+            Read::Nothing
+        );
+    }
+
+    #[test]
+    fn base64_messages_carry_a_channel_digit_and_anything_else_is_malformed() {
+        assert_eq!(
+            read(Message::Text("0aGk=".into()), Encoding::Base64),
+            Read::Channel(0, Bytes::from_static(b"hi"))
+        );
+        // A multi-byte first character must not be sliced through.
+        assert!(matches!(
+            read(Message::Text("éaGk=".into()), Encoding::Base64),
+            Read::Malformed(_)
+        ));
+        assert!(matches!(
+            read(Message::Text("0!!".into()), Encoding::Base64),
+            Read::Malformed(_)
+        ));
+        assert_eq!(
+            read(Message::Text("0aGk=".into()), Encoding::Binary),
+            Read::Nothing
+        );
+    }
 }
