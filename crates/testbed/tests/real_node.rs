@@ -6,7 +6,11 @@
 //! These tests need root, cgroups and network namespaces. Without them they fail under `CI=true`
 //! and are skipped (saying why) elsewhere.
 
-use std::{net::Ipv4Addr, path::Path, time::Duration, time::Instant};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -15,7 +19,7 @@ use kube::{
     runtime::watcher,
 };
 use serde_json::json;
-use tke_testbed::{ControlPlane, RealNode, images, random_suffix, realnode, wait};
+use tke_testbed::{ControlPlane, Options, RealNode, images, random_suffix, realnode, wait};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -62,6 +66,7 @@ async fn two_real_nodes_run_busybox_containers_serve_their_logs_and_reach_their_
     if !realnode::available_or_skip() {
         return Ok(());
     }
+    let _one = ONE_AT_A_TIME.lock().await;
     let cp = ControlPlane::shared().await?;
     let client = cp.client().await?;
     let ns = cp.namespace("realnode").await?;
@@ -148,45 +153,198 @@ async fn two_real_nodes_run_busybox_containers_serve_their_logs_and_reach_their_
     Ok(())
 }
 
-/// Shim sockets of a node's sandboxes and containers: /run/containerd/s/sha256(<address>/k8s.io/<id>).
-fn shim_sockets(node_dir: &Path) -> Vec<std::path::PathBuf> {
-    use sha2::{Digest, Sha256};
-    let address = node_dir.join("containerd/containerd.sock");
-    let tasks = node_dir.join("containerd/state/io.containerd.runtime.v2.task/k8s.io");
-    std::fs::read_dir(tasks)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| {
-            let key = format!("{}/k8s.io/{}", address.display(), e.file_name().to_string_lossy());
-            Path::new("/run/containerd/s").join(hex::encode(Sha256::digest(key.as_bytes())))
+/// Real-node tests run one at a time: the host sysctls the kubelet changes are machine-wide, and
+/// a test checks that the last node on the machine puts them back.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The host sysctls the kubelet sets (`vm.overcommit_memory`, `kernel.panic`, `kernel.panic_on_oops`).
+fn host_sysctls() -> Vec<String> {
+    ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"]
+        .iter()
+        .map(|k| {
+            std::fs::read_to_string(Path::new("/proc/sys").join(k))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
         })
         .collect()
 }
 
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = format!("{}/", dir.display());
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1))
-        .filter(|m| m.starts_with(&prefix) || *m == prefix.trim_end_matches('/'))
-        .map(str::to_owned)
-        .collect()
+/// Everything a running real node has on the host, outside and inside its directory.
+struct Footprint {
+    dir: PathBuf,
+    netns: PathBuf,
+    host_link: String,
+    cgroup: PathBuf,
+    our_network: String,
+    sandboxes: Vec<String>,
+    shim_sockets: Vec<PathBuf>,
 }
 
-fn processes_naming(dir: &Path) -> Vec<String> {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(&needle).then_some(cmdline)
+impl Footprint {
+    fn of(dir: &Path, netns: &str, node_name: &str) -> anyhow::Result<Self> {
+        use sha2::{Digest, Sha256};
+        let state = dir.join("containerd/state");
+        let names = |d: PathBuf| -> Vec<String> {
+            std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        let address = dir.join("containerd/containerd.sock");
+        // /run/containerd/s/sha256(<containerd address>/<namespace>/<id>), one per sandbox or task.
+        let shim_sockets = names(state.join("io.containerd.runtime.v2.task/k8s.io"))
+            .iter()
+            .map(|id| {
+                let key = format!("{}/k8s.io/{id}", address.display());
+                Path::new("/run/containerd/s").join(hex::encode(Sha256::digest(key.as_bytes())))
+            })
+            .collect();
+        Ok(Self {
+            dir: dir.to_owned(),
+            netns: Path::new("/run/netns").join(netns),
+            host_link: format!("{netns}h"),
+            cgroup: Path::new("/sys/fs/cgroup/pids").join(netns),
+            our_network: format!("tke-{node_name}-"),
+            sandboxes: names(state.join("io.containerd.grpc.v1.cri/sandboxes")),
+            shim_sockets,
         })
-        .collect()
+    }
+
+    fn mounts(&self) -> Vec<String> {
+        let prefix = format!("{}/", self.dir.display());
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn processes(&self) -> Vec<String> {
+        let needle = format!("{}/", self.dir.display());
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                cmdline.contains(&needle).then_some(cmdline)
+            })
+            .collect()
+    }
+
+    /// libcni's cache: <network>-<sandbox id>-<ifname>, for our network and containerd's loopback.
+    fn cni_results(&self) -> Vec<String> {
+        std::fs::read_dir("/var/lib/cni/results")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| {
+                f.starts_with(&self.our_network) || self.sandboxes.iter().any(|id| f.contains(id.as_str()))
+            })
+            .collect()
+    }
+
+    /// `/var/log/containers/*.log`, the kubelet's links to its pods' logs (a fixed path).
+    fn log_links(&self) -> Vec<PathBuf> {
+        std::fs::read_dir("/var/log/containers")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(&self.dir)))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    fn link_exists(&self) -> bool {
+        std::process::Command::new("ip")
+            .args(["link", "show", &self.host_link])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn live_shim_sockets(&self) -> Vec<&PathBuf> {
+        self.shim_sockets.iter().filter(|s| s.exists()).collect()
+    }
+
+    /// What a node running a pod has, so that `assert_gone` cannot pass vacuously.
+    fn assert_present(&self) {
+        assert!(
+            self.netns.exists(),
+            "{} exists while the node runs",
+            self.netns.display()
+        );
+        assert!(
+            self.link_exists(),
+            "the root end of the veth, {}, exists",
+            self.host_link
+        );
+        assert!(
+            !self.mounts().is_empty(),
+            "the node has mounts under {}",
+            self.dir.display()
+        );
+        assert!(!self.processes().is_empty(), "the node has processes");
+        // One shim per pod, addressed by its sandbox's id; its containers have no socket of their own.
+        assert!(
+            !self.live_shim_sockets().is_empty(),
+            "a shim socket among {:?}",
+            self.shim_sockets
+        );
+        assert!(
+            self.cni_results().len() >= 2,
+            "libcni cached the pod's results: {:?}",
+            self.cni_results()
+        );
+        assert!(!self.log_links().is_empty(), "the kubelet linked its pod's log");
+        if Path::new("/sys/fs/cgroup/pids").is_dir() {
+            assert!(self.cgroup.exists(), "{} exists", self.cgroup.display());
+        }
+    }
+
+    fn gone(&self) -> bool {
+        !self.netns.exists() && !self.dir.exists()
+    }
+
+    fn assert_gone(&self) {
+        assert!(!self.netns.exists(), "{} is gone", self.netns.display());
+        assert!(!self.link_exists(), "{} is gone", self.host_link);
+        assert_eq!(self.mounts(), Vec::<String>::new(), "mounts left");
+        assert_eq!(self.processes(), Vec::<String>::new(), "processes left");
+        assert!(!self.dir.exists(), "{} is gone", self.dir.display());
+        assert_eq!(
+            self.live_shim_sockets(),
+            Vec::<&PathBuf>::new(),
+            "shim sockets left"
+        );
+        assert_eq!(self.cni_results(), Vec::<String>::new(), "CNI results left");
+        assert_eq!(self.log_links(), Vec::<PathBuf>::new(), "pod log links left");
+        assert!(!self.cgroup.exists(), "{} is gone", self.cgroup.display());
+    }
+}
+
+/// Starts a real node on `cp` running one web pod, and waits until the pod is Ready.
+async fn node_with_a_pod(cp: &ControlPlane, prefix: &str) -> anyhow::Result<RealNode> {
+    let ns = cp.namespace(prefix).await?;
+    let node = cp.add_real_node(&format!("{prefix}-{}", random_suffix())).await?;
+    let pods: Api<Pod> = Api::namespaced(cp.client().await?, &ns);
+    pods.create(&PostParams::default(), &web_pod("web", &node)?)
+        .await?;
+    wait::for_objects(
+        pods,
+        watcher::Config::default().fields("metadata.name=web"),
+        WAIT,
+        "the web pod Ready",
+        |p| p.len() == 1 && ready(&p[0]),
+    )
+    .await?;
+    Ok(node)
 }
 
 #[tokio::test]
@@ -194,82 +352,89 @@ async fn a_dropped_real_node_leaves_nothing_on_the_host() -> anyhow::Result<()> 
     if !realnode::available_or_skip() {
         return Ok(());
     }
+    let _one = ONE_AT_A_TIME.lock().await;
     let cp = ControlPlane::shared().await?;
-    let client = cp.client().await?;
-    let ns = cp.namespace("realnode-drop").await?;
-    let node = cp.add_real_node(&format!("rn-drop-{}", random_suffix())).await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    pods.create(&PostParams::default(), &web_pod("web", &node)?)
-        .await?;
-    wait::for_objects(
-        pods.clone(),
-        watcher::Config::default().fields("metadata.name=web"),
-        WAIT,
-        "the web pod Ready",
-        |p| p.len() == 1 && ready(&p[0]),
-    )
-    .await?;
-
-    // What a running node has on the host, so that the checks below cannot pass vacuously.
-    let dir = node.dir().to_owned();
-    let netns = Path::new("/run/netns").join(&node.netns);
-    let host_link = format!("{}h", node.netns);
-    let cgroup = Path::new("/sys/fs/cgroup/pids").join(&node.netns);
-    let our_network = format!("tke-{}-", node.name);
-    let sockets = shim_sockets(&dir);
-    assert!(netns.exists(), "{} exists while the node runs", netns.display());
-    assert!(
-        !mounts_under(&dir).is_empty(),
-        "the node has mounts under {}",
-        dir.display()
+    let sysctls = host_sysctls();
+    let node = node_with_a_pod(&cp, "rn-drop").await?;
+    eprintln!(
+        "[real_node] host sysctls {sysctls:?} before, {:?} with a kubelet",
+        host_sysctls()
     );
-    assert!(!processes_naming(&dir).is_empty(), "the node has processes");
-    // One shim per pod, addressed by its sandbox's id; its containers have no socket of their own.
-    assert!(
-        sockets.iter().any(|s| s.exists()),
-        "a shim socket among {sockets:?}; there are {:?}",
-        std::fs::read_dir("/run/containerd/s").map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
-    );
-    let sandboxes: Vec<String> =
-        std::fs::read_dir(dir.join("containerd/state/io.containerd.grpc.v1.cri/sandboxes"))?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-    // libcni's cache: <network>-<sandbox id>-<ifname>, for our network and containerd's loopback.
-    let cni_results = || -> Vec<String> {
-        std::fs::read_dir("/var/lib/cni/results")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|f| f.starts_with(&our_network) || sandboxes.iter().any(|id| f.contains(id.as_str())))
-            .collect()
-    };
-    assert!(
-        cni_results().len() >= 2,
-        "libcni cached the pod's results: {:?}",
-        cni_results()
-    );
-    let link_exists = |name: &str| {
-        std::process::Command::new("ip")
-            .args(["link", "show", name])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    assert!(link_exists(&host_link), "the root end of the veth exists");
+    let footprint = Footprint::of(node.dir(), &node.netns, &node.name)?;
+    footprint.assert_present();
 
     drop(node);
 
-    assert!(!netns.exists(), "{} is gone", netns.display());
-    assert!(!link_exists(&host_link), "{host_link} is gone");
-    assert_eq!(mounts_under(&dir), Vec::<String>::new(), "mounts left");
-    assert_eq!(processes_naming(&dir), Vec::<String>::new(), "processes left");
-    assert!(!dir.exists(), "{} is gone", dir.display());
-    let left: Vec<_> = sockets.iter().filter(|s| s.exists()).collect();
-    assert!(left.is_empty(), "shim sockets left: {left:?}");
-    assert_eq!(cni_results(), Vec::<String>::new(), "CNI results left");
-    if Path::new("/sys/fs/cgroup/pids").is_dir() {
-        assert!(!cgroup.exists(), "{} is gone", cgroup.display());
+    footprint.assert_gone();
+    assert_eq!(host_sysctls(), sysctls, "the kubelet's sysctl changes are undone");
+    Ok(())
+}
+
+/// Where the process that `a_real_node_is_cleaned_up_after_its_test_process_is_killed` starts
+/// reports its node.
+const REPORT_ENV: &str = "TKE_REAL_NODE_REPORT";
+
+/// Not a test on its own: the process that the SIGKILL test starts and kills. It starts a control
+/// plane and a real node running a pod, reports the node, and waits to be killed.
+#[tokio::test]
+#[ignore = "started by a_real_node_is_cleaned_up_after_its_test_process_is_killed"]
+async fn real_node_until_killed() -> anyhow::Result<()> {
+    let Some(report) = std::env::var_os(REPORT_ENV) else {
+        return Ok(());
+    };
+    let cp = ControlPlane::start(Options::default()).await?;
+    let node = node_with_a_pod(&cp, "rn-kill").await?;
+    let line = format!("{}\n{}\n{}\n", node.dir().display(), node.netns, node.name);
+    std::fs::write(format!("{}.tmp", report.to_string_lossy()), line)?;
+    std::fs::rename(format!("{}.tmp", report.to_string_lossy()), &report)?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_real_node_is_cleaned_up_after_its_test_process_is_killed() -> anyhow::Result<()> {
+    if !realnode::available_or_skip() {
+        return Ok(());
     }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let sysctls = host_sysctls();
+    let report = std::env::temp_dir().join(format!("tke-real-node-{}", random_suffix()));
+    let log = std::fs::File::create(report.with_extension("log"))?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["--ignored", "--exact", "real_node_until_killed", "--nocapture"])
+        .env(REPORT_ENV, &report)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let started = wait::until(WAIT, "the child's real node running a pod", || {
+        let ready = report.exists();
+        async move { ready }
+    })
+    .await;
+    if let Err(e) = started {
+        let _ = child.kill();
+        let output = std::fs::read_to_string(report.with_extension("log")).unwrap_or_default();
+        anyhow::bail!("{e}; the child said:\n{output}");
+    }
+    let text = std::fs::read_to_string(&report)?;
+    let [dir, netns, name] = text.lines().collect::<Vec<_>>()[..] else {
+        anyhow::bail!("bad report {text:?}");
+    };
+    let footprint = Footprint::of(Path::new(dir), netns, name)?;
+    footprint.assert_present();
+
+    child.kill()?; // SIGKILL: no destructor runs; the watchdog cleans up.
+    child.wait()?;
+    wait::until(WAIT, "the watchdog's clean-up", || {
+        let gone = footprint.gone();
+        async move { gone }
+    })
+    .await?;
+
+    footprint.assert_gone();
+    assert_eq!(host_sysctls(), sysctls, "the kubelet's sysctl changes are undone");
+    let _ = std::fs::remove_file(&report);
+    let _ = std::fs::remove_file(report.with_extension("log"));
     Ok(())
 }

@@ -18,6 +18,11 @@ cmd=$1 dir=$2
 state=/run/tke-testbed
 mkdir -p $state
 
+# Fixed paths that kubelet, containerd and libcni use whatever they are told. Those the first real
+# node finds missing are removed (when empty) by the last one.
+host_dirs="/run/containerd /run/containerd/s /var/lib/cni /var/lib/cni/results /var/log/containers
+  /var/lib/kubelet /var/lib/kubelet/device-plugins"
+
 lock() { exec 9>$state/realnode.lock; flock 9; }
 unlock() { flock -u 9; }
 
@@ -31,6 +36,8 @@ up() {
   [ -n "$idx" ] || { echo "no free real-node index: 250 network namespaces tke-rn* exist" >&2; exit 1; }
   echo $idx > "$dir/idx"
   if [ ! -f $state/sysctl.orig ]; then
+    # The machine's first real node: what the last one puts back.
+    for p in $host_dirs; do [ -e $p ] || echo $p; done > $state/created
     for k in vm/overcommit_memory kernel/panic kernel/panic_on_oops; do echo "$k $(cat /proc/sys/$k)"; done > $state/sysctl.orig.tmp
     mv $state/sysctl.orig.tmp $state/sysctl.orig
   fi
@@ -92,6 +99,9 @@ down() {
     rm -f /var/lib/cni/results/*-"$id"-*
   done
   [ -f "$dir/cni-network" ] && rm -f /var/lib/cni/results/"$(cat "$dir/cni-network")"-*
+  for l in /var/log/containers/*.log; do
+    case "$(readlink "$l" 2>/dev/null)" in "$dir/"*) rm -f "$l" ;; esac
+  done
   for _ in $(seq 1 50); do
     left=$(find /sys/fs/cgroup/$cg /sys/fs/cgroup/*/$cg -depth -type d 2>/dev/null)
     [ -n "$left" ] || break
@@ -106,6 +116,12 @@ down() {
     # The machine's last real node: put back what the kubelet changed.
     while read -r k v; do echo "$v" > /proc/sys/$k; done < $state/sysctl.orig
     rm -f $state/sysctl.orig
+    if grep -qx /var/lib/kubelet/device-plugins $state/created 2>/dev/null; then
+      # Every kubelet binds its device-plugin socket here; ours made the directory.
+      rm -f /var/lib/kubelet/device-plugins/kubelet.sock /var/lib/kubelet/device-plugins/kubelet_internal_checkpoint
+    fi
+    for p in $(sort -r $state/created 2>/dev/null); do rmdir $p 2>/dev/null; done
+    rm -f $state/created
   fi
   unlock
   rm -f "$dir/idx"
