@@ -438,3 +438,77 @@ async fn a_real_node_is_cleaned_up_after_its_test_process_is_killed() -> anyhow:
     let _ = std::fs::remove_file(report.with_extension("log"));
     Ok(())
 }
+
+/// The binary our image is made of: `tke-resilience` when this build has it (`cargo test
+/// --workspace`), else this package's `tke-image`, a Rust binary of the same toolchain and linking.
+fn image_binary() -> PathBuf {
+    let built = std::env::current_exe()
+        .ok()
+        .and_then(|test| Some(test.parent()?.parent()?.join("tke-resilience")))
+        .filter(|p| p.is_file());
+    built.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tke-image")))
+}
+
+#[tokio::test]
+async fn our_image_runs_on_a_real_node_as_a_non_root_user() -> anyhow::Result<()> {
+    if !realnode::available_or_skip() {
+        return Ok(());
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = ControlPlane::shared().await?;
+    let ns = cp.namespace("rn-image").await?;
+    let node = cp.add_real_node(&format!("rn-image-{}", random_suffix())).await?;
+    let binary = image_binary();
+    let name = "tke-testbed.local/tke-resilience:test";
+    let image = images::tke_resilience(
+        &binary,
+        &images::shared_libraries(&binary)?,
+        name,
+        &node.dir().join("images/tke-resilience.tar"),
+    )?;
+    let begun = Instant::now();
+    node.import(&image)?;
+    eprintln!(
+        "[real_node] {} ({}) imported in {:.2}s",
+        binary.display(),
+        image.digest,
+        begun.elapsed().as_secs_f64()
+    );
+
+    // runAsNonRoot: the kubelet refuses to start a container whose image runs as root.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "ours"},
+        "spec": {
+            "nodeName": node.name,
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": true},
+            "containers": [{
+                "name": "ours",
+                "image": name,
+                "imagePullPolicy": "Never",
+                "args": ["--help"],
+            }],
+        }
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(cp.client().await?, &ns);
+    pods.create(&PostParams::default(), &pod).await?;
+    let done = wait::for_objects(
+        pods.clone(),
+        watcher::Config::default().fields("metadata.name=ours"),
+        WAIT,
+        "our pod finished",
+        |p| {
+            p.len() == 1
+                && matches!(
+                    p[0].status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+        },
+    )
+    .await?;
+    let status = done[0].status.clone().unwrap_or_default();
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"), "{status:?}");
+    let logs = pods.logs("ours", &LogParams::default()).await?;
+    assert!(logs.to_lowercase().contains("usage"), "logs: {logs:?}");
+    Ok(())
+}
