@@ -42,16 +42,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Why real nodes cannot run on this machine, or `None` when they can: root, cgroups, network
 /// namespaces, and the programs from `hack/realnode-deps.sh`.
 pub fn unavailable() -> Option<String> {
-    let mut missing = Vec::new();
+    let mut reasons = Vec::new();
     if !rustix::process::geteuid().is_root() {
-        missing.push("root (network namespaces, cgroups and mounts need it)".to_owned());
+        reasons.push("not root (network namespaces, cgroups and mounts need it)".to_owned());
     }
     if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() && !Path::new("/sys/fs/cgroup/cpu").is_dir() {
-        missing.push("cgroups at /sys/fs/cgroup".to_owned());
+        reasons.push("no cgroups at /sys/fs/cgroup".to_owned());
     }
     if !Path::new("/proc/self/ns/net").exists() {
-        missing.push("network namespaces (/proc/self/ns/net)".to_owned());
+        reasons.push("no network namespaces (/proc/self/ns/net)".to_owned());
     }
+    let mut missing = Vec::new();
     for program in [
         "ip",
         "nsenter",
@@ -62,27 +63,29 @@ pub fn unavailable() -> Option<String> {
         "runc",
     ] {
         if which(program).is_none() {
-            missing.push(format!("`{program}`"));
+            missing.push(program.to_owned());
         }
     }
     for plugin in ["bridge", "host-local", "loopback"] {
         if !Path::new(CNI_BIN_DIR).join(plugin).is_file() {
-            missing.push(format!("the CNI plugin {CNI_BIN_DIR}/{plugin}"));
+            missing.push(format!("{CNI_BIN_DIR}/{plugin}"));
         }
     }
     if !Path::new(images::BUSYBOX_BINARY).is_file() {
-        missing.push(format!("{} (busybox-static)", images::BUSYBOX_BINARY));
+        missing.push(images::BUSYBOX_BINARY.to_owned());
     }
-    (!missing.is_empty()).then(|| {
-        format!(
-            "missing {}; hack/realnode-deps.sh installs the packages (as root)",
+    if !missing.is_empty() {
+        reasons.push(format!(
+            "missing {} (hack/realnode-deps.sh installs them, as root)",
             missing.join(", ")
-        )
-    })
+        ));
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
 /// For tests that need real nodes: true when they can run here. Otherwise, under `CI=true`, panics
-/// saying why (CI must not pass without them); elsewhere prints why and returns false (skip).
+/// saying why (CI must not pass without them); elsewhere says why on stderr, past the test
+/// harness' capture so that a skip is never silent, and returns false.
 pub fn available_or_skip() -> bool {
     let Some(why) = unavailable() else {
         return true;
@@ -90,7 +93,11 @@ pub fn available_or_skip() -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("real nodes cannot run on this machine: {why}");
     }
-    eprintln!("SKIPPED: real nodes cannot run on this machine: {why}");
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: real nodes cannot run on this machine: {why}"
+    );
     false
 }
 
