@@ -346,6 +346,18 @@ pub fn tke_resilience(binary: &Path, libraries: &[PathBuf], name: &str, out: &Pa
     write_archive(&spec, out)
 }
 
+/// The tke-resilience binary for tests to package: `$TKE_IMAGE_BINARY` (e.g. the release build),
+/// else the one next to the running test binary when the build made it (`cargo test --workspace`
+/// does).
+pub fn built_tke_resilience() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("TKE_IMAGE_BINARY") {
+        return Some(PathBuf::from(path));
+    }
+    let test = std::env::current_exe().ok()?;
+    // target/<profile>/deps/<test> -> target/<profile>/tke-resilience
+    Some(test.parent()?.parent()?.join("tke-resilience")).filter(|p| p.is_file())
+}
+
 /// The shared libraries `binary` loads, as `ldd` resolves them (the dynamic loader included); empty
 /// for a static binary. Symlinks stay as the paths the loader asks for, with the target's content.
 pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {

@@ -10,15 +10,11 @@ use std::{
 
 use tke_testbed::images;
 
-/// The binary the image is made of: `tke-resilience` when this build has it (`cargo test
-/// --workspace`), else this package's `tke-image`, a Rust binary of the same toolchain and
-/// linking.
-fn binary() -> PathBuf {
-    let built = std::env::current_exe()
-        .ok()
-        .and_then(|test| Some(test.parent()?.parent()?.join("tke-resilience")))
-        .filter(|p| p.is_file());
-    built.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tke-image")))
+/// The binary the image is made of: tke-resilience when there is one (see
+/// `images::built_tke_resilience`), else this package's `tke-image`, a Rust binary of the same
+/// toolchain and linking.
+fn image_binary() -> PathBuf {
+    images::built_tke_resilience().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tke-image")))
 }
 
 /// The archive's files by path (blobs, index.json, oci-layout).
@@ -45,7 +41,7 @@ fn blob<'a>(files: &'a BTreeMap<String, Vec<u8>>, digest: &str) -> anyhow::Resul
 #[test]
 fn the_image_is_reproducible_and_holds_only_the_binary_its_libraries_ca_certificates_and_the_user()
 -> anyhow::Result<()> {
-    let binary = binary();
+    let binary = image_binary();
     let dir = std::env::temp_dir().join(format!("tke-image-{}", tke_testbed::random_suffix()));
     let libraries = images::shared_libraries(&binary)?;
     let name = "tke-testbed.local/tke-resilience:test";

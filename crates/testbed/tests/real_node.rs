@@ -458,14 +458,11 @@ async fn a_real_node_is_cleaned_up_after_its_test_process_is_killed() -> anyhow:
     Ok(())
 }
 
-/// The binary our image is made of: `tke-resilience` when this build has it (`cargo test
-/// --workspace`), else this package's `tke-image`, a Rust binary of the same toolchain and linking.
+/// The binary the image is made of: tke-resilience when there is one (see
+/// `images::built_tke_resilience`), else this package's `tke-image`, a Rust binary of the same
+/// toolchain and linking.
 fn image_binary() -> PathBuf {
-    let built = std::env::current_exe()
-        .ok()
-        .and_then(|test| Some(test.parent()?.parent()?.join("tke-resilience")))
-        .filter(|p| p.is_file());
-    built.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tke-image")))
+    images::built_tke_resilience().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tke-image")))
 }
 
 #[tokio::test]
