@@ -136,6 +136,32 @@ async fn two_real_nodes_run_busybox_containers_serve_their_logs_and_reach_their_
             .text()
             .await?;
         assert_eq!(page.trim(), format!("served by {}", node.name));
+
+        // exec: apiserver -> kubelet -> containerd's stream server, inside the namespace.
+        let exec = tokio::process::Command::new(cp.bin("kubectl"))
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(["-n", &ns, "exec", &name, "--", "cat", "/www/index.html"])
+            .output()
+            .await?;
+        assert!(
+            exec.status.success(),
+            "kubectl exec: {}",
+            String::from_utf8_lossy(&exec.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&exec.stdout).trim(),
+            format!("served by {}", node.name)
+        );
+
+        // The rule the layout exists for: no address on the host's end of the veth, IPv6
+        // link-local included.
+        assert_eq!(
+            root_end_addresses(&node.netns),
+            "",
+            "addresses on {}h",
+            node.netns
+        );
     }
 
     for node in [&a, &b] {
@@ -151,6 +177,16 @@ async fn two_real_nodes_run_busybox_containers_serve_their_logs_and_reach_their_
     )
     .await?;
     Ok(())
+}
+
+/// `ip -o addr show` of the host's end of a node's veth pair (`<netns>h`).
+fn root_end_addresses(netns: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "addr", "show", "dev", &format!("{netns}h")])
+        .output()
+        .expect("ip addr show");
+    assert!(out.status.success(), "{netns}h exists");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Real-node tests run one at a time: the host sysctls the kubelet changes are machine-wide, and
