@@ -146,6 +146,14 @@ impl ControlPlane {
             )));
         }
         let dir = self.run_dir().join(format!("{DIR_PREFIX}{name}"));
+        // The deepest Unix socket under it; sun_path holds 107 bytes.
+        let deepest = dir.join("kubelet/root/pod-resources/kubelet.sock");
+        if deepest.as_os_str().len() > 107 {
+            return Err(Error::RealNode(format!(
+                "{} is too long for a Unix socket; use a shorter node name or TKE_TESTBED_DIR",
+                deepest.display()
+            )));
+        }
         for sub in [
             "containerd",
             "cni/net.d",
