@@ -299,7 +299,8 @@ pub fn busybox(out: &Path) -> Result<Image> {
 }
 
 /// The sandbox ("pause") image: a shell that sleeps until SIGTERM or SIGINT and, being the pod's
-/// init when the pod shares its process namespace, reaps children (`wait` does).
+/// init when the pod shares its process namespace, reaps children: `wait` without arguments
+/// collects any child, orphans handed to it included.
 pub fn pause(out: &Path) -> Result<Image> {
     let mut spec = ImageSpec::new(PAUSE)
         .file("bin/busybox", read(Path::new(BUSYBOX_BINARY))?, 0o755)
@@ -308,7 +309,7 @@ pub fn pause(out: &Path) -> Result<Image> {
     spec.entrypoint = vec![
         "/bin/sh".into(),
         "-c".into(),
-        "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done".into(),
+        "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done".into(),
     ];
     write_archive(&spec, out)
 }
