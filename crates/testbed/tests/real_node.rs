@@ -368,8 +368,19 @@ impl Footprint {
     }
 
     fn assert_gone(&self) {
+        self.assert_index_gone();
+        self.assert_dir_gone();
+    }
+
+    /// What is named by the node's index (tke-rnN), which a later node may take again.
+    fn assert_index_gone(&self) {
         assert!(!self.netns.exists(), "{} is gone", self.netns.display());
         assert!(!self.link_exists(), "{} is gone", self.host_link);
+        assert!(!self.cgroup.exists(), "{} is gone", self.cgroup.display());
+    }
+
+    /// What is named by the node's directory.
+    fn assert_dir_gone(&self) {
         assert_eq!(self.mounts(), Vec::<String>::new(), "mounts left");
         assert_eq!(self.processes(), Vec::<String>::new(), "processes left");
         assert!(!self.dir.exists(), "{} is gone", self.dir.display());
@@ -380,7 +391,6 @@ impl Footprint {
         );
         assert_eq!(self.cni_results(), Vec::<String>::new(), "CNI results left");
         assert_eq!(self.log_links(), Vec::<PathBuf>::new(), "pod log links left");
-        assert!(!self.cgroup.exists(), "{} is gone", self.cgroup.display());
     }
 }
 
@@ -446,6 +456,94 @@ async fn real_node_until_killed() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A test process (this binary, running `real_node_until_killed`) with a real node running a pod.
+struct ChildWithANode {
+    child: std::process::Child,
+    report: PathBuf,
+    footprint: Footprint,
+}
+
+impl ChildWithANode {
+    async fn start() -> anyhow::Result<Self> {
+        let report = std::env::temp_dir().join(format!("tke-real-node-{}", random_suffix()));
+        let log = std::fs::File::create(report.with_extension("log"))?;
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["--ignored", "--exact", "real_node_until_killed", "--nocapture"])
+            .env(REPORT_ENV, &report)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let started = wait::until(WAIT, "the child's real node running a pod", || {
+            let ready = report.exists();
+            async move { ready }
+        })
+        .await;
+        if let Err(e) = started {
+            let _ = child.kill();
+            let output = std::fs::read_to_string(report.with_extension("log")).unwrap_or_default();
+            anyhow::bail!("{e}; the child said:\n{output}");
+        }
+        let text = std::fs::read_to_string(&report)?;
+        let [dir, netns, name] = text.lines().collect::<Vec<_>>()[..] else {
+            anyhow::bail!("bad report {text:?}");
+        };
+        let footprint = Footprint::of(Path::new(dir), netns, name)?;
+        Ok(Self {
+            child,
+            report,
+            footprint,
+        })
+    }
+
+    /// SIGKILL: no destructor runs.
+    fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// The child's watchdog: `sh -c SCRIPT tke-testbed-watchdog <owner pid> <run dir>`.
+    fn watchdog_pid(&self) -> Option<u32> {
+        let owner = self.child.id().to_string();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_it =
+                args.get(3) == Some(&&b"tke-testbed-watchdog"[..]) && args.get(4) == Some(&owner.as_bytes());
+            if is_it {
+                e.file_name().to_str()?.parse().ok()
+            } else {
+                None
+            }
+        })
+    }
+}
+
+impl Drop for ChildWithANode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A child whose watchdog was killed too leaves its control plane running: stop it here
+        // (the real node is host.sh's business, and tested).
+        if let Some(run_dir) = self.footprint.dir.parent()
+            && let Ok(pids) = std::fs::read_to_string(run_dir.join("pids"))
+        {
+            for pid in pids.lines() {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&*run_dir.to_string_lossy()) {
+                    let _ = std::process::Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            if self.watchdog_pid().is_none() {
+                let _ = std::fs::remove_dir_all(run_dir);
+            }
+        }
+        let _ = std::fs::remove_file(&self.report);
+        let _ = std::fs::remove_file(self.report.with_extension("log"));
+    }
+}
+
 #[tokio::test]
 async fn a_real_node_is_cleaned_up_after_its_test_process_is_killed() -> anyhow::Result<()> {
     if !realnode::available_or_skip() {
@@ -453,34 +551,12 @@ async fn a_real_node_is_cleaned_up_after_its_test_process_is_killed() -> anyhow:
     }
     let _one = ONE_AT_A_TIME.lock().await;
     let sysctls = host_sysctls_without_real_nodes();
-    let report = std::env::temp_dir().join(format!("tke-real-node-{}", random_suffix()));
-    let log = std::fs::File::create(report.with_extension("log"))?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["--ignored", "--exact", "real_node_until_killed", "--nocapture"])
-        .env(REPORT_ENV, &report)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let started = wait::until(WAIT, "the child's real node running a pod", || {
-        let ready = report.exists();
-        async move { ready }
-    })
-    .await;
-    if let Err(e) = started {
-        let _ = child.kill();
-        let output = std::fs::read_to_string(report.with_extension("log")).unwrap_or_default();
-        anyhow::bail!("{e}; the child said:\n{output}");
-    }
-    let text = std::fs::read_to_string(&report)?;
-    let [dir, netns, name] = text.lines().collect::<Vec<_>>()[..] else {
-        anyhow::bail!("bad report {text:?}");
-    };
-    let footprint = Footprint::of(Path::new(dir), netns, name)?;
+    let mut child = ChildWithANode::start().await?;
+    let footprint = &child.footprint;
     footprint.assert_present();
 
-    child.kill()?; // SIGKILL: no destructor runs; the watchdog cleans up.
-    child.wait()?;
+    child.kill()?; // the watchdog cleans up
+    let footprint = &child.footprint;
     wait::until(WAIT, "the watchdog's clean-up", || {
         let gone = footprint.gone();
         async move { gone }
@@ -489,8 +565,41 @@ async fn a_real_node_is_cleaned_up_after_its_test_process_is_killed() -> anyhow:
 
     footprint.assert_gone();
     assert_sysctls_restored(sysctls);
-    let _ = std::fs::remove_file(&report);
-    let _ = std::fs::remove_file(report.with_extension("log"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_real_node_left_behind_by_a_killed_process_and_watchdog_is_reaped_by_the_next_node()
+-> anyhow::Result<()> {
+    if !realnode::available_or_skip() {
+        return Ok(());
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let sysctls = host_sysctls_without_real_nodes();
+    let mut child = ChildWithANode::start().await?;
+    child.footprint.assert_present();
+    // What ending a whole session does: the watchdog dies with the test process.
+    let watchdog = child
+        .watchdog_pid()
+        .ok_or_else(|| anyhow::anyhow!("the child's watchdog is not running"))?;
+    std::process::Command::new("kill")
+        .args(["-9", &watchdog.to_string()])
+        .status()?;
+    child.kill()?;
+    // Nobody cleaned up: the node is all there (its kubelet and containerd still run).
+    child.footprint.assert_present();
+
+    let cp = ControlPlane::shared().await?;
+    let next = cp.add_real_node(&format!("rn-next-{}", random_suffix())).await?;
+    child.footprint.assert_dir_gone();
+    if next.netns.as_str() == child.footprint.host_link.trim_end_matches('h') {
+        // The next node took the same index: `ip netns add` succeeded, so the old one was gone.
+        eprintln!("[real_node] {} reaped and taken again", next.netns);
+    } else {
+        child.footprint.assert_index_gone();
+    }
+    drop(next);
+    assert_sysctls_restored(sysctls);
     Ok(())
 }
 

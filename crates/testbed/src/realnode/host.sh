@@ -1,4 +1,5 @@
-# The host side of one real node: `up DIR` and `down DIR`. Run by the test bed (sh, as root).
+# The host side of one real node: `up DIR OWNER_PID` and `down DIR`. Run by the test bed (sh, as
+# root).
 #
 # up takes a node index by creating its network namespace tke-rnN (`ip netns add` fails when it
 # exists, so two test processes never share one), wires it to the root namespace with a veth pair,
@@ -13,10 +14,15 @@
 # processes), mounts under DIR, shim sockets and CNI results outside it, the namespace and veth,
 # the cgroups, and, when it was the machine's last real node, the recorded sysctls. It is safe to
 # run after SIGKILL, more than once, and on a half-made node.
+#
+# Each node is registered in $state/nodes/N as "OWNER_PID DIR". The test process's watchdog runs
+# down when the owner dies; if the watchdog died too (a session ended by killing everything), the
+# next up finds the owner gone and reaps the node: kernel state (namespaces, veths, mounts,
+# cgroups, sysctls) outlives processes.
 set -u
-cmd=$1 dir=$2
+cmd=$1 dir=$2 owner=${3:-}
 state=/run/tke-testbed
-mkdir -p $state
+mkdir -p $state/nodes
 
 # Fixed paths that kubelet, containerd and libcni use whatever they are told. Those the first real
 # node finds missing are removed (when empty) by the last one.
@@ -26,7 +32,19 @@ host_dirs="/run/containerd /run/containerd/s /var/lib/cni /var/lib/cni/results /
 lock() { exec 9>$state/realnode.lock; flock 9; }
 unlock() { flock -u 9; }
 
+reap_stale() {
+  for f in $state/nodes/*; do
+    [ -f "$f" ] || continue
+    read -r pid stale_dir < "$f" || continue
+    kill -0 "$pid" 2>/dev/null && continue
+    echo "reaping real node tke-rn${f##*/} of process $pid, which is gone ($stale_dir)" >&2
+    (set +e; dir=$stale_dir idx=${f##*/}; down_idx && rm -rf "$stale_dir")
+  done
+}
+
 up() {
+  [ -n "$owner" ] || { echo "usage: host.sh up DIR OWNER_PID" >&2; exit 2; }
+  reap_stale
   set -e
   lock
   idx=
@@ -35,6 +53,7 @@ up() {
   done
   [ -n "$idx" ] || { echo "no free real-node index: 250 network namespaces tke-rn* exist" >&2; exit 1; }
   echo $idx > "$dir/idx"
+  echo "$owner $dir" > $state/nodes/$idx
   if [ ! -f $state/sysctl.orig ]; then
     # The machine's first real node: what the last one puts back.
     for p in $host_dirs; do [ -e $p ] || echo $p; done > $state/created
@@ -82,6 +101,13 @@ kill_all() { # every process naming DIR, and every process in the node's cgroups
 down() {
   [ -f "$dir/idx" ] || return 0
   idx=$(cat "$dir/idx")
+  down_idx
+}
+
+down_idx() { # DIR and node index $idx
+  # Processes are matched by DIR in their command lines: never with anything but a node's directory.
+  case "$dir" in /?*/rn-?*) ;; *) echo "refusing to clean up '$dir': not a real node's directory" >&2; return 1 ;; esac
+  case "$idx" in '' | *[!0-9]*) echo "refusing to clean up node index '$idx'" >&2; return 1 ;; esac
   ns=tke-rn$idx cg=tke-rn$idx
   for _ in 1 2 3; do kill_all; sleep 0.1; done
   # Mounts under DIR (overlay rootfs, sandbox netns and shm, the kubelet's bind mount of its root
@@ -123,6 +149,7 @@ down() {
     for p in $(sort -r $state/created 2>/dev/null); do rmdir $p 2>/dev/null; done
     rm -f $state/created
   fi
+  rm -f $state/nodes/$idx
   unlock
   rm -f "$dir/idx"
 }

@@ -145,7 +145,14 @@ impl ControlPlane {
                 kubelet_bin.display()
             )));
         }
-        let dir = self.run_dir().join(format!("{DIR_PREFIX}{name}"));
+        // Absolute: host.sh matches processes by it, and refuses anything else.
+        let dir =
+            std::path::absolute(self.run_dir().join(format!("{DIR_PREFIX}{name}"))).map_err(|source| {
+                Error::Io {
+                    path: self.run_dir().to_owned(),
+                    source,
+                }
+            })?;
         // The deepest Unix socket under it; sun_path holds 107 bytes.
         let deepest = dir.join("kubelet/root/pod-resources/kubelet.sock");
         if deepest.as_os_str().len() > 107 {
@@ -180,7 +187,8 @@ impl ControlPlane {
             containerd: None,
             forwarder: None,
         };
-        let idx: u8 = host_script(&node.dir, "up")?
+        let owner = std::process::id().to_string();
+        let idx: u8 = host_script(&node.dir, &["up", &owner])?
             .trim()
             .parse()
             .map_err(|e| Error::RealNode(format!("host.sh up printed no node index: {e}")))?;
@@ -397,7 +405,7 @@ impl Drop for RealNode {
         {
             proc.kill();
         }
-        if let Err(e) = host_script(&self.dir, "down") {
+        if let Err(e) = host_script(&self.dir, &["down"]) {
             eprintln!("[testbed] cleaning up real node {}: {e}", self.name);
         }
         // The Node object would stay NotReady in a shared cluster; best effort.
@@ -418,12 +426,14 @@ impl Drop for RealNode {
     }
 }
 
-/// Runs `host.sh up|down DIR`; returns its standard output.
-fn host_script(dir: &Path, command: &str) -> Result<String> {
+/// Runs `host.sh up DIR OWNER` or `host.sh down DIR`; returns its standard output.
+fn host_script(dir: &Path, args: &[&str]) -> Result<String> {
+    let (command, rest) = args.split_first().unwrap_or((&"down", &[]));
     let out = Command::new("sh")
         .arg(dir.join("host.sh"))
         .arg(command)
         .arg(dir)
+        .args(rest)
         .output()
         .map_err(|source| Error::Io {
             path: dir.join("host.sh"),
@@ -449,7 +459,7 @@ pub(crate) fn clean_up_all(run_dir: &Path) {
         let dir = entry.path();
         let is_node = entry.file_name().to_string_lossy().starts_with(DIR_PREFIX);
         if is_node && dir.join("host.sh").is_file() {
-            let _ = host_script(&dir, "down");
+            let _ = host_script(&dir, &["down"]);
         }
     }
 }
