@@ -127,7 +127,7 @@ pub fn write_archive(spec: &ImageSpec, out: &Path) -> Result<Image> {
     let layer = layer_tar(spec)?;
     let layer_digest = sha256(&layer);
     let mut config = json!({
-        "architecture": "amd64",
+        "architecture": oci_architecture(),
         "os": "linux",
         "config": {
             "Env": spec.env,
@@ -171,7 +171,7 @@ pub fn write_archive(spec: &ImageSpec, out: &Path) -> Result<Image> {
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": manifest_digest,
             "size": manifest.len(),
-            "platform": {"architecture": "amd64", "os": "linux"},
+            "platform": {"architecture": oci_architecture(), "os": "linux"},
             "annotations": {
                 "io.containerd.image.name": spec.name,
                 "org.opencontainers.image.ref.name": tag,
@@ -258,6 +258,15 @@ fn append_file(builder: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mod
     builder
         .append_data(&mut header, path, data)
         .map_err(|e| Error::Input(format!("{path}: {e}")))
+}
+
+/// The OCI (GOARCH) name of the architecture the files were built for: this machine's.
+fn oci_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
 }
 
 fn to_json(value: &serde_json::Value) -> Vec<u8> {
