@@ -556,12 +556,17 @@ async fn a_real_node_is_cleaned_up_after_its_test_process_is_killed() -> anyhow:
     footprint.assert_present();
 
     child.kill()?; // the watchdog cleans up
+    let killed = Instant::now();
     let footprint = &child.footprint;
     wait::until(WAIT, "the watchdog's clean-up", || {
         let gone = footprint.gone();
         async move { gone }
     })
     .await?;
+    eprintln!(
+        "[real_node] cleaned up {:.2}s after SIGKILL",
+        killed.elapsed().as_secs_f64()
+    );
 
     footprint.assert_gone();
     assert_sysctls_restored(sysctls);
@@ -590,7 +595,13 @@ async fn a_real_node_left_behind_by_a_killed_process_and_watchdog_is_reaped_by_t
     child.footprint.assert_present();
 
     let cp = ControlPlane::shared().await?;
+    let begun = Instant::now();
     let next = cp.add_real_node(&format!("rn-next-{}", random_suffix())).await?;
+    eprintln!(
+        "[real_node] reaped the stale node and started {} in {:.2}s",
+        next.name,
+        begun.elapsed().as_secs_f64()
+    );
     child.footprint.assert_dir_gone();
     if next.netns.as_str() == child.footprint.host_link.trim_end_matches('h') {
         // The next node took the same index: `ip netns add` succeeded, so the old one was gone.
