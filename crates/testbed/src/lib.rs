@@ -70,6 +70,8 @@ pub enum Error {
     RealNode(String),
     #[error(transparent)]
     Images(#[from] images::Error),
+    #[error(transparent)]
+    Forward(#[from] realnode::forward::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

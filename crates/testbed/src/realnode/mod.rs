@@ -203,10 +203,7 @@ impl ControlPlane {
             .trim_start_matches("https://")
             .parse()
             .map_err(|e| Error::RealNode(format!("apiserver address {}: {e}", self.apiserver_url())))?;
-        node.forwarder = Some(
-            forward::Forwarder::start(&netns_file, apiserver, apiserver)
-                .map_err(|e| Error::RealNode(e.to_string()))?,
-        );
+        node.forwarder = Some(forward::Forwarder::start(&netns_file, apiserver, apiserver)?);
 
         let pki = self.pki();
         let client = pki.issue_client(
