@@ -157,5 +157,5 @@ down_idx() { # DIR and node index $idx
 case $cmd in
   up) up ;;
   down) down ;;
-  *) echo "usage: host.sh up|down DIR" >&2; exit 2 ;;
+  *) echo "usage: host.sh up DIR OWNER_PID | down DIR" >&2; exit 2 ;;
 esac
