@@ -5,20 +5,22 @@ SHELL := /usr/bin/env bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help tools test lint fmt up down demo bench
+.PHONY: help tools test lint fmt up down demo bench image
 
 help:
 	@echo "make demo   - the seed's walkthrough on a local stack (control plane, kwok, cloudsim, eklet, ...)"
 	@echo "make test   - unit, integration and end-to-end tests against a real control plane"
 	@echo "make up     - start the local stack in the background; make down stops it"
-	@echo "make tools  - build the pinned test-bed tools (etcd, kube-*, kubectl, kwok, helm); prints their directory"
+	@echo "make tools  - build the pinned test-bed tools (etcd, kube-*, kubectl, kubelet, kwok, helm); prints their directory"
 	@echo "make bench  - eklet vs virtual-kubelet's mock provider on one control plane (PODS=500 ROUNDS=1)"
 	@echo "make lint   - rustfmt and clippy, as CI runs them"
+	@echo "make image  - the tke-resilience OCI image archive, reproducibly, without Docker; prints its path last"
 
 tools:
 	@hack/tools.sh
 
 test:
+	@hack/realnode-deps.sh
 	@bin=$$(hack/tools.sh | tail -n 1) && TKE_TESTBED_BIN=$$bin $(CARGO) test --workspace --all-targets
 
 lint:
@@ -46,3 +48,13 @@ bench:
 
 fmt:
 	$(CARGO) fmt --all
+
+# An OCI image archive of the release binary (UID 65532, CA certificates, the libraries it links;
+# nothing else), the same bytes for the same binary. Load it with `ctr images import` or push it
+# with skopeo/crane (see the README).
+IMAGE_NAME ?= ghcr.io/tke-resilience/tke-resilience:dev
+image:
+	@target=$${CARGO_TARGET_DIR:-target} && \
+	  $(CARGO) build --release -q -p tke-resilience --bin tke-resilience && \
+	  $(CARGO) build -q -p tke-testbed --bin tke-image && \
+	  $$target/debug/tke-image $$target/release/tke-resilience $$target/image/tke-resilience.oci.tar --name $(IMAGE_NAME)

@@ -6,11 +6,16 @@
 //! ([`ControlPlane::shared`]); a test that needs a pristine cluster starts its own
 //! ([`ControlPlane::start`]) and it is torn down when dropped. Either way no process outlives the test
 //! binary, also when it panics or is killed (see [`process`]).
+//!
+//! Real nodes (kubelet, containerd, runc; [`realnode`]) join a control plane with
+//! [`ControlPlane::add_real_node`] and run containers from images built here ([`images`]).
 
+pub mod images;
 pub mod metrics_server;
 pub mod nodes;
 pub mod pki;
 pub mod process;
+pub mod realnode;
 pub mod wait;
 
 use std::{
@@ -31,6 +36,7 @@ pub use nodes::NodeSpec;
 use pki::Pki;
 pub use process::Proc;
 use process::Supervisor;
+pub use realnode::RealNode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -60,6 +66,12 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
+    #[error("real node: {0}")]
+    RealNode(String),
+    #[error(transparent)]
+    Images(#[from] images::Error),
+    #[error(transparent)]
+    Forward(#[from] realnode::forward::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -527,6 +539,8 @@ current-context: testbed
         while let Some(mut proc) = procs.pop() {
             proc.kill();
         }
+        // Real nodes still running (their handles outlived the control plane, or leaked).
+        realnode::clean_up_all(&self.run_dir);
         self.supervisor.lock().unwrap_or_else(|e| e.into_inner()).take();
         if !self.run_dir.join("keep").exists() {
             let _ = std::fs::remove_dir_all(&self.run_dir);

@@ -2,7 +2,8 @@
 //!
 //! Every child is recorded in the run directory's `pids` file. A watchdog shell, started with the
 //! first child, polls the test process and, once it is gone (normal exit, panic, SIGKILL), kills every
-//! recorded process whose command line still names the run directory and removes the directory.
+//! recorded process whose command line still names the run directory, tears down real nodes
+//! (`realnode/host.sh down`) and removes the directory.
 //! `Drop` does the same at once for control planes that are dropped normally.
 
 use std::{
@@ -106,6 +107,8 @@ if [ -f "$dir/pids" ]; then
     if tr '\0' ' ' < /proc/$p/cmdline 2>/dev/null | grep -qF "$dir"; then kill -9 "$p" 2>/dev/null; fi
   done
 fi
+# Real nodes: what their processes left outside the run directory (see realnode/host.sh).
+for d in "$dir"/rn-*/; do [ -f "$d/host.sh" ] && sh "$d/host.sh" down "${d%/}"; done
 [ -f "$dir/keep" ] || rm -rf "$dir"
 "#;
         Command::new("sh")
