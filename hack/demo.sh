@@ -54,6 +54,14 @@ echo
 echo "== kubectl logs reaches the cloud pod through the virtual node's kubelet API"
 show kubectl logs "$cloud_pod" --tail=3
 
+node=$(kubectl get pod "$cloud_pod" -o jsonpath='{.spec.nodeName}')
+if [ "$(kubectl get node "$node" -o jsonpath='{.status.addresses[0].address}')" != 127.0.0.1 ]; then
+  echo
+  echo "== The apiserver's node proxy reaches the virtual node's kubelet API like a kubelet's"
+  show kubectl get --raw "/api/v1/nodes/$node/proxy/runningpods/"
+  echo
+fi
+
 echo
 echo "== kubectl top: metrics-server reads the cloud pods' usage from the virtual node's kubelet API"
 echo "   (eklet scrapes each sandbox's agent; metrics-server needs two scrapes for a rate)"

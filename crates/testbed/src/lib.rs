@@ -36,7 +36,7 @@ pub use nodes::NodeSpec;
 use pki::Pki;
 pub use process::Proc;
 use process::Supervisor;
-pub use realnode::RealNode;
+pub use realnode::{RealNode, address::NodeAddress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

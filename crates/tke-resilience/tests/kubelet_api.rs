@@ -598,3 +598,71 @@ async fn each_virtual_node_has_its_own_kubelet_endpoint_with_only_its_pods() -> 
     remove_node(&client, &second_node).await;
     Ok(())
 }
+
+/// Issue #22: kube-apiserver refuses to proxy to a loopback node address, so on a loopback
+/// InternalIP every `/api/v1/nodes/NAME/proxy/...` failed with "address not allowed". With eklet's
+/// node address inside a network namespace of the test bed's own, the node proxy reaches eklet's
+/// kubelet API as it reaches a kubelet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apiserver_node_proxy_reaches_the_virtual_nodes_kubelet_api() -> anyhow::Result<()> {
+    if let Some(why) = tke_testbed::realnode::address::unavailable() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("node addresses cannot be made on this machine: {why}");
+        }
+        eprintln!("SKIPPED: node addresses cannot be made on this machine: {why}");
+        return Ok(());
+    }
+    let cp = ControlPlane::shared().await?;
+    let client = cp.client().await?;
+    let namespace = cp.namespace("node-proxy").await?;
+    let mut agents = Ok(String::new());
+    let cloud = start_cloudsim(|config| {
+        config.log_interval = LOG_INTERVAL;
+        agents = enable_agents(config);
+    })
+    .await?;
+    let mut address = cp.add_node_address("proxy")?;
+    let id = Identity::unique();
+    let node_ip = format!("--node-ip={}", address.ip);
+    let eklet = Eklet::start(&cp, &cloud, &id, &[agents?.as_str(), node_ip.as_str()]).await?;
+    address.forward(eklet.kubelet.port(), eklet.kubelet)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-0"},
+        "spec": cloud_pod_spec(&id, json!([{"name": "web", "image": "nginx:1.27"}])),
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    wait::until(PATIENCE, "web-0 Running with a log line", || async {
+        pods.get("web-0").await.is_ok_and(|p| is_running(&p))
+            && pods
+                .logs("web-0", &kube::api::LogParams::default())
+                .await
+                .is_ok_and(|log| !log.is_empty())
+    })
+    .await?;
+
+    let node = id.node();
+    let proxy = |path: String| {
+        let client = client.clone();
+        let uri = format!("/api/v1/nodes/{node}/proxy{path}");
+        async move {
+            let request = http::Request::get(&uri).body(Vec::new())?;
+            client
+                .request_text(request)
+                .await
+                .with_context(|| format!("GET {uri}"))
+        }
+    };
+    let listed = proxy("/pods".into()).await?;
+    assert!(listed.contains("\"web-0\""), "{listed}");
+    let summary = proxy("/stats/summary".into()).await?;
+    assert!(summary.contains(&node) && summary.contains("web-0"), "{summary}");
+    let log = proxy(format!("/containerLogs/{namespace}/web-0/web")).await?;
+    assert!(log.contains("web log line"), "{log}");
+    let running = proxy("/runningpods/".into()).await?;
+    assert!(running.contains("\"web-0\""), "{running}");
+    let unknown = proxy("/no-such-thing".into()).await.unwrap_err();
+    assert!(format!("{unknown:#}").contains("404"), "{unknown:#}");
+    remove_node(&client, &node).await;
+    Ok(())
+}

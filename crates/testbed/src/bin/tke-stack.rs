@@ -127,9 +127,24 @@ async fn main() -> anyhow::Result<()> {
 
     step(3, &format!("eklet: virtual node eklet-{subnet}"));
     let node_name = format!("eklet-{subnet}");
-    let serving = cp
-        .pki()
-        .issue_server("eklet-kubelet", &node_name, &["127.0.0.1", "localhost"])?;
+    // kube-apiserver will not proxy to a loopback node address (`kubectl get --raw
+    // /api/v1/nodes/NODE/proxy/...`), so where the machine allows it eklet's node address lives in a
+    // network namespace of the stack's own, relayed to eklet's loopback port.
+    let mut node_address = match tke_testbed::realnode::address::unavailable() {
+        None => Some(cp.add_node_address("eklet")?),
+        Some(why) => {
+            eprintln!(
+                "    (virtual node on 127.0.0.1: the apiserver's node proxy will refuse it; a node address needs {why})"
+            );
+            None
+        }
+    };
+    let node_ip = node_address
+        .as_ref()
+        .map_or_else(|| "127.0.0.1".to_owned(), |a| a.ip.to_string());
+    let serving =
+        cp.pki()
+            .issue_server("eklet-kubelet", &node_name, &["127.0.0.1", "localhost", &node_ip])?;
     procs.push(cp.spawn_process(
         "eklet",
         &args.binary,
@@ -143,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
             "--security-group-id=sg-local".into(),
             format!("--subnet={subnet}={ZONE}"),
             "--cluster-id=cls-local".into(),
-            "--node-ip=127.0.0.1".into(),
+            format!("--node-ip={node_ip}"),
             format!("--kubelet-port={kubelet_port}"),
             // The apiserver's kubelet client certificate is signed by the test bed CA.
             format!("--client-ca-file={}", cp.pki().ca.cert_file.display()),
@@ -155,6 +170,9 @@ async fn main() -> anyhow::Result<()> {
         ],
         &[],
     )?);
+    if let Some(address) = node_address.as_mut() {
+        address.forward(kubelet_port, SocketAddr::from(([127, 0, 0, 1], kubelet_port)))?;
+    }
     let client = cp.client().await?;
     tke_testbed::nodes::wait_ready(&client, &node_name, Duration::from_secs(60))
         .await
@@ -232,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
     supervise(&mut procs).await;
     println!("[stack] stopping");
     drop(procs);
+    drop(node_address);
     drop(cp);
     for file in ["ready", "kubeconfig", "env", "logs", "pid"] {
         let _ = std::fs::remove_file(state.join(file));

@@ -13,6 +13,7 @@
 //! sysctls the kubelet changes. It runs when the node is dropped, when its control plane stops, and
 //! from the watchdog after the test binary died (panic, SIGKILL).
 
+pub mod address;
 pub mod forward;
 
 use std::{
@@ -101,7 +102,7 @@ pub fn available_or_skip() -> bool {
     false
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
@@ -424,7 +425,7 @@ impl Drop for RealNode {
 }
 
 /// Runs `host.sh up DIR OWNER` or `host.sh down DIR`; returns its standard output.
-fn host_script(dir: &Path, args: &[&str]) -> Result<String> {
+pub(crate) fn host_script(dir: &Path, args: &[&str]) -> Result<String> {
     let (command, rest) = args.split_first().unwrap_or((&"down", &[]));
     let out = Command::new("sh")
         .arg(dir.join("host.sh"))

@@ -160,8 +160,7 @@ impl Eklet {
         ];
         args.extend(provider_args.iter().cloned());
         args.extend([
-            "--node-ip=127.0.0.1".to_owned(),
-            "--bind-address=127.0.0.1".into(),
+            "--bind-address=127.0.0.1".to_owned(),
             format!("--metrics-port={port}"),
             format!("--kubelet-port={kubelet_port}"),
             format!("--client-ca-file={}", cp.pki().ca.cert_file.display()),
@@ -169,6 +168,9 @@ impl Eklet {
             "--leader-elect-lease-duration=6s".into(),
             "--status-sync-interval=500ms".into(),
         ]);
+        if !extra.iter().any(|a| a.starts_with("--node-ip")) {
+            args.push("--node-ip=127.0.0.1".into());
+        }
         if !extra.iter().any(|a| a.starts_with("--orphan-sweep-interval")) {
             args.push("--orphan-sweep-interval=10s".into());
         }
