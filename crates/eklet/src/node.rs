@@ -115,7 +115,7 @@ impl NodeViews {
             .collect()
     }
 
-    fn update<T>(&self, node: &str, change: impl FnOnce(&mut NodeView) -> T) -> Option<T> {
+    pub(crate) fn update<T>(&self, node: &str, change: impl FnOnce(&mut NodeView) -> T) -> Option<T> {
         self.views
             .write()
             .unwrap_or_else(|e| e.into_inner())

@@ -482,15 +482,19 @@ async fn stats_summary_resource_metrics_and_pods_describe_the_cloud_pod() -> any
         .unwrap_or_default();
     assert_eq!(uids, [uid.as_str()]);
 
+    // Streaming calls without a streaming protocol are refused, saying what they need.
     for path in [
-        format!("/exec/{}/{}/web?command=ls", pod.namespace, pod.name),
+        format!("/exec/{}/{}/web?command=ls&output=1", pod.namespace, pod.name),
         format!("/portForward/{}/{}", pod.namespace, pod.name),
     ] {
         let response = apiserver
             .post(format!("https://{}{path}", pod.eklet.kubelet))
             .send()
             .await?;
-        assert_eq!(response.status(), reqwest::StatusCode::NOT_IMPLEMENTED, "{path}");
+        let status = response.status();
+        let body = response.text().await?;
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(body.contains("needs a connection upgrade"), "{path}: {body}");
     }
     pod.finish().await;
     Ok(())

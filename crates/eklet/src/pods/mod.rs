@@ -671,6 +671,9 @@ fn humanize(duration: Duration) -> String {
 }
 
 #[cfg(test)]
+mod machine_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
