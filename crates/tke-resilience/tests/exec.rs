@@ -9,7 +9,7 @@ mod support;
 use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::{Api, api::PostParams};
 use serde_json::json;
 use support::eklet::*;
@@ -72,6 +72,19 @@ async fn kubectl_exec_and_port_forward_on_a_burst_pod_reach_its_real_container_i
     ];
     let _eklet = Eklet::start_with_provider(&idc, &provider, &id, &[]).await?;
 
+    // What the IDC gives the pod, to be found inside the real container.
+    let config_map: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "settings"}, "data": {"colour": "teal", "app.conf": "threads=4"}
+    }))?;
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &config_map)
+        .await?;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "db"}, "stringData": {"password": "hunter2"}
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await?;
     let mut spec = cloud_pod_spec(
         &id,
         json!([{
@@ -82,9 +95,17 @@ async fn kubectl_exec_and_port_forward_on_a_burst_pod_reach_its_real_container_i
                 "mkdir -p /www && echo '{GREETING}' > /www/index.html && echo '{GREETING}' && exec httpd -f -p 8080 -h /www"
             )],
             "ports": [{"containerPort": 8080}],
+            "env": [{"name": "COLOUR", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "colour"}}}],
+            "volumeMounts": [
+                {"name": "conf", "mountPath": "/etc/app"},
+                {"name": "creds", "mountPath": "/etc/creds"},
+            ],
         }]),
     );
-    spec["automountServiceAccountToken"] = json!(false);
+    spec["volumes"] = json!([
+        {"name": "conf", "configMap": {"name": "settings", "items": [{"key": "app.conf", "path": "app.conf"}]}},
+        {"name": "creds", "secret": {"secretName": "db"}},
+    ]);
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": spec}))?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     pods.create(&PostParams::default(), &pod).await?;
@@ -92,6 +113,30 @@ async fn kubectl_exec_and_port_forward_on_a_burst_pod_reach_its_real_container_i
         pods.get("web").await.is_ok_and(|p| is_running(&p))
     })
     .await?;
+
+    // The container's own output, through the IDC's kubectl logs.
+    let mut logs = kubectl(&idc);
+    logs.args(["logs", "-n", &ns, "web"]);
+    let (code, stdout, stderr) = run(logs, None).await?;
+    assert_eq!((code, stdout.trim()), (0, GREETING), "{stderr}");
+
+    // What the IDC gave it, seen from inside: env from a ConfigMap, ConfigMap and Secret volumes,
+    // and the IDC's service-account token (its namespace file and a JWT).
+    let mut exec = kubectl(&idc);
+    exec.args(["exec", "-n", &ns, "web", "--", "sh", "-c"]).arg(
+        r#"echo "$COLOUR"; cat /etc/app/app.conf; echo; cat /etc/creds/password; echo
+           cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo
+           t=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token); n=0
+           while [ "$t" != "${t#*.}" ]; do t=${t#*.}; n=$((n+1)); done; echo $n"#,
+    );
+    let (code, stdout, stderr) = run(exec, None).await?;
+    assert_eq!(code, 0, "{stderr}");
+    let seen: Vec<&str> = stdout.lines().map(str::trim).collect();
+    assert_eq!(
+        seen,
+        ["teal", "threads=4", "hunter2", ns.as_str(), "2"],
+        "{stdout}"
+    );
 
     // Output on both streams and the exit code, as from a local pod.
     let mut exec = kubectl(&idc);

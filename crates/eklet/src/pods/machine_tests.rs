@@ -22,8 +22,8 @@ use crate::{
     metrics::Metrics,
     node::NodeViews,
     provider::{
-        Capabilities, ContainerState, ContainerStatus, ProbeKind, Sandbox, SandboxEvent, SandboxSpec, SandboxStats,
-        StatsTarget, VolumeSpec,
+        Capabilities, ContainerState, ContainerStatus, ProbeKind, Sandbox, SandboxEvent, SandboxSpec,
+        SandboxStats, StatsTarget, VolumeSpec,
     },
     registry::Registry,
 };
@@ -232,7 +232,12 @@ impl Provider for Script {
         Ok(())
     }
 
-    async fn logs(&self, _id: &str, _container: &str, _options: &provider::LogOptions) -> provider::Result<String> {
+    async fn logs(
+        &self,
+        _id: &str,
+        _container: &str,
+        _options: &provider::LogOptions,
+    ) -> provider::Result<String> {
         Ok(String::new())
     }
 
@@ -262,7 +267,10 @@ fn context(script: Script, apiserver: &Apiserver, flags: &[&str]) -> Arc<Context
     Arc::new(Context {
         client: client.clone(),
         provider: script,
-        apiserver: config.pod_used_apiserver.clone().unwrap_or_else(|| panic!("apiserver")),
+        apiserver: config
+            .pod_used_apiserver
+            .clone()
+            .unwrap_or_else(|| panic!("apiserver")),
         nodes: Arc::new(NodeViews::new(&config)),
         config: Arc::new(config),
         registry: Registry::default(),
@@ -300,13 +308,20 @@ use clap::Parser;
 async fn an_ineligible_pod_is_held_pending_with_its_reason_and_gets_no_sandbox() {
     let apiserver = Apiserver::default();
     let ctx = context(Script::new(), &apiserver, &[]);
-    let pod = pod(json!({"containers": [{"name": "app", "image": "nginx", "ports": [{"containerPort": 62000}]}]}));
-    let action = reconcile(pod, ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    let pod =
+        pod(json!({"containers": [{"name": "app", "image": "nginx", "ports": [{"containerPort": 62000}]}]}));
+    let action = reconcile(pod, ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(action, Action::await_change());
     assert!(ctx.provider.calls().is_empty(), "{:?}", ctx.provider.calls());
     let patches = apiserver.status_patches();
     assert_eq!(patches.len(), 1, "{patches:?}");
-    assert!(patches[0].contains("ReservedPort") && patches[0].contains("Pending"), "{}", patches[0]);
+    assert!(
+        patches[0].contains("ReservedPort") && patches[0].contains("Pending"),
+        "{}",
+        patches[0]
+    );
     assert_eq!(apiserver.event_reasons(), ["ReservedPort"]);
 }
 
@@ -331,9 +346,17 @@ async fn an_eligible_pod_gets_one_sandbox_and_its_state_in_the_status() {
         .unwrap_or_else(|e| panic!("{e}"));
     let name = SandboxName::for_pod("cls-1", UID);
     assert_eq!(ctx.provider.calls(), [format!("create {}", name.as_str())]);
-    assert_eq!(ctx.registry.get(UID).map(|r| r.sandbox_id), Some("eksci-1".to_owned()));
+    assert_eq!(
+        ctx.registry.get(UID).map(|r| r.sandbox_id),
+        Some("eksci-1".to_owned())
+    );
     assert_eq!(apiserver.event_reasons(), [events::SANDBOX_CREATED]);
-    assert!(apiserver.status_patches().iter().any(|p| p.contains("ContainerCreating")));
+    assert!(
+        apiserver
+            .status_patches()
+            .iter()
+            .any(|p| p.contains("ContainerCreating"))
+    );
     // Not running yet: only the running deadline brings it back, the status loop wakes it sooner.
     assert_ne!(action, Action::await_change());
 }
@@ -348,11 +371,16 @@ async fn after_a_create_that_may_have_succeeded_the_next_reconcile_looks_before_
     assert!(failed.is_err(), "a transient failure is retried with backoff");
     assert_eq!(apiserver.event_reasons(), [events::SANDBOX_CREATE_RETRYING]);
     *ctx.provider.found.lock().unwrap_or_else(|e| e.into_inner()) = Some(sandbox(SandboxPhase::Pending));
-    reconcile(pod, ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    reconcile(pod, ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let name = SandboxName::for_pod("cls-1", UID);
     assert_eq!(
         ctx.provider.calls(),
-        [format!("create {}", name.as_str()), format!("find {}", name.as_str())],
+        [
+            format!("create {}", name.as_str()),
+            format!("find {}", name.as_str())
+        ],
         "the sandbox the first create made is adopted, not made twice"
     );
     assert!(ctx.registry.get(UID).is_some());
@@ -365,11 +393,16 @@ async fn a_create_that_certainly_failed_is_simply_tried_again() {
     let ctx = context(script, &apiserver, &[]);
     let pod = pod(json!({}));
     assert!(reconcile(pod.clone(), ctx.clone()).await.is_err());
-    reconcile(pod, ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    reconcile(pod, ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let name = SandboxName::for_pod("cls-1", UID);
     assert_eq!(
         ctx.provider.calls(),
-        [format!("create {}", name.as_str()), format!("create {}", name.as_str())]
+        [
+            format!("create {}", name.as_str()),
+            format!("create {}", name.as_str())
+        ]
     );
 }
 
@@ -389,7 +422,10 @@ async fn a_permanent_cloud_refusal_holds_the_pod_with_the_clouds_code_and_asks_a
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(action, Action::requeue(PERMANENT_RETRY));
     let patch = &apiserver.status_patches()[0];
-    assert!(patch.contains(events::SANDBOX_CREATE_FAILED) && patch.contains("InvalidParameter.ImageInvalid"), "{patch}");
+    assert!(
+        patch.contains(events::SANDBOX_CREATE_FAILED) && patch.contains("InvalidParameter.ImageInvalid"),
+        "{patch}"
+    );
     assert!(ctx.registry.get(UID).is_none());
 }
 
@@ -412,7 +448,10 @@ async fn a_sandbox_not_running_by_the_timeout_is_deleted_and_its_pod_failed() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ctx.provider.calls(), ["delete eksci-1 0s"]);
     let patch = &apiserver.status_patches()[0];
-    assert!(patch.contains("Failed") && patch.contains(events::SANDBOX_RUNNING_TIMEOUT), "{patch}");
+    assert!(
+        patch.contains("Failed") && patch.contains(events::SANDBOX_RUNNING_TIMEOUT),
+        "{patch}"
+    );
     assert!(ctx.registry.get(UID).is_none());
 }
 
@@ -431,9 +470,16 @@ async fn a_sandbox_the_cloud_lost_fails_its_pod_and_is_not_replaced() {
     reconcile(pod(json!({})), ctx.clone())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(ctx.provider.calls().is_empty(), "never a second sandbox: {:?}", ctx.provider.calls());
+    assert!(
+        ctx.provider.calls().is_empty(),
+        "never a second sandbox: {:?}",
+        ctx.provider.calls()
+    );
     let patch = &apiserver.status_patches()[0];
-    assert!(patch.contains("Failed") && patch.contains(events::SANDBOX_LOST), "{patch}");
+    assert!(
+        patch.contains("Failed") && patch.contains(events::SANDBOX_LOST),
+        "{patch}"
+    );
 }
 
 #[tokio::test]
@@ -458,9 +504,16 @@ async fn a_deleted_pod_loses_its_sandbox_with_its_grace_period_then_its_object()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ctx.provider.calls(), ["delete eksci-1 7s"]);
-    let deletes: Vec<Seen> = apiserver.seen().into_iter().filter(|s| s.method == "DELETE").collect();
+    let deletes: Vec<Seen> = apiserver
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "DELETE")
+        .collect();
     assert_eq!(deletes.len(), 1, "{deletes:?}");
-    assert!(deletes[0].path.ends_with("/namespaces/shop/pods/web-1"), "{deletes:?}");
+    assert!(
+        deletes[0].path.ends_with("/namespaces/shop/pods/web-1"),
+        "{deletes:?}"
+    );
     assert!(
         deletes[0].body.contains("\"gracePeriodSeconds\":0") && deletes[0].body.contains(UID),
         "grace 0, on this UID only: {}",
@@ -486,9 +539,14 @@ async fn a_pod_gone_from_the_apiserver_takes_its_sandbox_and_a_racing_create_und
     gone(&pod, &ctx).await;
     assert_eq!(ctx.provider.calls(), ["delete eksci-1 0s"]);
     // A reconcile that was already creating when the pod went away.
-    reconcile(pod, ctx.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    reconcile(pod, ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let calls = ctx.provider.calls();
     assert_eq!(calls.len(), 3, "{calls:?}");
-    assert!(calls[1].starts_with("create ") && calls[2] == "delete eksci-1 0s", "{calls:?}");
+    assert!(
+        calls[1].starts_with("create ") && calls[2] == "delete eksci-1 0s",
+        "{calls:?}"
+    );
     assert!(ctx.registry.get(UID).is_none());
 }
