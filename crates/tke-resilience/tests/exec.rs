@@ -54,76 +54,107 @@ async fn run(mut command: Command, stdin: Option<&str>) -> anyhow::Result<(i32, 
     ))
 }
 
+/// A burst pod `web` (busybox httpd on 8080 serving `/www`) in a target cluster whose one node
+/// is real, bursted there by an eklet with the kubernetes provider.
+struct RealBurst {
+    idc: std::sync::Arc<ControlPlane>,
+    ns: String,
+    node: String,
+    _target: ControlPlane,
+    _real_node: tke_testbed::RealNode,
+    _eklet: Eklet,
+}
+
+impl RealBurst {
+    async fn start(label: &str, eklet_flags: &[&str]) -> anyhow::Result<RealBurst> {
+        let idc = ControlPlane::shared().await?;
+        let target = ControlPlane::start(Options::default()).await?;
+        let real_node = target.add_real_node(&format!("tgt-{label}")).await?;
+        let client = idc.client().await?;
+        let ns = idc.namespace(&format!("exec-{label}")).await?;
+        let id = Identity::unique();
+        let provider = [
+            "--provider=kubernetes".to_owned(),
+            format!("--target-kubeconfig={}", target.kubeconfig().display()),
+        ];
+        let eklet = Eklet::start_with_provider(&idc, &provider, &id, eklet_flags).await?;
+
+        // What the IDC gives the pod, to be found inside the real container.
+        let config_map: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "settings"}, "data": {"colour": "teal", "app.conf": "threads=4"}
+        }))?;
+        Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &config_map)
+            .await?;
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "db"}, "stringData": {"password": "hunter2"}
+        }))?;
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &secret)
+            .await?;
+        let mut spec = cloud_pod_spec(
+            &id,
+            json!([{
+                "name": "web",
+                "image": images::BUSYBOX,
+                "imagePullPolicy": "Never",
+                "command": ["sh", "-c", format!(
+                    "mkdir -p /www && echo '{GREETING}' > /www/index.html && echo '{GREETING}' && exec httpd -f -p 8080 -h /www"
+                )],
+                "ports": [{"containerPort": 8080}],
+                "env": [{"name": "COLOUR", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "colour"}}}],
+                "volumeMounts": [
+                    {"name": "conf", "mountPath": "/etc/app"},
+                    {"name": "creds", "mountPath": "/etc/creds"},
+                ],
+            }]),
+        );
+        spec["volumes"] = json!([
+            {"name": "conf", "configMap": {"name": "settings", "items": [{"key": "app.conf", "path": "app.conf"}]}},
+            {"name": "creds", "secret": {"secretName": "db"}},
+        ]);
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": spec}))?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        pods.create(&PostParams::default(), &pod).await?;
+        wait::until(PATIENCE, "the burst pod Running", || async {
+            pods.get("web").await.is_ok_and(|p| is_running(&p))
+        })
+        .await?;
+
+        Ok(RealBurst {
+            idc,
+            ns,
+            node: id.node(),
+            _target: target,
+            _real_node: real_node,
+            _eklet: eklet,
+        })
+    }
+
+    async fn finish(self) -> anyhow::Result<()> {
+        remove_node(&self.idc.client().await?, &self.node).await;
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_and_port_forward_on_a_burst_pod_reach_its_real_container_in_the_target_cluster()
 -> anyhow::Result<()> {
     if !realnode::available_or_skip() {
         return Ok(());
     }
-    let idc = ControlPlane::shared().await?;
-    let target = ControlPlane::start(Options::default()).await?;
-    let _node = target.add_real_node("tgt-exec").await?;
-    let client = idc.client().await?;
-    let ns = idc.namespace("exec-real").await?;
-    let id = Identity::unique();
-    let provider = [
-        "--provider=kubernetes".to_owned(),
-        format!("--target-kubeconfig={}", target.kubeconfig().display()),
-    ];
-    let _eklet = Eklet::start_with_provider(&idc, &provider, &id, &[]).await?;
-
-    // What the IDC gives the pod, to be found inside the real container.
-    let config_map: ConfigMap = serde_json::from_value(json!({
-        "metadata": {"name": "settings"}, "data": {"colour": "teal", "app.conf": "threads=4"}
-    }))?;
-    Api::<ConfigMap>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &config_map)
-        .await?;
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "db"}, "stringData": {"password": "hunter2"}
-    }))?;
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &secret)
-        .await?;
-    let mut spec = cloud_pod_spec(
-        &id,
-        json!([{
-            "name": "web",
-            "image": images::BUSYBOX,
-            "imagePullPolicy": "Never",
-            "command": ["sh", "-c", format!(
-                "mkdir -p /www && echo '{GREETING}' > /www/index.html && echo '{GREETING}' && exec httpd -f -p 8080 -h /www"
-            )],
-            "ports": [{"containerPort": 8080}],
-            "env": [{"name": "COLOUR", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "colour"}}}],
-            "volumeMounts": [
-                {"name": "conf", "mountPath": "/etc/app"},
-                {"name": "creds", "mountPath": "/etc/creds"},
-            ],
-        }]),
-    );
-    spec["volumes"] = json!([
-        {"name": "conf", "configMap": {"name": "settings", "items": [{"key": "app.conf", "path": "app.conf"}]}},
-        {"name": "creds", "secret": {"secretName": "db"}},
-    ]);
-    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": spec}))?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    pods.create(&PostParams::default(), &pod).await?;
-    wait::until(PATIENCE, "the burst pod Running", || async {
-        pods.get("web").await.is_ok_and(|p| is_running(&p))
-    })
-    .await?;
-
+    let burst = RealBurst::start("exec", &[]).await?;
+    let (idc, ns) = (&burst.idc, &burst.ns);
     // The container's own output, through the IDC's kubectl logs.
-    let mut logs = kubectl(&idc);
-    logs.args(["logs", "-n", &ns, "web"]);
+    let mut logs = kubectl(idc);
+    logs.args(["logs", "-n", ns, "web"]);
     let (code, stdout, stderr) = run(logs, None).await?;
     assert_eq!((code, stdout.trim()), (0, GREETING), "{stderr}");
 
     // What the IDC gave it, seen from inside: env from a ConfigMap, ConfigMap and Secret volumes,
     // and the IDC's service-account token (its namespace file and a JWT).
-    let mut exec = kubectl(&idc);
-    exec.args(["exec", "-n", &ns, "web", "--", "sh", "-c"]).arg(
+    let mut exec = kubectl(idc);
+    exec.args(["exec", "-n", ns, "web", "--", "sh", "-c"]).arg(
         r#"echo "$COLOUR"; cat /etc/app/app.conf; echo; cat /etc/creds/password; echo
            cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo
            t=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token); n=0
@@ -139,8 +170,8 @@ async fn kubectl_exec_and_port_forward_on_a_burst_pod_reach_its_real_container_i
     );
 
     // Output on both streams and the exit code, as from a local pod.
-    let mut exec = kubectl(&idc);
-    exec.args(["exec", "-n", &ns, "web", "--", "sh", "-c"])
+    let mut exec = kubectl(idc);
+    exec.args(["exec", "-n", ns, "web", "--", "sh", "-c"])
         .arg("cat /www/index.html; echo to-stderr >&2; exit 3");
     let (code, stdout, stderr) = run(exec, None).await?;
     assert_eq!(code, 3, "the command's exit code; stderr: {stderr}");
@@ -148,12 +179,12 @@ async fn kubectl_exec_and_port_forward_on_a_burst_pod_reach_its_real_container_i
     assert!(stderr.contains("to-stderr"), "{stderr}");
 
     // stdin piped in.
-    let mut exec = kubectl(&idc);
+    let mut exec = kubectl(idc);
     exec.args([
         "exec",
         "-i",
         "-n",
-        &ns,
+        ns,
         "web",
         "--",
         "sh",
@@ -164,9 +195,9 @@ async fn kubectl_exec_and_port_forward_on_a_burst_pod_reach_its_real_container_i
     assert_eq!((code, stdout.trim()), (0, "got typed in"), "{stderr}");
 
     // A port of the pod, through kubectl port-forward.
-    let mut forward = kubectl(&idc);
+    let mut forward = kubectl(idc);
     forward
-        .args(["port-forward", "-n", &ns, "pod/web", ":8080"])
+        .args(["port-forward", "-n", ns, "pod/web", ":8080"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut forwarding = forward.spawn()?;
@@ -201,6 +232,137 @@ async fn kubectl_exec_and_port_forward_on_a_burst_pod_reach_its_real_container_i
     assert!(response.contains(GREETING), "{response}");
     let _ = forwarding.kill().await;
 
-    remove_node(&client, &id.node()).await;
+    burst.finish().await
+}
+
+/// `kubectl cp` both ways, 20 connections at once through one `kubectl port-forward`, and a
+/// 50 MB download through it, with `env` set on kubectl (e.g. SPDY instead of WebSocket).
+async fn copy_and_forward(burst: &RealBurst, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let (idc, ns) = (&burst.idc, burst.ns.as_str());
+    let with_env = |mut command: Command| {
+        command.envs(env.iter().copied());
+        command
+    };
+    let dir = tempfile::tempdir()?;
+    let sent = dir.path().join("sent.bin");
+    let back = dir.path().join("back.bin");
+    let big = dir.path().join("big.bin");
+    // Not compressible, not all one byte: a simple generator is enough to catch reordering.
+    let bytes = |len: usize, seed: u64| -> Vec<u8> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 33) as u8
+            })
+            .collect()
+    };
+    std::fs::write(&sent, bytes(5 << 20, 1))?;
+    let mut copy = with_env(kubectl(idc));
+    copy.arg("cp").arg(&sent).arg(format!("{ns}/web:/www/sent.bin"));
+    let (code, _, stderr) = run(copy, None).await?;
+    assert_eq!(code, 0, "kubectl cp in: {stderr}");
+    let mut copy = with_env(kubectl(idc));
+    copy.arg("cp").arg(format!("{ns}/web:/www/sent.bin")).arg(&back);
+    let (code, _, stderr) = run(copy, None).await?;
+    assert_eq!(code, 0, "kubectl cp out: {stderr}");
+    assert!(
+        std::fs::read(&sent)? == std::fs::read(&back)?,
+        "5 MB in and out, identical"
+    );
+
+    let fifty = bytes(50 << 20, 2);
+    std::fs::write(&big, &fifty)?;
+    let mut copy = with_env(kubectl(idc));
+    copy.arg("cp").arg(&big).arg(format!("{ns}/web:/www/big.bin"));
+    let (code, _, stderr) = run(copy, None).await?;
+    assert_eq!(code, 0, "kubectl cp 50 MB in: {stderr}");
+
+    let mut forward = with_env(kubectl(idc));
+    forward
+        .args(["port-forward", "-n", ns, "pod/web", ":8080"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut forwarding = forward.spawn()?;
+    let mut lines = BufReader::new(forwarding.stdout.take().context("stdout")?).lines();
+    let local = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                return Ok(rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .parse::<u16>()?);
+            }
+        }
+        bail!("kubectl port-forward ended without forwarding")
+    })
+    .await
+    .context("kubectl port-forward did not start")??;
+    let get = |path: &'static str| async move {
+        let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", local)).await?;
+        connection
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: web\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        tokio::time::timeout(PATIENCE, connection.read_to_end(&mut response))
+            .await
+            .context("no answer through the forwarded port")??;
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("no HTTP header")?;
+        anyhow::Ok(response[split + 4..].to_vec())
+    };
+    let many = futures::future::join_all((0..20).map(|_| get("/index.html"))).await;
+    for body in many {
+        assert_eq!(String::from_utf8_lossy(&body?).trim(), GREETING);
+    }
+    let download = get("/big.bin").await?;
+    assert!(
+        download == fifty,
+        "50 MB through one forwarded connection, identical ({} bytes)",
+        download.len()
+    );
+    let _ = forwarding.kill().await;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_and_forward_over_websocket_proxied_to_the_virtual_node_unchanged() -> anyhow::Result<()> {
+    if !realnode::available_or_skip() {
+        return Ok(());
+    }
+    let burst = RealBurst::start("ws", &[]).await?;
+    copy_and_forward(&burst, &[]).await?;
+    burst.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_and_forward_over_websocket_translated_to_spdy_by_the_apiserver() -> anyhow::Result<()> {
+    if !realnode::available_or_skip() {
+        return Ok(());
+    }
+    let burst = RealBurst::start("wsspdy", &["--declare-websocket-streaming=false"]).await?;
+    copy_and_forward(&burst, &[]).await?;
+    burst.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_and_forward_over_spdy_from_kubectl() -> anyhow::Result<()> {
+    if !realnode::available_or_skip() {
+        return Ok(());
+    }
+    let burst = RealBurst::start("spdy", &[]).await?;
+    copy_and_forward(
+        &burst,
+        &[
+            ("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false"),
+            ("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false"),
+        ],
+    )
+    .await?;
+    burst.finish().await
 }
