@@ -670,3 +670,85 @@ async fn the_apiserver_node_proxy_reaches_the_virtual_nodes_kubelet_api() -> any
     remove_node(&client, &node).await;
     Ok(())
 }
+
+/// Issue #17: exec is authorised as `create` on `nodes/proxy` whatever the HTTP method. A
+/// WebSocket upgrade is a GET, and a token allowed only `get` on `nodes/proxy` must not run
+/// commands with it (kubernetes#136550). Real TokenReview and SubjectAccessReview.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_on_the_kubelet_port_needs_create_on_nodes_proxy_even_as_a_websocket_get() -> anyhow::Result<()>
+{
+    install_crypto();
+    let pod = CloudPod::start("kubelet-exec-auth").await?;
+    let client = pod.kubelet_client(false)?;
+    let exec = format!(
+        "https://{}/exec/{}/{}/web?command=id&output=1",
+        pod.eklet.kubelet, pod.namespace, pod.name
+    );
+    let upgrade = |token: Option<&str>| {
+        let mut request = client
+            .get(&exec)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("Sec-WebSocket-Protocol", "v5.channel.k8s.io");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await?;
+            let status = response.status();
+            anyhow::Ok((status, response.text().await?))
+        }
+    };
+    let (status, body) = upgrade(None).await?;
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED, "{body}");
+
+    // get on nodes/proxy for this node: enough for /pods, not for exec.
+    let role = format!("kubelet-api-proxy-get-{}", random_suffix());
+    let roles: Api<ClusterRole> = Api::all(pod.client.clone());
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": role},
+                "rules": [{"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"], "resourceNames": [pod.node]}],
+            }))?,
+        )
+        .await?;
+    let bindings: Api<ClusterRoleBinding> = Api::all(pod.client.clone());
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": role},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": "proxy-getter", "namespace": pod.namespace}],
+            }))?,
+        )
+        .await?;
+    let getter = service_account_token(&pod, "proxy-getter").await?;
+    // The binding is in effect once the same token may list the node's pods.
+    let granted = async {
+        loop {
+            if pod.kubelet_get(&client, "/pods", Some(&getter)).await?.0 == reqwest::StatusCode::OK {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, granted)
+        .await
+        .context("the proxy-getter binding never took effect")??;
+    let (status, body) = upgrade(Some(&getter)).await?;
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body.contains("verb=create") && body.contains("subresource=proxy"),
+        "{body}"
+    );
+
+    let _ = bindings.delete(&role, &DeleteParams::default()).await;
+    let _ = roles.delete(&role, &DeleteParams::default()).await;
+    pod.finish().await;
+    Ok(())
+}
