@@ -11,7 +11,9 @@
 //!   relays bytes, not semantics. Closing the WebSocket ends the session; the agent kills an exec's
 //!   process then.
 //! - `GET /portForward?port=N`: a plain binary WebSocket, a byte pipe to `N` on the sandbox's own
-//!   address; one WebSocket per forwarded connection, closed when either side is done.
+//!   address; one WebSocket per forwarded connection, closed when either side is done. A
+//!   zero-length binary message from the client is its half-close (no more bytes from it; the
+//!   answer still flows).
 //!
 //! Authentication ([`sign`], [`verify`]): the agent serves only a caller that proves it holds the
 //! cloud credentials the sandbox was created with. The request carries
@@ -424,11 +426,7 @@ mod tests {
     #[test]
     fn a_stream_request_round_trips_through_its_query() {
         let request = StreamRequest {
-            command: vec![
-                "sh".into(),
-                "-c".into(),
-                "echo \"a&b=c\" 100% ü+".into(),
-            ],
+            command: vec!["sh".into(), "-c".into(), "echo \"a&b=c\" 100% ü+".into()],
             stdin: true,
             stdout: true,
             stderr: false,
