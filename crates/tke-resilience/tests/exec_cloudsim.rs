@@ -2,7 +2,7 @@
 //! kubectl through the real apiserver: kubectl → apiserver → eklet's kubelet API → the tencent
 //! provider → a signed WebSocket to the sandbox agent cloudsim runs at the pod IP (a loopback
 //! address) → a real process on this machine with the container's env, or the HTTP responder of a
-//! port the container declares.
+//! port the container declares (and `kubectl cp` and `attach`).
 
 mod support;
 
@@ -120,6 +120,49 @@ async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_
     ]);
     let (code, stdout, stderr) = run(exec, Some("typed in\n")).await?;
     assert_eq!((code, stdout.trim()), (0, "got typed in"), "{stderr}");
+
+    // kubectl cp both ways: tar in the sandbox's working directory.
+    let local = tempfile::tempdir()?;
+    let upload = local.path().join("upload.txt");
+    std::fs::write(&upload, "uploaded through kubectl cp\n")?;
+    let mut cp_in = kubectl(&cp);
+    cp_in
+        .args(["cp", "-n", &ns, "-c", "web"])
+        .arg(&upload)
+        .arg("web:upload.txt");
+    let (code, _, stderr) = run(cp_in, None).await?;
+    assert_eq!(code, 0, "{stderr}");
+    let mut back = kubectl(&cp);
+    back.args(["cp", "-n", &ns, "-c", "web", "web:upload.txt"])
+        .arg(local.path().join("back.txt"));
+    let (code, _, stderr) = run(back, None).await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(local.path().join("back.txt"))?,
+        "uploaded through kubectl cp\n",
+        "the file went into the sandbox and came back"
+    );
+
+    // kubectl attach joins the simulated main process: its log lines as they are written.
+    let mut attach = kubectl(&cp);
+    attach
+        .args(["attach", "-n", &ns, "web", "-c", "web"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut attached = attach.spawn()?;
+    let mut lines = BufReader::new(attached.stdout.take().context("stdout")?).lines();
+    let line = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains("web log line") {
+                return Ok(line);
+            }
+        }
+        bail!("kubectl attach ended without output")
+    })
+    .await
+    .context("no output from kubectl attach")??;
+    assert!(line.contains(" web log line "), "{line}");
+    let _ = attached.kill().await;
 
     // A declared port of the pod, through kubectl port-forward.
     let mut forward = kubectl(&cp);
