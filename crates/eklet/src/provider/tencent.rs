@@ -960,55 +960,63 @@ mod tests {
         assert!(sandbox.created_at.is_some());
     }
 
-    /// The provider against cloudsim's sandbox agents on a manual clock: the first reading's rate
-    /// is the average since the container started, later ones the rate between readings, and the
-    /// counter is the agent's own.
+    /// A cloudsim with agents on the loopback block `127.<octet>.0.0/16` on a manual clock, the
+    /// provider pointed at it, and a Running sandbox whose container has `env`; a free port on the
+    /// sandbox's address is handed to `env` first.
+    async fn sandbox_with_agent(
+        octet: u8,
+        env: impl FnOnce(u16) -> Vec<EnvVar>,
+    ) -> (tke_cloudsim::Handle, TencentProvider, String, u16) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let credentials = Credentials::new("AKIDEXAMPLE", "key");
+        let mut config = tke_cloudsim::Config::new(credentials.clone());
+        config.manual_clock = true;
+        config.start_delay = Duration::ZERO;
+        let free = || {
+            std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, octet, 0, 1), 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (agent_port, free_port) = (free(), free());
+        config.agent_port = Some(agent_port);
+        config.private_cidr = (std::net::Ipv4Addr::new(127, octet, 0, 0), 16);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cloud = tke_cloudsim::serve(config, listener).await.unwrap();
+        let client = tke_tencent::Client::new(cloud.client_config(credentials)).unwrap();
+        let provider =
+            TencentProvider::new(client, "vpc-1", vec!["sg-1".into()]).with_metrics_port(agent_port);
+        let mut spec = spec();
+        spec.volumes.clear();
+        spec.containers[0].mounts.clear();
+        spec.containers[0].env = env(free_port);
+        let created = provider.create(&spec).await.unwrap();
+        cloud.advance_clock(Duration::from_secs(10));
+        (cloud, provider, created.id, free_port)
+    }
+
     /// exec and port-forward through the provider to cloudsim's agents: a real process with the
     /// container's env, its streams, its exit code; a refusal names the cause; a forwarded
     /// connection reaches the declared port's responder.
     #[tokio::test]
     async fn exec_and_port_forward_reach_the_sandbox_through_its_agent() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let credentials = Credentials::new("AKIDEXAMPLE", "key");
-        let mut config = tke_cloudsim::Config::new(credentials.clone());
-        config.manual_clock = true;
-        config.start_delay = Duration::ZERO;
-        let block = std::net::Ipv4Addr::new(127, 231, 0, 0);
-        let free = || {
-            std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 231, 0, 1), 0))
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (agent_port, web_port) = (free(), free());
-        config.agent_port = Some(agent_port);
-        config.private_cidr = (block, 16);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let cloud = tke_cloudsim::serve(config, listener).await.unwrap();
-        let client = tke_tencent::Client::new(cloud.client_config(credentials)).unwrap();
-        let provider =
-            TencentProvider::new(client, "vpc-1", vec!["sg-1".into()]).with_metrics_port(agent_port);
+        let (_cloud, provider, id, web_port) = sandbox_with_agent(231, |port| {
+            vec![
+                EnvVar {
+                    name: "GREETING".into(),
+                    value: "hi".into(),
+                },
+                EnvVar {
+                    name: tke_cloudsim::PORTS_ENV.into(),
+                    value: port.to_string(),
+                },
+            ]
+        })
+        .await;
         assert!(provider.capabilities().exec && provider.capabilities().attach);
         assert!(provider.capabilities().port_forward);
-
-        let mut spec = spec();
-        spec.volumes.clear();
-        spec.containers[0].mounts.clear();
-        spec.containers[0].env = vec![
-            EnvVar {
-                name: "GREETING".into(),
-                value: "hi".into(),
-            },
-            EnvVar {
-                name: tke_cloudsim::PORTS_ENV.into(),
-                value: web_port.to_string(),
-            },
-        ];
-        let created = provider.create(&spec).await.unwrap();
-        cloud.advance_clock(Duration::from_secs(10));
-
         let (stdout, mut stdout_read) = tokio::io::duplex(4096);
         let (stderr, mut stderr_read) = tokio::io::duplex(4096);
         let io = StreamIo {
@@ -1020,7 +1028,7 @@ mod tests {
         };
         let script = "echo \"$GREETING\"; cat; echo oops >&2; exit 3";
         let command = ["sh", "-c", script].map(String::from).to_vec();
-        let status = provider.exec(&created.id, "app", command, io).await.unwrap();
+        let status = provider.exec(&id, "app", command, io).await.unwrap();
         assert_eq!(status, ExitStatus::Code(3));
         let mut text = String::new();
         stdout_read.read_to_string(&mut text).await.unwrap();
@@ -1037,12 +1045,12 @@ mod tests {
             resize: None,
         };
         let missing = provider
-            .exec(&created.id, "no-such-container", vec!["true".into()], none)
+            .exec(&id, "no-such-container", vec!["true".into()], none)
             .await
             .unwrap_err();
         assert_eq!(missing.kind, ErrorKind::NotFound, "{missing}");
 
-        let mut connection = provider.port_forward(&created.id, web_port).await.unwrap();
+        let mut connection = provider.port_forward(&id, web_port).await.unwrap();
         connection
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
@@ -1050,11 +1058,50 @@ mod tests {
         let mut answer = String::new();
         connection.read_to_string(&mut answer).await.unwrap();
         assert!(
-            answer.ends_with(&format!("cloudsim {} app port {web_port}\n", created.id)),
+            answer.ends_with(&format!("cloudsim {} app port {web_port}\n", id)),
             "{answer}"
         );
     }
 
+    /// The kubelet API drops the exec future when the client goes away: the WebSocket closes and
+    /// the agent kills the process.
+    #[tokio::test]
+    async fn dropping_an_exec_kills_the_process_in_the_sandbox() {
+        use tokio::io::AsyncBufReadExt;
+        let (_cloud, provider, id, _) = sandbox_with_agent(232, |_| vec![]).await;
+        let (stdout, stdout_read) = tokio::io::duplex(4096);
+        let io = StreamIo {
+            stdin: None,
+            stdout: Some(Box::pin(stdout)),
+            stderr: None,
+            tty: false,
+            resize: None,
+        };
+        let command = ["sh", "-c", "echo $$; exec sleep 1000"]
+            .map(String::from)
+            .to_vec();
+        let exec = provider.exec(&id, "app", command, io);
+        let mut lines = tokio::io::BufReader::new(stdout_read).lines();
+        let pid = tokio::select! {
+            status = exec => panic!("the sleep ended: {status:?}"),
+            line = lines.next_line() => line.unwrap().unwrap(),
+        };
+        // `exec` is dropped with the select.
+        let stat = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while std::fs::read_to_string(&stat)
+                .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the process is killed once the exec is dropped");
+    }
+
+    /// The provider against cloudsim's sandbox agents on a manual clock: the first reading's rate
+    /// is the average since the container started, later ones the rate between readings, and the
+    /// counter is the agent's own.
     #[tokio::test]
     async fn usage_comes_from_the_sandbox_agent_as_counters_and_rates() {
         let _ = rustls::crypto::ring::default_provider().install_default();
