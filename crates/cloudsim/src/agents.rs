@@ -7,8 +7,9 @@
 //! predictable.
 //!
 //! Lock ordering: there is one lock, the simulator's state. An agent request takes it only to copy
-//! the samples out, never across an await. The API starts an agent while holding it (the bind is a
-//! non-blocking syscall, and no delete can come between the instance and its agent), but waits for
+//! the samples, the log or a SecretKey out, never across an await. The API starts an agent while
+//! holding it (the binds and the working directory's mkdir are quick syscalls, and no delete can
+//! come between the instance and its agent), but waits for
 //! stopped agents only once it has released it: a stopping agent may be finishing a request that
 //! needs the lock.
 //!

@@ -46,7 +46,7 @@ pub async fn connect(
     target: &AgentTarget,
     path: &str,
     query: &str,
-    subprotocol: Option<&str>,
+    subprotocol: Option<&'static str>,
 ) -> Result<WebSocketStream<TcpStream>> {
     let failed = |kind: ErrorKind, code: &str, message: String| Error {
         action,
@@ -82,11 +82,9 @@ pub async fn connect(
         .headers_mut()
         .insert(tungstenite::http::header::AUTHORIZATION, authorization);
     if let Some(protocol) = subprotocol {
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(agent_stream::SUBPROTOCOL),
-        );
-        debug_assert_eq!(protocol, agent_stream::SUBPROTOCOL);
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(protocol));
     }
     let stream = TcpStream::connect(addr).await.map_err(|e| {
         failed(
