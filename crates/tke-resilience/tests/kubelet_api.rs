@@ -482,6 +482,8 @@ async fn stats_summary_resource_metrics_and_pods_describe_the_cloud_pod() -> any
         .unwrap_or_default();
     assert_eq!(uids, [uid.as_str()]);
 
+    // The tencent provider serves exec and port-forward through the sandbox agent
+    // (tests/exec_cloudsim.rs): no longer 501, and a request without an upgrade is malformed.
     for path in [
         format!("/exec/{}/{}/web?command=ls", pod.namespace, pod.name),
         format!("/portForward/{}/{}", pod.namespace, pod.name),
@@ -490,7 +492,7 @@ async fn stats_summary_resource_metrics_and_pods_describe_the_cloud_pod() -> any
             .post(format!("https://{}{path}", pod.eklet.kubelet))
             .send()
             .await?;
-        assert_eq!(response.status(), reqwest::StatusCode::NOT_IMPLEMENTED, "{path}");
+        assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST, "{path}");
     }
     pod.finish().await;
     Ok(())
