@@ -442,9 +442,18 @@ async fn port_forward(State(agent): State<Arc<AgentState>>, request: Request) ->
         );
     };
     let target = SocketAddr::new(agent.addr.ip(), port);
+    let connection = match tokio::net::TcpStream::connect(target).await {
+        Ok(connection) => connection,
+        Err(err) => {
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                format!("connecting to port {port} of instance {}: {err}", agent.eks_ci_id),
+            );
+        }
+    };
     let stop = agent.sessions.clone();
     upgrade(request, None, move |socket| {
-        streams::port_forward(socket, target, stop)
+        streams::port_forward(socket, connection, stop)
     })
 }
 

@@ -16,7 +16,6 @@
 //! Authentication happens before the upgrade; see `agents::authorize`.
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -189,24 +188,10 @@ async fn pump(pipe: Option<impl AsyncRead + Unpin>, channel: u8, frames: mpsc::S
     }
 }
 
-/// Relays one forwarded connection between `socket` and `target` until either side is done.
-pub async fn port_forward(socket: Socket, target: SocketAddr, stop: CancellationToken) {
+/// Relays one forwarded connection between `socket` and `connection` (made before the upgrade, so
+/// that a refused port is an HTTP error the client sees) until either side is done.
+pub async fn port_forward(socket: Socket, connection: TcpStream, stop: CancellationToken) {
     let (mut sink, mut incoming) = socket.split();
-    let connection = match TcpStream::connect(target).await {
-        Ok(connection) => connection,
-        Err(err) => {
-            tracing::debug!(%target, error = %err, "port-forward: nothing listens");
-            let _ = sink
-                .send(Message::Close(Some(
-                    tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Error,
-                        reason: format!("connecting to port {}: {err}", target.port()).into(),
-                    },
-                )))
-                .await;
-            return;
-        }
-    };
     let (mut from_target, mut to_target) = connection.into_split();
     let outbound = async {
         let mut buffer = vec![0; CHUNK];

@@ -374,6 +374,29 @@ async fn port_forward_reaches_the_responder_of_a_declared_port() {
 }
 
 #[tokio::test]
+async fn port_forward_to_a_port_nothing_listens_on_is_refused_before_the_upgrade() {
+    let (config, first) = config();
+    let port = config.agent_port.unwrap();
+    let (handle, client) = start(config).await;
+    let (id, addr) = running(&handle, &client, port, &[]).await;
+    let query = format!("port={}", free_port(first));
+    let header = agent_stream::sign(
+        &credentials(),
+        &id,
+        "GET",
+        agent_stream::PORT_FORWARD_PATH,
+        &query,
+        now(),
+    );
+    assert_eq!(
+        open(addr, agent_stream::PORT_FORWARD_PATH, &query, Some(header), false)
+            .await
+            .err(),
+        Some(502)
+    );
+}
+
+#[tokio::test]
 async fn attach_shows_the_simulated_process_output_and_echoes_stdin() {
     let (config, _) = config();
     let port = config.agent_port.unwrap();

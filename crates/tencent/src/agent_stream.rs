@@ -13,7 +13,7 @@
 //! - `GET /portForward?port=N`: a plain binary WebSocket, a byte pipe to `N` on the sandbox's own
 //!   address; one WebSocket per forwarded connection, closed when either side is done. A
 //!   zero-length binary message from the client is its half-close (no more bytes from it; the
-//!   answer still flows).
+//!   answer still flows). A port nothing listens on is refused before the upgrade (HTTP 502).
 //!
 //! Authentication ([`sign`], [`verify`]): the agent serves only a caller that proves it holds the
 //! cloud credentials the sandbox was created with. The request carries

@@ -1050,6 +1050,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(missing.kind, ErrorKind::NotFound, "{missing}");
 
+        let closed = provider
+            .port_forward(&id, 1)
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        assert!(closed.message.contains("HTTP 502"), "{closed}");
         let mut connection = provider.port_forward(&id, web_port).await.unwrap();
         connection
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
