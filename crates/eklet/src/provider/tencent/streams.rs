@@ -9,6 +9,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use futures::{SinkExt, StreamExt};
@@ -31,6 +32,9 @@ use super::super::{Error, ErrorKind, ExitStatus, PortStream, Result, StreamIo};
 
 /// Read size of the client's stdin and the forwarded connections.
 const CHUNK: usize = 32 * 1024;
+/// How long reaching an agent and its WebSocket handshake may take: a sandbox whose address does
+/// not answer must not hold `kubectl exec` for the kernel's minutes of SYN retries.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a sandbox's agent is, and which sandbox it serves (the signature names it).
 #[derive(Debug, Clone)]
@@ -86,15 +90,30 @@ pub async fn connect(
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(protocol));
     }
-    let stream = TcpStream::connect(addr).await.map_err(|e| {
-        failed(
-            ErrorKind::Transient,
-            "AgentUnreachable",
-            format!("sandbox {} agent at {addr}: {e}", target.instance_id),
-        )
-    })?;
-    let _ = stream.set_nodelay(true);
-    match tokio_tungstenite::client_async(request, stream).await {
+    let handshake = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| {
+            failed(
+                ErrorKind::Transient,
+                "AgentUnreachable",
+                format!("sandbox {} agent at {addr}: {e}", target.instance_id),
+            )
+        })?;
+        let _ = stream.set_nodelay(true);
+        Ok(tokio_tungstenite::client_async(request, stream).await)
+    };
+    let handshake = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        .await
+        .map_err(|_| {
+            failed(
+                ErrorKind::Transient,
+                "AgentUnreachable",
+                format!(
+                    "sandbox {} agent at {addr} did not answer within {CONNECT_TIMEOUT:?}",
+                    target.instance_id
+                ),
+            )
+        })??;
+    match handshake {
         Ok((socket, _)) => Ok(socket),
         Err(tungstenite::Error::Http(response)) => {
             let status = response.status().as_u16();
