@@ -77,6 +77,10 @@ done
 show kubectl top pod -l app=nginx
 
 echo
+echo "== kubectl exec runs a real process in the cloud pod, through eklet and the sandbox's agent"
+show kubectl exec "$cloud_pod" -- sh -c 'echo "hello from $HOSTNAME in $(pwd)"'
+
+echo
 echo "== Scale in: cloud replicas go first (eklet sets controller.kubernetes.io/pod-deletion-cost)"
 show kubectl scale deployment nginx-deployment --replicas=3
 wait_pods 3

@@ -172,6 +172,27 @@ impl Sim {
         self.lock().store.samples(eks_ci_id, now)
     }
 
+    /// The SecretKey of an accepted SecretId, for the agents' request signatures.
+    pub fn secret_key(&self, secret_id: &str) -> Option<&str> {
+        self.credentials.get(secret_id).map(|c| c.secret_key.expose())
+    }
+
+    /// The last `tail` lines of the current run of `container`, as DescribeEksContainerInstanceLog
+    /// serves them.
+    pub fn container_log(&self, eks_ci_id: &str, container: &str, tail: u64) -> Result<String, Refusal> {
+        let now = self.clock.now();
+        let request = DescribeEksContainerInstanceLogRequest {
+            eks_ci_id: eks_ci_id.to_owned(),
+            container_name: Some(container.to_owned()),
+            tail: Some(tail),
+            ..Default::default()
+        };
+        self.lock()
+            .store
+            .log(&request, now, &self.clock)
+            .map(|(_, content)| content)
+    }
+
     /// Stops every sandbox agent and waits until their listeners are closed.
     pub async fn stop_agents(&self) {
         let stopping: Vec<Agent> = self.lock().agents.drain().map(|(_, agent)| agent).collect();
@@ -291,7 +312,8 @@ impl Sim {
                             continue;
                         };
                         let addr = SocketAddr::from((ip, port));
-                        match Agent::start(Arc::downgrade(self), id.clone(), addr) {
+                        let containers = state.store.containers(id);
+                        match Agent::start(Arc::downgrade(self), id.clone(), addr, containers) {
                             Ok(agent) => {
                                 state.agents.insert(id.clone(), agent);
                             }

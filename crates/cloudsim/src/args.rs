@@ -56,8 +56,9 @@ pub struct Args {
     /// Seed for ids and random faults, for reproducible runs.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Serve a sandbox agent (GET /metrics, the containers' usage) for every instance on
-    /// PrivateIp:PORT. Needs private IPs this machine has, e.g. --private-cidr 127.0.0.0/8.
+    /// Serve a sandbox agent (GET /metrics, the containers' usage; exec, attach and port-forward
+    /// for signed callers, running real processes here) for every instance on PrivateIp:PORT.
+    /// Needs a loopback --private-cidr (within 127.0.0.0/8); any other is refused.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub agent_port: Option<u16>,
     /// The block private IPs come from, a /16 per subnet (so at most a /16).

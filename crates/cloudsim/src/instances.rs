@@ -1343,6 +1343,14 @@ impl Store {
 }
 
 impl Store {
+    /// The containers the instance was created with (names, environment); empty for an unknown id.
+    pub fn containers(&self, id: &str) -> Vec<Container> {
+        self.instances
+            .get(id)
+            .map(|instance| instance.request.containers.clone())
+            .unwrap_or_default()
+    }
+
     pub fn private_ip(&self, id: &str) -> Option<Ipv4Addr> {
         self.instances.get(id).map(|instance| instance.private_ip)
     }

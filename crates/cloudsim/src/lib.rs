@@ -15,7 +15,8 @@
 //!
 //! What the API does not have, it simulates beside it: the agent every sandbox VM runs, which
 //! serves the containers' CPU and memory usage as Prometheus text on the instance's private IP
-//! (the contract `tke_tencent::agent` reads). With [`Config::agent_port`] set, each instance gets a
+//! (the contract `tke_tencent::agent` reads), and exec, attach and port-forward
+//! (`tke_tencent::agent_stream`: real processes on this machine). With [`Config::agent_port`] set, each instance gets a
 //! listener on `(PrivateIp, agent_port)` from create to delete; with the private IPs cut from a
 //! loopback block ([`Config::private_cidr`] `127.0.0.0/8`), a scraper on this machine reaches them
 //! as eklet reaches the real ones over the VPC. Off by default, so the benchmarks open no sockets.
@@ -26,6 +27,7 @@ mod args;
 pub mod clock;
 pub mod faults;
 pub mod instances;
+mod streams;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -43,6 +45,12 @@ pub use instances::{
     CPU_MILLICORES_ENV, EXIT_AFTER_ENV, EXIT_CODE_ENV, MEMORY_BYTES_ENV, Refusal, UsageChange,
 };
 
+/// A container's environment variable listing the ports (comma-separated) its simulated process
+/// listens on: the EKSCI API has no container ports, so a pod that wants `kubectl port-forward`
+/// to reach something in cloudsim declares them here. Each is served on the instance's private IP
+/// by an HTTP responder naming the instance, container and port.
+pub const PORTS_ENV: &str = "CLOUDSIM_PORTS";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cloudsim cannot listen: {0}")]
@@ -55,6 +63,11 @@ pub enum Error {
     AgentPortZero,
     #[error("invalid private block: {0}")]
     PrivateCidr(String),
+    #[error(
+        "sandbox agents run commands and open ports on this machine, so they listen on loopback \
+         addresses only: the private block {0} is not within 127.0.0.0/8"
+    )]
+    AgentsOffLoopback(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -82,7 +95,9 @@ pub struct Config {
     /// Largest accepted difference between `X-TC-Timestamp` and the server's clock.
     pub max_clock_skew: Duration,
     /// The port of every instance's sandbox agent, on its private IP; `None` runs no agents. A
-    /// listener that cannot bind (the IP is not this machine's) is a warning, not a failed create.
+    /// listener that cannot bind is a warning, not a failed create. Agents run commands and open
+    /// ports on this machine, so they need a loopback [`private_cidr`](Self::private_cidr)
+    /// (within `127.0.0.0/8`); [`serve`] refuses any other with agents on.
     pub agent_port: Option<u16>,
     /// The block the subnets' private IPs come from, as (network, prefix length): a /16 of it per
     /// subnet, so the prefix is at most 16. `(10.0.0.0, 8)` by default; tests take a block of
@@ -205,6 +220,9 @@ pub async fn serve(config: Config, listener: TcpListener) -> Result<Handle> {
     }
     let (network, prefix) = config.private_cidr;
     let private_cidr = instances::Ipv4Cidr::new(network, prefix).map_err(Error::PrivateCidr)?;
+    if config.agent_port.is_some() && !(network.is_loopback() && prefix >= 8) {
+        return Err(Error::AgentsOffLoopback(format!("{network}/{prefix}")));
+    }
     let addr = listener.local_addr()?;
     let sim = Arc::new(api::Sim::new(config, private_cidr));
     let (shutdown, stop) = oneshot::channel::<()>();

@@ -135,6 +135,12 @@ impl Client {
         &self.inner.config.region
     }
 
+    /// The credentials the client signs with; the sandbox agents accept the same
+    /// ([`crate::agent_stream`]).
+    pub fn credentials(&self) -> &Credentials {
+        &self.inner.config.credentials
+    }
+
     pub fn endpoint(&self) -> &str {
         &self.inner.config.endpoint
     }

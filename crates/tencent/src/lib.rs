@@ -8,9 +8,11 @@
 //! - [`spec`] and [`annotations`]: sizing a pod to a standard specification, and the EKS pod
 //!   annotations the API has fields for;
 //! - [`agent`]: scraping a sandbox agent's usage metrics (the API has no metrics action);
+//! - [`agent_stream`]: our protocol for exec, attach and port-forward through the sandbox agent;
 //! - [`credentials`] and [`time`].
 
 pub mod agent;
+pub mod agent_stream;
 pub mod annotations;
 pub mod client;
 pub mod credentials;

@@ -482,7 +482,8 @@ async fn stats_summary_resource_metrics_and_pods_describe_the_cloud_pod() -> any
         .unwrap_or_default();
     assert_eq!(uids, [uid.as_str()]);
 
-    // Streaming calls without a streaming protocol are refused, saying what they need.
+    // Streaming calls without a streaming protocol are refused, saying what they need (with a
+    // protocol they reach the sandbox agent: tests/exec_cloudsim.rs).
     for path in [
         format!("/exec/{}/{}/web?command=ls&output=1", pod.namespace, pod.name),
         format!("/portForward/{}/{}", pod.namespace, pod.name),

@@ -4,7 +4,9 @@
 //! DescribeEksContainerInstanceLog). The API mounts only NFS and CBS volumes and reports no
 //! container readiness, which its [`Capabilities`] say; an instance's name is the sandbox name,
 //! the API's only free-form field, so adoption lists the VPC and keeps the names this cluster
-//! gave.
+//! gave. `kubectl exec`, `attach` and `port-forward` go to each sandbox's agent ([`streams`]).
+
+mod streams;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,6 +22,7 @@ use jiff::Timestamp;
 use tke_tencent::{
     ClientConfig, Credentials,
     agent::{self, AgentClient},
+    agent_stream::{self, StreamRequest},
     annotations::{self, overrides_from_annotations},
     model::{
         self, Capabilities as ModelCapabilities, CbsVolume, Container, CreateEksContainerInstancesRequest,
@@ -33,8 +36,9 @@ use tke_tencent::{
 
 use super::{
     Capabilities, ContainerSpec, ContainerState, ContainerStats, ContainerStatus, Error, ErrorKind,
-    LogOptions, ProbeAction, ProbeKind, ProbeSpec, Provider, RestartPolicy, Result, Sandbox, SandboxEvent,
-    SandboxName, SandboxPhase, SandboxSpec, SandboxStats, StatsTarget, VolumeKind, VolumeSource, VolumeSpec,
+    ExitStatus, LogOptions, PortStream, ProbeAction, ProbeKind, ProbeSpec, Provider, RestartPolicy, Result,
+    Sandbox, SandboxEvent, SandboxName, SandboxPhase, SandboxSpec, SandboxStats, StatsTarget, StreamIo,
+    VolumeKind, VolumeSource, VolumeSpec,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -204,9 +208,10 @@ impl TencentProvider {
                 stats: true,
                 // Env is fixed at create time, before the API assigns the IP.
                 resolves_pod_ip: false,
-                exec: false,
-                attach: false,
-                port_forward: false,
+                // Through each sandbox's agent (`tke_tencent::agent_stream`).
+                exec: true,
+                attach: true,
+                port_forward: true,
             },
             agents: AgentClient::new(AGENT_TIMEOUT),
             metrics_port: agent::DEFAULT_METRICS_PORT,
@@ -218,6 +223,41 @@ impl TencentProvider {
     pub fn with_metrics_port(mut self, port: u16) -> TencentProvider {
         self.metrics_port = port;
         self
+    }
+
+    /// Where the agent of sandbox `id` listens: its private IP from the API, and the agent port
+    /// (`--sandbox-metrics-port`; the API call has no pod, so no per-pod annotation applies).
+    async fn agent_of(&self, action: &'static str, id: &str) -> Result<streams::AgentTarget> {
+        let instances = self
+            .client
+            .describe_instances_by_id(&[id.to_owned()])
+            .await
+            .map_err(|e| cloud_error(action, e))?;
+        let failed = |kind: ErrorKind, code: &str, message: String| Error {
+            action,
+            kind,
+            code: code.to_owned(),
+            message,
+            maybe_executed: false,
+        };
+        let instance = instances.into_iter().find(|i| i.eks_ci_id == id).ok_or_else(|| {
+            failed(
+                ErrorKind::NotFound,
+                "ResourceNotFound",
+                format!("sandbox {id} does not exist"),
+            )
+        })?;
+        let ip: IpAddr = instance.private_ip.parse().map_err(|_| {
+            failed(
+                ErrorKind::Transient,
+                "NoAddress",
+                format!("sandbox {id} has no IP yet"),
+            )
+        })?;
+        Ok(streams::AgentTarget {
+            addr: SocketAddr::new(ip, self.metrics_port),
+            instance_id: id.to_owned(),
+        })
     }
 
     /// One sandbox's usage from its agent, with rates from the previous reading (or, the first
@@ -674,6 +714,72 @@ impl Provider for TencentProvider {
             .collect())
     }
 
+    async fn exec(
+        &self,
+        id: &str,
+        container: &str,
+        command: Vec<String>,
+        io: StreamIo,
+    ) -> Result<ExitStatus> {
+        const ACTION: &str = "ExecSandboxAgent";
+        let target = self.agent_of(ACTION, id).await?;
+        let request = StreamRequest {
+            command,
+            stdin: io.stdin.is_some(),
+            stdout: io.stdout.is_some(),
+            stderr: io.stderr.is_some(),
+            tty: io.tty,
+        };
+        let socket = streams::connect(
+            ACTION,
+            self.client.credentials(),
+            &target,
+            &agent_stream::exec_path(container),
+            &request.query(),
+            Some(agent_stream::SUBPROTOCOL),
+        )
+        .await?;
+        Ok(streams::relay(socket, io).await)
+    }
+
+    async fn attach(&self, id: &str, container: &str, io: StreamIo) -> Result<()> {
+        const ACTION: &str = "AttachSandboxAgent";
+        let target = self.agent_of(ACTION, id).await?;
+        let request = StreamRequest {
+            command: vec![],
+            stdin: io.stdin.is_some(),
+            stdout: io.stdout.is_some(),
+            stderr: io.stderr.is_some(),
+            tty: io.tty,
+        };
+        let socket = streams::connect(
+            ACTION,
+            self.client.credentials(),
+            &target,
+            &agent_stream::attach_path(container),
+            &request.query(),
+            Some(agent_stream::SUBPROTOCOL),
+        )
+        .await?;
+        streams::relay(socket, io).await;
+        Ok(())
+    }
+
+    async fn port_forward(&self, id: &str, port: u16) -> Result<PortStream> {
+        const ACTION: &str = "PortForwardSandboxAgent";
+        let target = self.agent_of(ACTION, id).await?;
+        let socket = streams::connect(
+            ACTION,
+            self.client.credentials(),
+            &target,
+            agent_stream::PORT_FORWARD_PATH,
+            &format!("port={port}"),
+            None,
+        )
+        .await?;
+        Ok(streams::forwarded(socket))
+    }
+
     async fn stats(&self, targets: &[StatsTarget]) -> Result<Vec<SandboxStats>> {
         // The futures are built first: a closure in the stream would not be `Send` for every
         // lifetime, as the trait's future must be.
@@ -852,6 +958,151 @@ mod tests {
             ContainerState::Running { started_at: Some(_) }
         ));
         assert!(sandbox.created_at.is_some());
+    }
+
+    /// A cloudsim with agents on the loopback block `127.<octet>.0.0/16` on a manual clock, the
+    /// provider pointed at it, and a Running sandbox whose container has `env`; a free port on the
+    /// sandbox's address is handed to `env` first.
+    async fn sandbox_with_agent(
+        octet: u8,
+        env: impl FnOnce(u16) -> Vec<EnvVar>,
+    ) -> (tke_cloudsim::Handle, TencentProvider, String, u16) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let credentials = Credentials::new("AKIDEXAMPLE", "key");
+        let mut config = tke_cloudsim::Config::new(credentials.clone());
+        config.manual_clock = true;
+        config.start_delay = Duration::ZERO;
+        let free = || {
+            std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, octet, 0, 1), 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (agent_port, free_port) = (free(), free());
+        config.agent_port = Some(agent_port);
+        config.private_cidr = (std::net::Ipv4Addr::new(127, octet, 0, 0), 16);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cloud = tke_cloudsim::serve(config, listener).await.unwrap();
+        let client = tke_tencent::Client::new(cloud.client_config(credentials)).unwrap();
+        let provider =
+            TencentProvider::new(client, "vpc-1", vec!["sg-1".into()]).with_metrics_port(agent_port);
+        let mut spec = spec();
+        spec.volumes.clear();
+        spec.containers[0].mounts.clear();
+        spec.containers[0].env = env(free_port);
+        let created = provider.create(&spec).await.unwrap();
+        cloud.advance_clock(Duration::from_secs(10));
+        (cloud, provider, created.id, free_port)
+    }
+
+    /// exec and port-forward through the provider to cloudsim's agents: a real process with the
+    /// container's env, its streams, its exit code; a refusal names the cause; a forwarded
+    /// connection reaches the declared port's responder.
+    #[tokio::test]
+    async fn exec_and_port_forward_reach_the_sandbox_through_its_agent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (_cloud, provider, id, web_port) = sandbox_with_agent(231, |port| {
+            vec![
+                EnvVar {
+                    name: "GREETING".into(),
+                    value: "hi".into(),
+                },
+                EnvVar {
+                    name: tke_cloudsim::PORTS_ENV.into(),
+                    value: port.to_string(),
+                },
+            ]
+        })
+        .await;
+        assert!(provider.capabilities().exec && provider.capabilities().attach);
+        assert!(provider.capabilities().port_forward);
+        let (stdout, mut stdout_read) = tokio::io::duplex(4096);
+        let (stderr, mut stderr_read) = tokio::io::duplex(4096);
+        let io = StreamIo {
+            stdin: Some(Box::pin(&b"from stdin"[..])),
+            stdout: Some(Box::pin(stdout)),
+            stderr: Some(Box::pin(stderr)),
+            tty: false,
+            resize: None,
+        };
+        let script = "echo \"$GREETING\"; cat; echo oops >&2; exit 3";
+        let command = ["sh", "-c", script].map(String::from).to_vec();
+        let status = provider.exec(&id, "app", command, io).await.unwrap();
+        assert_eq!(status, ExitStatus::Code(3));
+        let mut text = String::new();
+        stdout_read.read_to_string(&mut text).await.unwrap();
+        assert_eq!(text, "hi\nfrom stdin");
+        text.clear();
+        stderr_read.read_to_string(&mut text).await.unwrap();
+        assert_eq!(text, "oops\n");
+
+        let none = StreamIo {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            tty: false,
+            resize: None,
+        };
+        let missing = provider
+            .exec(&id, "no-such-container", vec!["true".into()], none)
+            .await
+            .unwrap_err();
+        assert_eq!(missing.kind, ErrorKind::NotFound, "{missing}");
+
+        let closed = provider
+            .port_forward(&id, 1)
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        assert!(closed.message.contains("HTTP 502"), "{closed}");
+        let mut connection = provider.port_forward(&id, web_port).await.unwrap();
+        connection
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        connection.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.ends_with(&format!("cloudsim {} app port {web_port}\n", id)),
+            "{answer}"
+        );
+    }
+
+    /// The kubelet API drops the exec future when the client goes away: the WebSocket closes and
+    /// the agent kills the process.
+    #[tokio::test]
+    async fn dropping_an_exec_kills_the_process_in_the_sandbox() {
+        use tokio::io::AsyncBufReadExt;
+        let (_cloud, provider, id, _) = sandbox_with_agent(232, |_| vec![]).await;
+        let (stdout, stdout_read) = tokio::io::duplex(4096);
+        let io = StreamIo {
+            stdin: None,
+            stdout: Some(Box::pin(stdout)),
+            stderr: None,
+            tty: false,
+            resize: None,
+        };
+        let command = ["sh", "-c", "echo $$; exec sleep 1000"]
+            .map(String::from)
+            .to_vec();
+        let exec = provider.exec(&id, "app", command, io);
+        let mut lines = tokio::io::BufReader::new(stdout_read).lines();
+        let pid = tokio::select! {
+            status = exec => panic!("the sleep ended: {status:?}"),
+            line = lines.next_line() => line.unwrap().unwrap(),
+        };
+        // `exec` is dropped with the select.
+        let stat = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while std::fs::read_to_string(&stat)
+                .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the process is killed once the exec is dropped");
     }
 
     /// The provider against cloudsim's sandbox agents on a manual clock: the first reading's rate
