@@ -36,7 +36,6 @@ const UID: &str = "0b6f1f5e-0000-4000-8000-000000000001";
 struct Seen {
     method: String,
     path: String,
-    query: String,
     body: String,
 }
 
@@ -58,7 +57,6 @@ impl Apiserver {
                 seen.lock().unwrap_or_else(|e| e.into_inner()).push(Seen {
                     method: method.clone(),
                     path: path.clone(),
-                    query: parts.uri.query().unwrap_or_default().to_owned(),
                     body: body.clone(),
                 });
                 let name = path.rsplit('/').find(|s| *s != "status").unwrap_or_default();
