@@ -78,7 +78,7 @@ show kubectl top pod -l app=nginx
 
 echo
 echo "== kubectl exec runs a real process in the cloud pod, through eklet and the sandbox's agent"
-show kubectl exec "$cloud_pod" -- sh -c 'echo "hello from $HOSTNAME in $(pwd)"'
+show kubectl exec "$cloud_pod" -- sh -c 'echo "a real process in $(pwd)"'
 
 echo
 echo "== Scale in: cloud replicas go first (eklet sets controller.kubernetes.io/pod-deletion-cost)"
