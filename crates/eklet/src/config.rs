@@ -111,6 +111,16 @@ pub struct Args {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub declare_websocket_streaming: bool,
 
+    /// Exec, attach and port-forward sessions each virtual node's kubelet port serves at once;
+    /// more are refused with 429.
+    #[arg(long, default_value_t = 256)]
+    pub max_streaming_sessions: usize,
+
+    /// An exec, attach or port-forward connection with no traffic either way for this long is
+    /// closed (the kubelet's streamingConnectionIdleTimeout).
+    #[arg(long, default_value = "4h", value_parser = tke_runtime::duration::flag)]
+    pub streaming_connection_idle_timeout: Duration,
+
     /// Pods reconciled at the same time.
     #[arg(long, default_value_t = 64)]
     pub pod_sync_workers: u16,

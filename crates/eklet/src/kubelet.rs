@@ -46,6 +46,7 @@ pub const FOLLOW_POLL: Duration = Duration::from_secs(1);
 pub struct Settings {
     bind: IpAddr,
     tls: Arc<rustls::ServerConfig>,
+    limits: tke_kubelet_api::streaming::Limits,
 }
 
 impl Settings {
@@ -81,9 +82,21 @@ impl Settings {
             };
             invalid(flag, value.as_ref(), e)
         })?;
+        if args.max_streaming_sessions == 0 {
+            return Err(config::Error::Invalid {
+                flag: "--max-streaming-sessions",
+                value: "0".into(),
+                reason: "at least one session is needed for exec, attach and port-forward".into(),
+            });
+        }
         Ok(Settings {
             bind: args.bind_address,
             tls,
+            limits: tke_kubelet_api::streaming::Limits {
+                max_sessions: args.max_streaming_sessions,
+                idle_timeout: args.streaming_connection_idle_timeout,
+                ..tke_kubelet_api::streaming::Limits::default()
+            },
         })
     }
 }
@@ -102,10 +115,11 @@ pub async fn serve<P: Provider>(settings: Settings, ctx: Arc<Context<P>>) {
     let reviews = KubeReviews::new(ctx.client.clone());
     let servers = ctx.config.kubelet_endpoints().into_iter().map(|(node, port)| {
         let listen = SocketAddr::new(settings.bind, port);
-        let api = KubeletApi::new(
+        let api = KubeletApi::with_limits(
             vec![node.clone()],
             VirtualNodes::for_node(ctx.clone(), &node),
             reviews.clone(),
+            settings.limits,
         );
         let tls = settings.tls.clone();
         async move {
@@ -653,6 +667,26 @@ mod tests {
         assert_eq!(
             settings.tls.alpn_protocols,
             [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+
+    #[test]
+    fn streaming_limits_come_from_the_flags_and_zero_sessions_is_refused() {
+        let limited = settings(&[
+            "--max-streaming-sessions=3",
+            "--streaming-connection-idle-timeout=90s",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(limited.limits.max_sessions, 3);
+        assert_eq!(limited.limits.idle_timeout, Duration::from_secs(90));
+        let error = settings(&["--max-streaming-sessions=0"])
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("--max-streaming-sessions")),
+            "{error:?}"
         );
     }
 
