@@ -6,53 +6,18 @@
 
 mod support;
 
-use std::{process::Stdio, time::Duration};
-
-use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::{Api, api::PostParams};
 use serde_json::json;
-use support::eklet::*;
-use tke_testbed::{ControlPlane, Options, images, realnode, wait};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    process::Command,
+use support::{
+    eklet::*,
+    kubectl::{PortForward, kubectl, run},
 };
+use tke_testbed::{ControlPlane, Options, images, realnode, wait};
+use tokio::process::Command;
 
 /// What the container serves on its port, and prints first.
 const GREETING: &str = "hello from the real container";
-
-fn kubectl(cp: &ControlPlane) -> Command {
-    let mut command = Command::new(cp.bin("kubectl"));
-    command.arg("--kubeconfig").arg(cp.kubeconfig());
-    command.kill_on_drop(true);
-    command
-}
-
-/// Runs kubectl to the end; (exit code, stdout, stderr).
-async fn run(mut command: Command, stdin: Option<&str>) -> anyhow::Result<(i32, String, String)> {
-    command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn()?;
-    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-        input.write_all(text.as_bytes()).await?;
-        drop(input);
-    }
-    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .context("kubectl did not finish")??;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
-}
 
 /// A burst pod `web` (busybox httpd on 8080 serving `/www`) in a target cluster whose one node
 /// is real, bursted there by an eklet with the kubernetes provider.
@@ -196,41 +161,12 @@ async fn kubectl_exec_and_port_forward_on_a_burst_pod_reach_its_real_container_i
 
     // A port of the pod, through kubectl port-forward.
     let mut forward = kubectl(idc);
-    forward
-        .args(["port-forward", "-n", ns, "pod/web", ":8080"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut forwarding = forward.spawn()?;
-    let mut lines = BufReader::new(forwarding.stdout.take().context("stdout")?).lines();
-    let local = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await? {
-            // "Forwarding from 127.0.0.1:41234 -> 8080"
-            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
-                return Ok(rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .parse::<u16>()?);
-            }
-        }
-        bail!("kubectl port-forward ended without forwarding")
-    })
-    .await
-    .context("kubectl port-forward did not start")??;
-    let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", local)).await?;
-    connection
-        .write_all(b"GET /index.html HTTP/1.0\r\nHost: web\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(60), connection.read_to_string(&mut response))
-        .await
-        .context("no answer through the forwarded port")??;
-    assert!(
-        response.lines().next().is_some_and(|l| l.contains(" 200 ")),
-        "{response}"
-    );
-    assert!(response.contains(GREETING), "{response}");
-    let _ = forwarding.kill().await;
+    forward.args(["port-forward", "-n", ns, "pod/web", ":8080"]);
+    let forwarding = PortForward::start(forward).await?;
+    let (status, body) = forwarding.get("/index.html").await?;
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(String::from_utf8_lossy(&body).trim(), GREETING);
+    drop(forwarding);
 
     burst.finish().await
 }
@@ -281,52 +217,18 @@ async fn copy_and_forward(burst: &RealBurst, env: &[(&str, &str)]) -> anyhow::Re
     assert_eq!(code, 0, "kubectl cp 50 MB in: {stderr}");
 
     let mut forward = with_env(kubectl(idc));
-    forward
-        .args(["port-forward", "-n", ns, "pod/web", ":8080"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut forwarding = forward.spawn()?;
-    let mut lines = BufReader::new(forwarding.stdout.take().context("stdout")?).lines();
-    let local = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
-                return Ok(rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .parse::<u16>()?);
-            }
-        }
-        bail!("kubectl port-forward ended without forwarding")
-    })
-    .await
-    .context("kubectl port-forward did not start")??;
-    let get = |path: &'static str| async move {
-        let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", local)).await?;
-        connection
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: web\r\n\r\n").as_bytes())
-            .await?;
-        let mut response = Vec::new();
-        tokio::time::timeout(PATIENCE, connection.read_to_end(&mut response))
-            .await
-            .context("no answer through the forwarded port")??;
-        let split = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .context("no HTTP header")?;
-        anyhow::Ok(response[split + 4..].to_vec())
-    };
-    let many = futures::future::join_all((0..20).map(|_| get("/index.html"))).await;
-    for body in many {
-        assert_eq!(String::from_utf8_lossy(&body?).trim(), GREETING);
+    forward.args(["port-forward", "-n", ns, "pod/web", ":8080"]);
+    let forwarding = PortForward::start(forward).await?;
+    let many = futures::future::join_all((0..20).map(|_| forwarding.get("/index.html"))).await;
+    for answer in many {
+        assert_eq!(String::from_utf8_lossy(&answer?.1).trim(), GREETING);
     }
-    let download = get("/big.bin").await?;
+    let (_, download) = forwarding.get("/big.bin").await?;
     assert!(
         download == fifty,
         "50 MB through one forwarded connection, identical ({} bytes)",
         download.len()
     );
-    let _ = forwarding.kill().await;
     Ok(())
 }
 

@@ -6,50 +6,18 @@
 
 mod support;
 
-use std::{process::Stdio, time::Duration};
+use std::process::Stdio;
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
 use serde_json::json;
-use support::eklet::*;
-use tke_testbed::{ControlPlane, wait};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    process::Command,
+use support::{
+    eklet::*,
+    kubectl::{PortForward, kubectl, run},
 };
-
-fn kubectl(cp: &ControlPlane) -> Command {
-    let mut command = Command::new(cp.bin("kubectl"));
-    command.arg("--kubeconfig").arg(cp.kubeconfig());
-    command.kill_on_drop(true);
-    command
-}
-
-/// Runs kubectl to the end; (exit code, stdout, stderr).
-async fn run(mut command: Command, stdin: Option<&str>) -> anyhow::Result<(i32, String, String)> {
-    command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn()?;
-    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-        input.write_all(text.as_bytes()).await?;
-        drop(input);
-    }
-    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .context("kubectl did not finish")??;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
-}
+use tke_testbed::{ControlPlane, wait};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_the_agent()
@@ -166,44 +134,15 @@ async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_
 
     // A declared port of the pod, through kubectl port-forward.
     let mut forward = kubectl(&cp);
-    forward
-        .args(["port-forward", "-n", &ns, "pod/web", ":8080"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut forwarding = forward.spawn()?;
-    let mut lines = BufReader::new(forwarding.stdout.take().context("stdout")?).lines();
-    let local = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await? {
-            // "Forwarding from 127.0.0.1:41234 -> 8080"
-            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
-                return Ok(rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .parse::<u16>()?);
-            }
-        }
-        bail!("kubectl port-forward ended without forwarding")
-    })
-    .await
-    .context("kubectl port-forward did not start")??;
-    let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", local)).await?;
-    connection
-        .write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(60), connection.read_to_string(&mut response))
-        .await
-        .context("no answer through the forwarded port")??;
-    assert!(
-        response.lines().next().is_some_and(|l| l.contains(" 200 ")),
-        "{response}"
+    forward.args(["port-forward", "-n", &ns, "pod/web", ":8080"]);
+    let forwarding = PortForward::start(forward).await?;
+    let (status, body) = forwarding.get("/").await?;
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("cloudsim {instance_id} web port 8080\n")
     );
-    assert!(
-        response.ends_with(&format!("cloudsim {instance_id} web port 8080\n")),
-        "{response}"
-    );
-    let _ = forwarding.kill().await;
+    drop(forwarding);
 
     remove_node(&client, &id.node()).await;
     Ok(())

@@ -320,28 +320,7 @@ async fn the_kubelet_port_wants_credentials_and_asks_rbac_about_nodes_log() -> a
     assert!(body.contains(&user) && body.contains("subresource=log"), "{body}");
 
     // nodes/log on this node only, as a cluster admin would grant it.
-    let role = format!("kubelet-api-logs-{}", random_suffix());
-    let roles: Api<ClusterRole> = Api::all(pod.client.clone());
-    roles
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": role},
-                "rules": [{"apiGroups": [""], "resources": ["nodes/log"], "verbs": ["get"], "resourceNames": [pod.node]}],
-            }))?,
-        )
-        .await?;
-    let bindings: Api<ClusterRoleBinding> = Api::all(pod.client.clone());
-    bindings
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": role},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-                "subjects": [{"kind": "ServiceAccount", "name": "log-reader", "namespace": pod.namespace}],
-            }))?,
-        )
-        .await?;
+    let role = grant_on_node(&pod, "nodes/log", "get", "log-reader").await?;
     let reader = service_account_token(&pod, "log-reader").await?;
     // RBAC reaches the apiserver's authorizer through a watch; poll until it has.
     let granted = async {
@@ -371,10 +350,44 @@ async fn the_kubelet_port_wants_credentials_and_asks_rbac_about_nodes_log() -> a
         .await?;
     assert_eq!((status, body.as_str()), (reqwest::StatusCode::OK, "ok"));
 
-    let _ = bindings.delete(&role, &DeleteParams::default()).await;
-    let _ = roles.delete(&role, &DeleteParams::default()).await;
+    revoke(&pod, &role).await;
     pod.finish().await;
     Ok(())
+}
+
+/// Lets ServiceAccount `account` of the pod's namespace do `verb` on `resource` (a `nodes/…`
+/// subresource) of the pod's node only, as a cluster admin would; returns the role's name.
+async fn grant_on_node(pod: &CloudPod, resource: &str, verb: &str, account: &str) -> anyhow::Result<String> {
+    let role = format!("kubelet-api-{account}-{}", random_suffix());
+    Api::<ClusterRole>::all(pod.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": role},
+                "rules": [{"apiGroups": [""], "resources": [resource], "verbs": [verb], "resourceNames": [pod.node]}],
+            }))?,
+        )
+        .await?;
+    Api::<ClusterRoleBinding>::all(pod.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": role},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": pod.namespace}],
+            }))?,
+        )
+        .await?;
+    Ok(role)
+}
+
+async fn revoke(pod: &CloudPod, role: &str) {
+    let _ = Api::<ClusterRoleBinding>::all(pod.client.clone())
+        .delete(role, &DeleteParams::default())
+        .await;
+    let _ = Api::<ClusterRole>::all(pod.client.clone())
+        .delete(role, &DeleteParams::default())
+        .await;
 }
 
 /// The value of the sample `series` (`name{labels}`) in Prometheus text, ignoring its timestamp.
@@ -706,28 +719,7 @@ async fn exec_on_the_kubelet_port_needs_create_on_nodes_proxy_even_as_a_websocke
     assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED, "{body}");
 
     // get on nodes/proxy for this node: enough for /pods, not for exec.
-    let role = format!("kubelet-api-proxy-get-{}", random_suffix());
-    let roles: Api<ClusterRole> = Api::all(pod.client.clone());
-    roles
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": role},
-                "rules": [{"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"], "resourceNames": [pod.node]}],
-            }))?,
-        )
-        .await?;
-    let bindings: Api<ClusterRoleBinding> = Api::all(pod.client.clone());
-    bindings
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": role},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-                "subjects": [{"kind": "ServiceAccount", "name": "proxy-getter", "namespace": pod.namespace}],
-            }))?,
-        )
-        .await?;
+    let role = grant_on_node(&pod, "nodes/proxy", "get", "proxy-getter").await?;
     let getter = service_account_token(&pod, "proxy-getter").await?;
     // The binding is in effect once the same token may list the node's pods.
     let granted = async {
@@ -748,8 +740,7 @@ async fn exec_on_the_kubelet_port_needs_create_on_nodes_proxy_even_as_a_websocke
         "{body}"
     );
 
-    let _ = bindings.delete(&role, &DeleteParams::default()).await;
-    let _ = roles.delete(&role, &DeleteParams::default()).await;
+    revoke(&pod, &role).await;
     pod.finish().await;
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod chart;
 pub mod cloudsim;
 pub mod eklet;
 pub mod extender;
+pub mod kubectl;
 
 /// The `tke-resilience` binary under test, built by cargo for this test run.
 pub fn binary() -> std::path::PathBuf {
