@@ -132,6 +132,23 @@ async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_
     assert!(line.contains(" web log line "), "{line}");
     let _ = attached.kill().await;
 
+    // kubectl killed mid-exec: the process it started in the sandbox goes with it.
+    let marker = format!("3600.{}", std::process::id());
+    let mut long = kubectl(&cp);
+    long.args(["exec", "-n", &ns, "web", "--", "sleep", &marker])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut sleeping = long.spawn()?;
+    wait::until(PATIENCE, "the sandbox's sleep started", || async {
+        sleeps(&marker) == 1
+    })
+    .await?;
+    sleeping.kill().await?;
+    wait::until(PATIENCE, "the sandbox's sleep gone with kubectl", || async {
+        sleeps(&marker) == 0
+    })
+    .await?;
+
     // A declared port of the pod, through kubectl port-forward.
     let mut forward = kubectl(&cp);
     forward.args(["port-forward", "-n", &ns, "pod/web", ":8080"]);
@@ -146,4 +163,21 @@ async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_
 
     remove_node(&client, &id.node()).await;
     Ok(())
+}
+
+/// How many processes on this machine run `sleep <marker>` (cloudsim's sandbox processes are
+/// real ones; kubectl's own command line only mentions them after `--`).
+fn sleeps(marker: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            let mut args = cmdline.split(|b| *b == 0);
+            let program = args.next().unwrap_or_default();
+            program.ends_with(b"sleep") && args.next() == Some(marker.as_bytes())
+        })
+        .count()
 }
