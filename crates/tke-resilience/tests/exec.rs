@@ -3,9 +3,18 @@
 //! is real (kubelet + containerd in a network namespace of the test bed), so the command runs in a
 //! real container and the forwarded port is a real server in it. Path: kubectl → IDC apiserver →
 //! eklet's kubelet API → target apiserver (`pods/exec`, `pods/portforward`) → real kubelet.
+//!
+//! The benchmark of this path is an ignored test: `kubectl exec -- true` latency on each streaming
+//! path next to the same exec straight into the target cluster, and port-forward throughput next
+//! to a direct TCP connection to the same listener:
+//!
+//! ```text
+//! TKE_TESTBED_BIN=... cargo test --release -p tke-resilience --test exec -- --ignored --nocapture
+//! ```
 
 mod support;
 
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::{Api, api::PostParams};
 use serde_json::json;
@@ -25,7 +34,7 @@ struct RealBurst {
     idc: std::sync::Arc<ControlPlane>,
     ns: String,
     node: String,
-    _target: ControlPlane,
+    target: ControlPlane,
     _real_node: tke_testbed::RealNode,
     _eklet: Eklet,
 }
@@ -90,7 +99,7 @@ impl RealBurst {
             idc,
             ns,
             node: id.node(),
-            _target: target,
+            target,
             _real_node: real_node,
             _eklet: eklet,
         })
@@ -267,4 +276,130 @@ async fn copy_and_forward_over_spdy_from_kubectl() -> anyhow::Result<()> {
     )
     .await?;
     burst.finish().await
+}
+
+/// p50 and p99 of `samples`, in milliseconds.
+fn percentiles(mut samples: Vec<std::time::Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| {
+        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    (at(0.5), at(0.99))
+}
+
+/// `kubectl exec web -- true` `runs` times; each one's wall time.
+async fn exec_latencies(
+    cp: &ControlPlane,
+    ns: &str,
+    pod: &str,
+    env: &[(&str, &str)],
+    runs: usize,
+) -> anyhow::Result<Vec<std::time::Duration>> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut exec = kubectl(cp);
+        exec.envs(env.iter().copied())
+            .args(["exec", "-n", ns, pod, "--", "true"]);
+        let started = std::time::Instant::now();
+        let (code, _, stderr) = run(exec, None).await?;
+        anyhow::ensure!(code == 0, "kubectl exec failed: {stderr}");
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+/// A benchmark, not a test (see the module documentation). `EXEC_RUNS` (100) and `FORWARD_MB`
+/// (200) size it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn bench_exec_latency_and_port_forward_throughput_against_the_direct_path() -> anyhow::Result<()> {
+    if !realnode::available_or_skip() {
+        return Ok(());
+    }
+    let number = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (runs, megabytes) = (number("EXEC_RUNS", 100), number("FORWARD_MB", 200));
+    let spdy = [
+        ("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false"),
+        ("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false"),
+    ];
+    println!("kubectl exec -- true, {runs} runs each (p50 / p99 ms):");
+    for (label, flags, env) in [
+        ("websocket, proxied to eklet", &[][..], &[][..]),
+        (
+            "websocket, translated to SPDY by the apiserver",
+            &["--declare-websocket-streaming=false"][..],
+            &[][..],
+        ),
+        ("SPDY from kubectl", &[][..], &spdy[..]),
+    ] {
+        let burst = RealBurst::start("bench", flags).await?;
+        let through_eklet = percentiles(exec_latencies(&burst.idc, &burst.ns, "web", env, runs).await?);
+        // The same pod, exec'd in the target cluster itself: the path without eklet.
+        let target_pod = Api::<Pod>::all(burst.target.client().await?)
+            .list(&kube::api::ListParams::default().labels("eklet.tke-resilience.io/pod-uid"))
+            .await?
+            .items
+            .into_iter()
+            .next()
+            .context("the target pod")?;
+        let (target_ns, target_name) = (
+            target_pod.metadata.namespace.clone().unwrap_or_default(),
+            target_pod.metadata.name.clone().unwrap_or_default(),
+        );
+        let direct = percentiles(exec_latencies(&burst.target, &target_ns, &target_name, env, runs).await?);
+        println!(
+            "  {label:48} through eklet {:7.1} / {:7.1}   direct in the target {:7.1} / {:7.1}   p50 added {:+.1}",
+            through_eklet.0,
+            through_eklet.1,
+            direct.0,
+            direct.1,
+            through_eklet.0 - direct.0
+        );
+
+        if env.is_empty() && flags.is_empty() {
+            // Port-forward: the same file through eklet and straight from the pod's IP.
+            let dir = tempfile::tempdir()?;
+            let big = dir.path().join("big.bin");
+            std::fs::write(&big, vec![7u8; megabytes << 20])?;
+            let mut copy = kubectl(&burst.idc);
+            copy.arg("cp")
+                .arg(&big)
+                .arg(format!("{}/web:/www/big.bin", burst.ns));
+            let (code, _, stderr) = run(copy, None).await?;
+            anyhow::ensure!(code == 0, "kubectl cp: {stderr}");
+            let mut forward = kubectl(&burst.idc);
+            forward.args(["port-forward", "-n", &burst.ns, "pod/web", ":8080"]);
+            let forwarding = PortForward::start(forward).await?;
+            let started = std::time::Instant::now();
+            let (_, body) = forwarding.get("/big.bin").await?;
+            let forwarded = started.elapsed();
+            anyhow::ensure!(body.len() == megabytes << 20, "{} bytes forwarded", body.len());
+            let ip = target_pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .context("the target pod's IP")?;
+            let started = std::time::Instant::now();
+            let mut connection = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut connection, b"GET /big.bin HTTP/1.0\r\n\r\n").await?;
+            let mut response = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut connection, &mut response).await?;
+            let direct = started.elapsed();
+            let rate = |d: std::time::Duration| megabytes as f64 / d.as_secs_f64();
+            println!(
+                "port-forward, {megabytes} MB: through eklet {:.1} MB/s, direct TCP to the pod {:.1} MB/s, ratio {:.2}",
+                rate(forwarded),
+                rate(direct),
+                rate(forwarded) / rate(direct)
+            );
+        }
+        burst.finish().await?;
+    }
+    Ok(())
 }
