@@ -34,9 +34,11 @@ struct RealBurst {
     idc: std::sync::Arc<ControlPlane>,
     ns: String,
     node: String,
-    target: ControlPlane,
-    _real_node: tke_testbed::RealNode,
+    // Dropped in this order: eklet, the node, then its control plane (which removes the run
+    // directory the node's clean-up script lives in).
     _eklet: Eklet,
+    _real_node: tke_testbed::RealNode,
+    target: ControlPlane,
 }
 
 impl RealBurst {
