@@ -321,6 +321,14 @@ eklet:
             vec!["-f", &seed, "--set", "eklet.replicaCount=-1"],
             vec!["/eklet/replicaCount"],
         ),
+        (
+            vec!["-f", &seed, "--set", "eklet.streaming.maxSessions=0"],
+            vec!["/eklet/streaming/maxSessions"],
+        ),
+        (
+            vec!["-f", &seed, "--set", "eklet.streaming.idleTimeout=forever"],
+            vec!["/eklet/streaming/idleTimeout"],
+        ),
     ];
     for (args, fields) in cases {
         let error = render_error(&args)?;
