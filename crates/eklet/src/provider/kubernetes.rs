@@ -44,9 +44,9 @@ use self::{
     translate::{Fetched, Namespaces, Object, Placement, Settings, SourceKind},
 };
 use super::{
-    Capabilities, ContainerStats, Error, ErrorKind, ExitStatus, LogOptions, PortStream, ProbeKind, Provider,
-    Result, Sandbox, SandboxEvent, SandboxName, SandboxStats, StatsTarget, StreamIo, VolumeKind,
-    VolumeSource, VolumeSpec,
+    Capabilities, ContainerStats, Error, ErrorKind, ExitStatus, GuardedStream, LogOptions, PortStream,
+    ProbeKind, Provider, Result, Sandbox, SandboxEvent, SandboxName, SandboxStats, StatsTarget, StreamIo,
+    VolumeKind, VolumeSource, VolumeSpec,
 };
 use crate::quantity;
 
@@ -925,7 +925,8 @@ impl Provider for KubernetesProvider {
             message: format!("the target gave no stream for port {port} of {id}"),
             maybe_executed: false,
         })?;
-        Ok(Box::new(streams::ForwardedPort::new(stream, forwarder)))
+        // The target connection closes when the stream is dropped.
+        Ok(Box::new(GuardedStream::new(stream, move || forwarder.abort())))
     }
 
     async fn logs(&self, id: &str, container: &str, options: &LogOptions) -> Result<String> {

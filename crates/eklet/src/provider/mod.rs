@@ -596,6 +596,66 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
+/// A forwarded connection whose relay stops when the stream is dropped: both providers hand the
+/// kubelet API one end of an in-memory pipe and keep the other in a task or client of theirs, and
+/// the kubelet API drops the stream when the client goes away.
+pub struct GuardedStream {
+    stream: tokio::io::DuplexStream,
+    stop: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl GuardedStream {
+    /// `stream`, and what stops its other end once it is dropped.
+    pub fn new(stream: tokio::io::DuplexStream, stop: impl FnOnce() + Send + 'static) -> GuardedStream {
+        GuardedStream {
+            stream,
+            stop: Some(Box::new(stop)),
+        }
+    }
+}
+
+impl Drop for GuardedStream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// The refusal of a streaming call a provider does not have.
 fn unsupported(action: &'static str, provider: &str, what: &str, id: &str, target: &str) -> Error {
     Error {

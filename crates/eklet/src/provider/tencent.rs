@@ -163,7 +163,39 @@ pub struct Flags {
     pub credentials_file: Option<PathBuf>,
 }
 
+/// What the agent is asked for: `command` (none for attach) and the streams the client has.
+fn stream_request(command: Vec<String>, io: &StreamIo) -> StreamRequest {
+    StreamRequest {
+        command,
+        stdin: io.stdin.is_some(),
+        stdout: io.stdout.is_some(),
+        stderr: io.stderr.is_some(),
+        tty: io.tty,
+    }
+}
+
 impl TencentProvider {
+    /// A signed `v5.channel.k8s.io` session with the agent of sandbox `id` at `path` (exec and
+    /// attach differ only in path and command).
+    async fn agent_session(
+        &self,
+        action: &'static str,
+        id: &str,
+        path: &str,
+        request: StreamRequest,
+    ) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+        let target = self.agent_of(action, id).await?;
+        streams::connect(
+            action,
+            self.client.credentials(),
+            &target,
+            path,
+            &request.query(),
+            Some(agent_stream::SUBPROTOCOL),
+        )
+        .await
+    }
+
     /// From its flags; credentials from `--credentials-file` or the `TENCENTCLOUD_*`
     /// environment.
     pub fn from_flags(args: &Flags) -> Result<TencentProvider, SetupError> {
@@ -722,45 +754,19 @@ impl Provider for TencentProvider {
         io: StreamIo,
     ) -> Result<ExitStatus> {
         const ACTION: &str = "ExecSandboxAgent";
-        let target = self.agent_of(ACTION, id).await?;
-        let request = StreamRequest {
-            command,
-            stdin: io.stdin.is_some(),
-            stdout: io.stdout.is_some(),
-            stderr: io.stderr.is_some(),
-            tty: io.tty,
-        };
-        let socket = streams::connect(
-            ACTION,
-            self.client.credentials(),
-            &target,
-            &agent_stream::exec_path(container),
-            &request.query(),
-            Some(agent_stream::SUBPROTOCOL),
-        )
-        .await?;
+        let path = agent_stream::exec_path(container);
+        let socket = self
+            .agent_session(ACTION, id, &path, stream_request(command, &io))
+            .await?;
         Ok(streams::relay(socket, io).await)
     }
 
     async fn attach(&self, id: &str, container: &str, io: StreamIo) -> Result<()> {
         const ACTION: &str = "AttachSandboxAgent";
-        let target = self.agent_of(ACTION, id).await?;
-        let request = StreamRequest {
-            command: vec![],
-            stdin: io.stdin.is_some(),
-            stdout: io.stdout.is_some(),
-            stderr: io.stderr.is_some(),
-            tty: io.tty,
-        };
-        let socket = streams::connect(
-            ACTION,
-            self.client.credentials(),
-            &target,
-            &agent_stream::attach_path(container),
-            &request.query(),
-            Some(agent_stream::SUBPROTOCOL),
-        )
-        .await?;
+        let path = agent_stream::attach_path(container);
+        let socket = self
+            .agent_session(ACTION, id, &path, stream_request(vec![], &io))
+            .await?;
         streams::relay(socket, io).await;
         Ok(())
     }

@@ -3,15 +3,10 @@
 //! streams are copied to the target pod's and back, the exit status comes from the target's
 //! error channel, and dropping the call (the client went away) closes the target connection.
 
-use std::{
-    pin::Pin,
-    task::{Context, Poll},
-};
-
 use futures::SinkExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
-use kube::api::{AttachParams, AttachedProcess, Portforwarder, TerminalSize as KubeTerminalSize};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use kube::api::{AttachParams, AttachedProcess, TerminalSize as KubeTerminalSize};
+use tokio::io::AsyncWriteExt;
 
 use super::super::{ExitStatus, StreamIo};
 
@@ -103,52 +98,6 @@ pub fn exit_status(status: Option<Status>) -> ExitStatus {
     match code {
         Some(code) => ExitStatus::Code(code),
         None => ExitStatus::Killed(status.message.unwrap_or_else(|| "the command failed".into())),
-    }
-}
-
-/// One forwarded connection; the target connection closes when it is dropped.
-pub struct ForwardedPort {
-    stream: DuplexStream,
-    forwarder: Portforwarder,
-}
-
-impl ForwardedPort {
-    pub fn new(stream: DuplexStream, forwarder: Portforwarder) -> ForwardedPort {
-        ForwardedPort { stream, forwarder }
-    }
-}
-
-impl Drop for ForwardedPort {
-    fn drop(&mut self) {
-        self.forwarder.abort();
-    }
-}
-
-impl AsyncRead for ForwardedPort {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ForwardedPort {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

@@ -5,12 +5,7 @@
 //! pipe. Dropping a call drops its WebSocket, and the agent then kills the process or closes the
 //! forwarded connection.
 
-use std::{
-    net::SocketAddr,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use futures::{SinkExt, StreamExt};
 use tke_tencent::{
@@ -18,17 +13,16 @@ use tke_tencent::{
     agent_stream::{self, CLOSE, ERROR, Outcome, RESIZE, STDERR, STDIN, STDOUT},
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf},
+    io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
     net::TcpStream,
     sync::mpsc,
-    task::JoinHandle,
 };
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue},
 };
 
-use super::super::{Error, ErrorKind, ExitStatus, PortStream, Result, StreamIo};
+use super::super::{Error, ErrorKind, ExitStatus, GuardedStream, PortStream, Result, StreamIo};
 
 /// Read size of the client's stdin and the forwarded connections.
 const CHUNK: usize = 32 * 1024;
@@ -254,7 +248,7 @@ where
 {
     let (ours, theirs) = tokio::io::duplex(CHUNK * 2);
     let task = tokio::spawn(pipe(socket, theirs));
-    Box::new(ForwardedPort { stream: ours, task })
+    Box::new(GuardedStream::new(ours, move || task.abort()))
 }
 
 /// Relays bytes between `local` and the WebSocket. A zero-length binary message is the local
@@ -293,45 +287,6 @@ where
     tokio::select! {
         () = outbound => {}
         () = inbound => {}
-    }
-}
-
-struct ForwardedPort {
-    stream: DuplexStream,
-    task: JoinHandle<()>,
-}
-
-impl Drop for ForwardedPort {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl AsyncRead for ForwardedPort {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ForwardedPort {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
