@@ -180,6 +180,16 @@ fn sandbox(phase: SandboxPhase) -> Sandbox {
     }
 }
 
+/// The registry's record of pod `web-1`'s sandbox, as a create would have made it.
+fn record(phase: SandboxPhase) -> Record {
+    Record::new(
+        sandbox(phase),
+        SandboxName::for_pod("cls-1", UID),
+        NODE.into(),
+        ObjectRef::new("web-1").within("shop"),
+    )
+}
+
 fn transient(maybe_executed: bool) -> provider::Error {
     provider::Error {
         action: "CreateEKSContainerInstances",
@@ -431,12 +441,7 @@ async fn a_permanent_cloud_refusal_holds_the_pod_with_the_clouds_code_and_asks_a
 async fn a_sandbox_not_running_by_the_timeout_is_deleted_and_its_pod_failed() {
     let apiserver = Apiserver::default();
     let ctx = context(Script::new(), &apiserver, &["--wait-sandbox-running-timeout=1s"]);
-    let mut record = Record::new(
-        sandbox(SandboxPhase::Pending),
-        SandboxName::for_pod("cls-1", UID),
-        NODE.into(),
-        ObjectRef::new("web-1").within("shop"),
-    );
+    let mut record = record(SandboxPhase::Pending);
     record.created = tokio::time::Instant::now()
         .checked_sub(Duration::from_secs(5))
         .unwrap_or_else(tokio::time::Instant::now);
@@ -457,12 +462,7 @@ async fn a_sandbox_not_running_by_the_timeout_is_deleted_and_its_pod_failed() {
 async fn a_sandbox_the_cloud_lost_fails_its_pod_and_is_not_replaced() {
     let apiserver = Apiserver::default();
     let ctx = context(Script::new(), &apiserver, &[]);
-    let mut record = Record::new(
-        sandbox(SandboxPhase::Running),
-        SandboxName::for_pod("cls-1", UID),
-        NODE.into(),
-        ObjectRef::new("web-1").within("shop"),
-    );
+    let mut record = record(SandboxPhase::Running);
     record.gone = true;
     ctx.registry.insert(UID, record);
     reconcile(pod(json!({})), ctx.clone())
@@ -484,15 +484,7 @@ async fn a_sandbox_the_cloud_lost_fails_its_pod_and_is_not_replaced() {
 async fn a_deleted_pod_loses_its_sandbox_with_its_grace_period_then_its_object() {
     let apiserver = Apiserver::default();
     let ctx = context(Script::new(), &apiserver, &[]);
-    ctx.registry.insert(
-        UID,
-        Record::new(
-            sandbox(SandboxPhase::Running),
-            SandboxName::for_pod("cls-1", UID),
-            NODE.into(),
-            ObjectRef::new("web-1").within("shop"),
-        ),
-    );
+    ctx.registry.insert(UID, record(SandboxPhase::Running));
     let mut deleting = Pod::clone(&pod(json!({})));
     deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         jiff::Timestamp::now(),
@@ -524,15 +516,7 @@ async fn a_deleted_pod_loses_its_sandbox_with_its_grace_period_then_its_object()
 async fn a_pod_gone_from_the_apiserver_takes_its_sandbox_and_a_racing_create_undoes_itself() {
     let apiserver = Apiserver::default();
     let ctx = context(Script::new(), &apiserver, &[]);
-    ctx.registry.insert(
-        UID,
-        Record::new(
-            sandbox(SandboxPhase::Running),
-            SandboxName::for_pod("cls-1", UID),
-            NODE.into(),
-            ObjectRef::new("web-1").within("shop"),
-        ),
-    );
+    ctx.registry.insert(UID, record(SandboxPhase::Running));
     let pod = pod(json!({}));
     gone(&pod, &ctx).await;
     assert_eq!(ctx.provider.calls(), ["delete eksci-1 0s"]);
