@@ -20,8 +20,8 @@ use crate::{
     events::Events,
     metrics::{Metrics, PhaseLabels},
     node::NodeViews,
-    provider::Provider,
-    registry::Registry,
+    provider::{DESCRIBE_BATCH, Provider},
+    registry::{Record, Registry},
 };
 
 /// Everything the pod reconciles share.
@@ -45,6 +45,8 @@ pub struct Context<P> {
     pub sweep_now: Arc<tokio::sync::Notify>,
     pub node_cpu_millis: u64,
     pub node_memory_bytes: u64,
+    /// The provider pushes sandbox changes ([`Provider::notifier`]) and is not polled.
+    pub pushed: bool,
 }
 
 impl<P: Provider> Context<P> {
@@ -81,6 +83,39 @@ impl<P: Provider> Context<P> {
         }
         for (phase, count) in counts {
             self.metrics.pods.get_or_create(&PhaseLabels { phase }).set(count);
+        }
+    }
+
+    /// Starts tracking the sandbox of pod `uid`. A pushing provider is asked once for the
+    /// sandbox's current state, since changes it pushed before now were ignored.
+    pub async fn track(&self, uid: &str, record: Record) {
+        let id = record.sandbox_id.clone();
+        self.registry.insert(uid, record);
+        if self.pushed {
+            self.catch_up(vec![id]).await;
+        }
+    }
+
+    /// Describes these tracked sandboxes once and wakes the pods whose sandbox changed.
+    pub async fn catch_up(&self, ids: Vec<String>) {
+        for batch in ids.chunks(DESCRIBE_BATCH) {
+            match self.provider.describe(batch).await {
+                Ok(sandboxes) => {
+                    let (wake, latencies) = self.registry.observe(batch, sandboxes);
+                    self.observed(wake, latencies);
+                }
+                Err(error) => tracing::warn!(%error, batch = batch.len(), "describing sandboxes failed"),
+            }
+        }
+    }
+
+    /// Records what an observation found: the create→Running latencies, and the pods to wake.
+    pub fn observed(&self, wake: Vec<(String, ObjectRef<Pod>)>, latencies: Vec<std::time::Duration>) {
+        for latency in latencies {
+            self.metrics.create_to_running.observe(latency.as_secs_f64());
+        }
+        for (node, pod) in wake {
+            self.wake(&node, pod);
         }
     }
 

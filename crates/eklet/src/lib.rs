@@ -3,7 +3,8 @@
 //!
 //! [`run`] wires it: configuration → kube client and provider → metrics port → leader election
 //! → (as leader) virtual nodes with their heartbeats, one pod controller per node, adoption of
-//! existing sandboxes, the batched status loop and the orphan sweep.
+//! existing sandboxes, the provider's pushed changes or else the batched status loop, the IDC
+//! sources a provider keeps copies of ([`sources`]), and the orphan sweep.
 
 pub mod config;
 pub mod context;
@@ -18,11 +19,12 @@ pub mod provider;
 pub mod quantity;
 pub mod registry;
 pub mod sandboxes;
+pub mod sources;
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::{
     Api, Client,
     runtime::{
@@ -78,7 +80,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     let metrics = Arc::new(metrics::Metrics::new());
     let provider = metrics::Measured::new(
-        provider::selected::SelectedProvider::from_args(&args, &client).await?,
+        provider::selected::SelectedProvider::from_args(&args).await?,
         metrics.clone(),
     );
 
@@ -212,6 +214,8 @@ async fn lead<P: Provider>(
         }));
     }
 
+    // A provider that watches its cloud pushes changes from now on; the others are polled.
+    let pushed_changes = provider.notifier();
     let (adopted, _) = watch::channel(false);
     let node_cpu_millis = quantity::millis(&config.resources.cpu).unwrap_or(u64::MAX);
     let node_memory_bytes = quantity::units(&config.resources.memory).unwrap_or(u64::MAX);
@@ -230,7 +234,36 @@ async fn lead<P: Provider>(
         sweep_now,
         node_cpu_millis,
         node_memory_bytes,
+        pushed: pushed_changes.is_some(),
     });
+
+    if let Some(changes) = pushed_changes {
+        let ctx = ctx.clone();
+        tasks.push(Box::pin(async move {
+            sandboxes::apply_pushed(ctx, changes).await;
+            "the provider's change feed"
+        }));
+    }
+    // The IDC objects the provider keeps copies of: watched here, once.
+    if let Some(queued) = ctx.provider.followed_sources() {
+        for kind in [provider::SourceKind::ConfigMap, provider::SourceKind::Secret] {
+            let ctx = ctx.clone();
+            tasks.push(Box::pin(async move {
+                match kind {
+                    provider::SourceKind::ConfigMap => {
+                        sources::watch_versions::<ConfigMap, P>(ctx, kind).await
+                    }
+                    provider::SourceKind::Secret => sources::watch_versions::<Secret, P>(ctx, kind).await,
+                }
+                "an IDC source watch"
+            }));
+        }
+        let ctx = ctx.clone();
+        tasks.push(Box::pin(async move {
+            sources::read_queued(ctx, queued).await;
+            "the IDC source reader"
+        }));
+    }
 
     // Pods gone from the apiserver: their sandboxes are deleted at once, a few at a time, once
     // adoption has filled the registry.

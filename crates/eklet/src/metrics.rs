@@ -326,6 +326,22 @@ impl<P: Provider> Provider for Measured<P> {
         self.metrics.call("port_forward", &result);
         result
     }
+
+    fn notifier(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<provider::SandboxChange>> {
+        self.inner.notifier()
+    }
+
+    fn followed_sources(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<provider::Source>> {
+        self.inner.followed_sources()
+    }
+
+    fn source_version(&self, source: provider::Source, version: String) {
+        self.inner.source_version(source, version);
+    }
+
+    async fn source_read(&self, source: &provider::Source, object: Option<provider::SourceObject>) {
+        self.inner.source_read(source, object).await;
+    }
 }
 
 #[cfg(test)]

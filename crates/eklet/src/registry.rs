@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::ObjectRef;
 use tokio::time::Instant;
 
-use crate::provider::{Sandbox, SandboxName, SandboxPhase};
+use crate::provider::{Sandbox, SandboxChange, SandboxName, SandboxPhase};
 
 /// Consecutive describes that must miss a sandbox before it counts as gone; one miss can be the
 /// cloud's eventual consistency right after a create.
@@ -271,6 +271,35 @@ impl Registry {
         (wake, latencies)
     }
 
+    /// Applies one change a watching provider pushed; a sandbox eklet does not track is ignored
+    /// (eklet describes a sandbox once when it starts tracking it). A watch saw the sandbox
+    /// removed, so `Gone` needs no second look.
+    pub(crate) fn pushed(&self, change: SandboxChange) -> (Vec<(String, ObjectRef<Pod>)>, Vec<Duration>) {
+        match change {
+            SandboxChange::Observed(sandbox) => {
+                let id = sandbox.id.clone();
+                self.observe(&[id], vec![sandbox])
+            }
+            SandboxChange::Gone(id) => {
+                let mut inner = self.lock();
+                let Some(record) = inner
+                    .by_sandbox
+                    .get(&id)
+                    .cloned()
+                    .and_then(|uid| inner.records.get_mut(&uid))
+                else {
+                    return (Vec::new(), Vec::new());
+                };
+                record.missing = record.missing.max(MISSES_BEFORE_GONE);
+                if record.gone {
+                    return (Vec::new(), Vec::new());
+                }
+                record.gone = true;
+                (vec![(record.node.clone(), record.pod.clone())], Vec::new())
+            }
+        }
+    }
+
     /// Pod UID → sandbox id, for duplicate detection.
     pub(crate) fn sandbox_of(&self, uid: &str) -> Option<String> {
         self.lock().records.get(uid).map(|r| r.sandbox_id.clone())
@@ -354,6 +383,37 @@ mod tests {
         registry.insert("u1", record("s1", SandboxPhase::Succeeded));
         registry.insert("u2", record("s2", SandboxPhase::Running));
         assert_eq!(registry.pollable(), vec!["s2".to_owned()]);
+    }
+
+    #[test]
+    fn a_pushed_change_wakes_its_pod_and_a_pushed_removal_is_believed_at_once() {
+        let registry = Registry::default();
+        registry.insert("u1", record("s1", SandboxPhase::Pending));
+        let (wake, latencies) =
+            registry.pushed(SandboxChange::Observed(sandbox("s1", SandboxPhase::Running)));
+        assert_eq!(wake.len(), 1);
+        assert_eq!(latencies.len(), 1, "first seen Running: a create→Running latency");
+        assert!(
+            registry
+                .pushed(SandboxChange::Observed(sandbox("s1", SandboxPhase::Running)))
+                .0
+                .is_empty(),
+            "an unchanged state wakes nobody"
+        );
+        let (wake, _) = registry.pushed(SandboxChange::Gone("s1".into()));
+        assert_eq!(wake.len(), 1);
+        assert!(
+            registry.get("u1").is_some_and(|r| r.gone),
+            "one removal is enough"
+        );
+        assert!(registry.pushed(SandboxChange::Gone("s1".into())).0.is_empty());
+        assert!(
+            registry
+                .pushed(SandboxChange::Observed(sandbox("s9", SandboxPhase::Running)))
+                .0
+                .is_empty(),
+            "a sandbox eklet does not track is ignored"
+        );
     }
 
     #[test]

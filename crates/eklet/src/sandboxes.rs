@@ -1,8 +1,8 @@
 //! The cloud side of the [`Registry`](crate::registry::Registry): adoption and the orphan sweep
-//! ([`sweep`]) fill and prune it, and one loop ([`sync_statuses`]) that describes every live
-//! sandbox in batches of
-//! [`DESCRIBE_BATCH`](crate::provider::DESCRIBE_BATCH) and wakes only the pods whose sandbox
-//! changed — never one cloud call per pod per poll.
+//! ([`sweep`]) fill and prune it, and it is kept current one of two ways: a provider that
+//! watches its cloud pushes changes ([`apply_pushed`]); any other is described by one loop
+//! ([`sync_statuses`]) in batches of [`DESCRIBE_BATCH`](crate::provider::DESCRIBE_BATCH), which
+//! wakes only the pods whose sandbox changed — never one cloud call per pod per poll.
 //!
 //! Deletion safety: a sandbox is deleted without its pod's reconcile only when a fresh,
 //! consistent list of the cluster's pods — taken after the sandbox was found unmatched — does
@@ -16,7 +16,7 @@ use kube::{Api, ResourceExt, api::ListParams, runtime::reflector::ObjectRef};
 
 use crate::{
     context::Context,
-    provider::{DESCRIBE_BATCH, Provider, SandboxName},
+    provider::{DESCRIBE_BATCH, Provider, SandboxChange, SandboxName},
     registry::Record,
 };
 
@@ -24,14 +24,29 @@ use crate::{
 const DESCRIBE_CONCURRENCY: usize = 4;
 
 /// Describes every live sandbox every `--status-sync-interval` and wakes the pods whose sandbox
-/// changed. Also refreshes the pods-by-phase gauge. Never returns.
+/// changed, unless the provider pushes changes. Also refreshes the pods-by-phase gauge. Never
+/// returns.
 pub async fn sync_statuses<P: Provider>(ctx: Arc<Context<P>>) {
     let mut ticker = tokio::time::interval(ctx.config.status_sync_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        sync_once(&ctx).await;
+        if !ctx.pushed {
+            sync_once(&ctx).await;
+        }
         ctx.count_pods_by_phase();
+    }
+}
+
+/// Applies the changes a watching provider pushes, as they come. Returns when the provider drops
+/// its end.
+pub async fn apply_pushed<P: Provider>(
+    ctx: Arc<Context<P>>,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<SandboxChange>,
+) {
+    while let Some(change) = changes.recv().await {
+        let (wake, latencies) = ctx.registry.pushed(change);
+        ctx.observed(wake, latencies);
     }
 }
 
@@ -51,12 +66,7 @@ async fn sync_once<P: Provider>(ctx: &Context<P>) {
         match answer {
             Ok(sandboxes) => {
                 let (wake, latencies) = ctx.registry.observe(&batch, sandboxes);
-                for latency in latencies {
-                    ctx.metrics.create_to_running.observe(latency.as_secs_f64());
-                }
-                for (node, pod) in wake {
-                    ctx.wake(&node, pod);
-                }
+                ctx.observed(wake, latencies);
             }
             // The next tick asks again; a failed describe says nothing about the sandboxes.
             Err(error) => tracing::warn!(%error, batch = batch.len(), "describing sandboxes failed"),
@@ -98,6 +108,7 @@ pub async fn sweep<P: Provider>(ctx: &Context<P>) -> Result<SweepReport, SweepEr
     };
     let cached = ctx.cached_pods();
     let mut candidates: Vec<(String, String)> = Vec::new();
+    let mut tracked = Vec::new();
     for sandbox in listed {
         let Some((name, uid)) = SandboxName::parse(&ctx.config.cluster_id, &sandbox.name) else {
             continue;
@@ -126,6 +137,7 @@ pub async fn sweep<P: Provider>(ctx: &Context<P>) -> Result<SweepReport, SweepEr
                         .map(|t| t.0);
                     let reference = ObjectRef::from_obj(pod.as_ref());
                     tracing::info!(pod = %reference, sandbox = %sandbox.id, "adopting sandbox");
+                    tracked.push(sandbox.id.clone());
                     ctx.registry.insert(
                         &uid,
                         Record::adopted(sandbox, name, node.clone(), reference.clone(), started),
@@ -137,6 +149,10 @@ pub async fn sweep<P: Provider>(ctx: &Context<P>) -> Result<SweepReport, SweepEr
                 None => candidates.push((uid, sandbox.id)),
             },
         }
+    }
+    // What a pushing provider reported before these were tracked was ignored: look once.
+    if ctx.pushed && !tracked.is_empty() {
+        ctx.catch_up(tracked).await;
     }
     for (uid, record) in ctx.registry.snapshot() {
         if !cached.contains_key(&uid) {

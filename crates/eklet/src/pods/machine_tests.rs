@@ -23,7 +23,7 @@ use crate::{
     node::NodeViews,
     provider::{
         Capabilities, ContainerState, ContainerStatus, ProbeKind, Sandbox, SandboxEvent, SandboxSpec,
-        SandboxStats, StatsTarget, VolumeSpec,
+        SandboxStats, SourceObjects, StatsTarget, VolumeSpec,
     },
     registry::Registry,
 };
@@ -42,13 +42,15 @@ struct Seen {
 #[derive(Clone, Default)]
 struct Apiserver {
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Objects a GET of their path finds.
+    objects: Arc<Mutex<HashMap<String, serde_json::Value>>>,
 }
 
 impl Apiserver {
     fn client(&self) -> Client {
-        let seen = self.seen.clone();
+        let (seen, objects) = (self.seen.clone(), self.objects.clone());
         let service = tower::service_fn(move |request: http::Request<Body>| {
-            let seen = seen.clone();
+            let (seen, objects) = (seen.clone(), objects.clone());
             async move {
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect_bytes().await.unwrap_or_default();
@@ -60,7 +62,13 @@ impl Apiserver {
                     body: body.clone(),
                 });
                 let name = path.rsplit('/').find(|s| *s != "status").unwrap_or_default();
+                let stored = objects
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&path)
+                    .cloned();
                 let (status, answer) = match method.as_str() {
+                    "GET" if stored.is_some() => (200, stored.unwrap_or_default().to_string()),
                     "PATCH" | "DELETE" if path.contains("/pods/") => (
                         200,
                         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}}).to_string(),
@@ -81,6 +89,21 @@ impl Apiserver {
             }
         });
         Client::new(service, "default")
+    }
+
+    fn store(&self, path: &str, object: serde_json::Value) {
+        self.objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_owned(), object);
+    }
+
+    /// How many GETs of `path` it answered.
+    fn gets(&self, path: &str) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.method == "GET" && s.path == path)
+            .count()
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -118,6 +141,10 @@ struct Script {
     calls: Mutex<Vec<String>>,
     creates: Mutex<VecDeque<provider::Result<Sandbox>>>,
     found: Mutex<Option<Sandbox>>,
+    /// The source objects each create was handed.
+    sources: Mutex<Vec<Option<Arc<SourceObjects>>>>,
+    /// What `describe` answers.
+    described: Mutex<Vec<Sandbox>>,
 }
 
 impl Script {
@@ -139,6 +166,8 @@ impl Script {
             calls: Mutex::default(),
             creates: Mutex::default(),
             found: Mutex::default(),
+            sources: Mutex::default(),
+            described: Mutex::default(),
         }
     }
 
@@ -211,6 +240,10 @@ impl Provider for Script {
 
     async fn create(&self, spec: &SandboxSpec) -> provider::Result<Sandbox> {
         self.record(format!("create {}", spec.name.as_str()));
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(spec.source.clone());
         self.creates
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -223,8 +256,9 @@ impl Provider for Script {
         Ok(())
     }
 
-    async fn describe(&self, _ids: &[String]) -> provider::Result<Vec<Sandbox>> {
-        Ok(vec![])
+    async fn describe(&self, ids: &[String]) -> provider::Result<Vec<Sandbox>> {
+        self.record(format!("describe {}", ids.join(",")));
+        Ok(self.described.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     async fn find(&self, name: &SandboxName) -> provider::Result<Option<Sandbox>> {
@@ -259,6 +293,15 @@ impl Provider for Script {
 }
 
 fn context(script: Script, apiserver: &Apiserver, flags: &[&str]) -> Arc<Context<Script>> {
+    context_of(script, apiserver, flags, false)
+}
+
+/// A context whose provider pushes sandbox changes instead of being polled.
+fn pushing_context(script: Script, apiserver: &Apiserver) -> Arc<Context<Script>> {
+    context_of(script, apiserver, &[], true)
+}
+
+fn context_of(script: Script, apiserver: &Apiserver, flags: &[&str], pushed: bool) -> Arc<Context<Script>> {
     let mut argv = vec![
         "eklet",
         "--subnet=subnet-a=ap-guangzhou-3",
@@ -290,6 +333,7 @@ fn context(script: Script, apiserver: &Apiserver, flags: &[&str]) -> Arc<Context
         sweep_now: Arc::new(Notify::new()),
         node_cpu_millis: u64::MAX,
         node_memory_bytes: u64::MAX,
+        pushed,
     })
 }
 
@@ -367,6 +411,96 @@ async fn an_eligible_pod_gets_one_sandbox_and_its_state_in_the_status() {
     );
     // Not running yet: only the running deadline brings it back, the status loop wakes it sooner.
     assert_ne!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_create_reads_each_referenced_object_once_and_hands_those_reads_to_the_provider() {
+    let apiserver = Apiserver::default();
+    apiserver.store(
+        "/api/v1/namespaces/shop/configmaps/settings",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "settings", "namespace": "shop", "resourceVersion": "41"},
+               "data": {"mode": "fast"}}),
+    );
+    apiserver.store(
+        "/api/v1/namespaces/shop/secrets/db",
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "db", "namespace": "shop", "resourceVersion": "42"},
+               "data": {"password": "aHVudGVyMg=="}}),
+    );
+    let ctx = context(Script::new(), &apiserver, &[]);
+    // The ConfigMap is named twice (envFrom and a key reference): still one read.
+    let pod = pod(json!({"containers": [{"name": "app", "image": "nginx",
+    "envFrom": [{"configMapRef": {"name": "settings"}}],
+    "env": [
+        {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+        {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}
+    ]}]}));
+    reconcile(pod, ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    assert_eq!(apiserver.gets("/api/v1/namespaces/shop/configmaps/settings"), 1);
+    assert_eq!(apiserver.gets("/api/v1/namespaces/shop/secrets/db"), 1);
+    assert_eq!(
+        apiserver.gets("/api/v1/namespaces/shop/pods/web-1"),
+        0,
+        "the pod comes from the cache"
+    );
+    let sources = ctx
+        .provider
+        .sources
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let [Some(source)] = sources.as_slice() else {
+        panic!("one create with its sources: {sources:?}")
+    };
+    assert_eq!(source.pod.metadata.uid.as_deref(), Some(UID));
+    let version = |o: Option<&Option<String>>| o.cloned().flatten();
+    assert_eq!(
+        version(
+            source
+                .config_maps
+                .get("settings")
+                .map(|o| &o.metadata.resource_version)
+        ),
+        Some("41".to_owned())
+    );
+    assert_eq!(
+        version(source.secrets.get("db").map(|o| &o.metadata.resource_version)),
+        Some("42".to_owned())
+    );
+    assert!(
+        !format!("{source:?}").contains("aHVudGVyMg"),
+        "secret data never shows in debug output"
+    );
+}
+
+#[tokio::test]
+async fn a_pushing_provider_is_asked_once_for_a_new_sandbox_and_its_pushes_reach_the_pod() {
+    let apiserver = Apiserver::default();
+    let script = Script::new();
+    // Running already: the change was pushed before eklet tracked the sandbox.
+    *script.described.lock().unwrap_or_else(|e| e.into_inner()) = vec![sandbox(SandboxPhase::Running)];
+    let ctx = pushing_context(script, &apiserver);
+    reconcile(pod(json!({})), ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let name = SandboxName::for_pod("cls-1", UID);
+    assert_eq!(
+        ctx.provider.calls(),
+        [format!("create {}", name.as_str()), "describe eksci-1".to_owned()]
+    );
+    assert_eq!(
+        ctx.registry.get(UID).map(|r| r.observed.phase),
+        Some(SandboxPhase::Running),
+        "the catch-up found what the provider pushed too early"
+    );
+    let (wake, _) = ctx
+        .registry
+        .pushed(provider::SandboxChange::Gone("eksci-1".into()));
+    assert_eq!(wake, [(NODE.to_owned(), ObjectRef::new("web-1").within("shop"))]);
 }
 
 #[tokio::test]

@@ -31,7 +31,7 @@ pub use crate::context::Context;
 use crate::{
     events,
     node::NodeView,
-    provider::{self, ErrorKind, Provider, SandboxName, SandboxPhase},
+    provider::{self, ErrorKind, Provider, SandboxName, SandboxPhase, SourceObjects},
     registry::Record,
 };
 
@@ -171,7 +171,7 @@ async fn start<P: Provider>(pod: &Pod, uid: &str, ctx: &Context<P>) -> Result<Ac
                 node_name.clone(),
                 ObjectRef::from_obj(pod),
             );
-            ctx.registry.insert(uid, record.clone());
+            ctx.track(uid, record.clone()).await;
             return mirror(pod, uid, record, ctx).await;
         }
         ctx.registry.clear_ambiguous(uid);
@@ -193,7 +193,7 @@ async fn start<P: Provider>(pod: &Pod, uid: &str, ctx: &Context<P>) -> Result<Ac
                 return Ok(Action::await_change());
             }
             let record = Record::new(sandbox, built.spec.name, node_name, ObjectRef::from_obj(pod));
-            ctx.registry.insert(uid, record.clone());
+            ctx.track(uid, record.clone()).await;
             ctx.events.pod(pod, false, events::SANDBOX_CREATED, note).await;
             mirror(pod, uid, record, ctx).await
         }
@@ -221,7 +221,16 @@ async fn build_spec<P: Provider>(
         node_cpu_millis: ctx.node_cpu_millis,
         node_memory_bytes: ctx.node_memory_bytes,
     };
-    Ok(spec::build(pod, &refs, &setting))
+    let mut built = spec::build(pod, &refs, &setting);
+    // What was just read travels with the spec, so a provider never reads it a second time.
+    if let Ok(built) = &mut built {
+        built.spec.source = Some(Arc::new(SourceObjects {
+            pod: pod.clone(),
+            config_maps: refs.config_maps,
+            secrets: refs.secrets,
+        }));
+    }
+    Ok(built)
 }
 
 /// For providers that mount the projected service-account token: puts a fresh one into the

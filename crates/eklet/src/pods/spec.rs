@@ -343,6 +343,7 @@ pub fn build(pod: &Pod, refs: &References, setting: &Setting<'_>) -> Result<Buil
             registry_credentials,
             annotations: pod.metadata.annotations.clone().unwrap_or_default(),
             termination_grace: Duration::from_secs(grace.unsigned_abs()),
+            source: None,
         },
         notices,
     })

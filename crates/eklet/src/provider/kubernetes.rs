@@ -7,11 +7,16 @@
 //! (`<cluster-id>-<ns>`) or one fixed namespace; its id is `namespace/name`. The pod is the IDC
 //! pod translated ([`translate`]) and is created held by a scheduling gate until the per-pod
 //! copies of its ConfigMaps and Secrets and the Secret with its IDC service-account token
-//! exist, all owned by the pod so the target's garbage collector removes them with it. Copies
-//! follow their IDC sources ([`copies`]). Status comes from one watch of the target
-//! ([`cache`]): `describe` reads the cache and makes no API call; a target that cannot be
-//! reached leaves the last known states in place, so nothing is failed or evicted for it.
-//! Logs and events come from the target's API, usage from its metrics API.
+//! exist, all owned by the pod so the target's garbage collector removes them with it. The pod
+//! and the objects are translated from what eklet read for the create ([`SandboxSpec::source`]);
+//! this provider never calls the IDC's apiserver. Copies follow their IDC sources ([`copies`]):
+//! eklet watches the sources' versions and reads one again only when a copy is behind it.
+//! Status comes from one watch of the target ([`cache`]) and is pushed to eklet as it changes
+//! ([`Provider::notifier`]); `describe` reads the cache and makes no API call. A target that
+//! cannot be reached leaves the last known states in place, so nothing is failed or evicted for
+//! it. Logs and events come from the target's API, usage from its metrics API.
+//!
+//! [`SandboxSpec::source`]: super::SandboxSpec::source
 
 pub mod cache;
 pub mod copies;
@@ -33,20 +38,20 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, LogParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
     config::{KubeConfigOptions, Kubeconfig},
-    core::{ApiResource, DynamicObject, PartialObjectMeta},
+    core::{ApiResource, DynamicObject},
     runtime::{WatchStreamExt, watcher},
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use self::{
     cache::{Change, PodCache, TargetPod},
-    copies::{Copies, Holder, Source},
-    translate::{Fetched, Namespaces, Object, Placement, Settings, SourceKind},
+    copies::{Copies, Holder},
+    translate::{Namespaces, Object, Placement, Settings},
 };
 use super::{
     Capabilities, ContainerStats, Error, ErrorKind, ExitStatus, GuardedStream, LogOptions, PortStream,
-    ProbeKind, Provider, Result, Sandbox, SandboxEvent, SandboxName, SandboxStats, StatsTarget, StreamIo,
-    VolumeKind, VolumeSource, VolumeSpec,
+    ProbeKind, Provider, Result, Sandbox, SandboxChange, SandboxEvent, SandboxName, SandboxStats, Source,
+    SourceObject, StatsTarget, StreamIo, VolumeKind, VolumeSource, VolumeSpec,
 };
 use crate::quantity;
 
@@ -177,11 +182,20 @@ fn is_dns_label(name: &str) -> bool {
 
 struct Shared {
     target: Client,
-    source: Client,
     settings: Settings,
     cache: PodCache,
     copies: Copies,
     namespaces: Mutex<HashSet<String>>,
+    /// Where the target watch pushes sandbox changes: eklet's leader of the current term.
+    notifier: Mutex<Option<mpsc::UnboundedSender<SandboxChange>>>,
+}
+
+impl Shared {
+    fn push(&self, change: SandboxChange) {
+        if let Some(notifier) = &*self.notifier.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = notifier.send(change);
+        }
+    }
 }
 
 /// Background tasks, stopped with the provider.
@@ -199,17 +213,12 @@ impl Drop for Tasks {
 pub struct KubernetesProvider {
     shared: Arc<Shared>,
     capabilities: Capabilities,
-    copy_work: Mutex<Option<mpsc::UnboundedReceiver<Source>>>,
     tasks: OnceLock<Tasks>,
 }
 
 impl KubernetesProvider {
-    /// From its flags; `source` is the IDC client eklet itself uses.
-    pub async fn from_flags(
-        args: &Flags,
-        cluster_id: &str,
-        source: Client,
-    ) -> Result<KubernetesProvider, SetupError> {
+    /// From its flags.
+    pub async fn from_flags(args: &Flags, cluster_id: &str) -> Result<KubernetesProvider, SetupError> {
         let settings = settings_from_flags(args, cluster_id)?;
         let path = args.target_kubeconfig.clone().ok_or(SetupError::NoKubeconfig)?;
         let kubeconfig_error = |message: String| SetupError::Kubeconfig {
@@ -221,19 +230,18 @@ impl KubernetesProvider {
             .await
             .map_err(|e| kubeconfig_error(e.to_string()))?;
         let target = Client::try_from(config).map_err(|e| kubeconfig_error(e.to_string()))?;
-        Ok(KubernetesProvider::new(target, source, settings))
+        Ok(KubernetesProvider::new(target, settings))
     }
 
-    pub fn new(target: Client, source: Client, settings: Settings) -> KubernetesProvider {
-        let (copies, copy_work) = Copies::new();
+    pub fn new(target: Client, settings: Settings) -> KubernetesProvider {
         KubernetesProvider {
             shared: Arc::new(Shared {
                 target,
-                source,
                 settings,
                 cache: PodCache::default(),
-                copies,
+                copies: Copies::default(),
                 namespaces: Mutex::default(),
+                notifier: Mutex::default(),
             }),
             capabilities: Capabilities {
                 volumes: vec![VolumeKind::Nfs, VolumeKind::EmptyDir, VolumeKind::Files],
@@ -254,27 +262,15 @@ impl KubernetesProvider {
                 attach: true,
                 port_forward: true,
             },
-            copy_work: Mutex::new(Some(copy_work)),
             tasks: OnceLock::new(),
         }
     }
 
-    /// Starts the watches on first use, so a standby eklet (which never calls the provider)
-    /// watches nothing.
+    /// Starts the target watch on first use, so a standby eklet (which never calls the
+    /// provider) watches nothing.
     fn start(&self) {
-        self.tasks.get_or_init(|| {
-            let shared = &self.shared;
-            let mut tasks = vec![
-                tokio::spawn(watch_target_pods(shared.clone())),
-                tokio::spawn(watch_sources::<ConfigMap>(shared.clone(), SourceKind::ConfigMap)),
-                tokio::spawn(watch_sources::<Secret>(shared.clone(), SourceKind::Secret)),
-            ];
-            let work = self.copy_work.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(work) = work {
-                tasks.push(tokio::spawn(copy_worker(shared.clone(), work)));
-            }
-            Tasks(tasks)
-        });
+        self.tasks
+            .get_or_init(|| Tasks(vec![tokio::spawn(watch_target_pods(self.shared.clone()))]));
     }
 
     fn pods(&self, namespace: &str) -> Api<Pod> {
@@ -339,30 +335,6 @@ impl KubernetesProvider {
         Ok(())
     }
 
-    /// The IDC objects the pod references, as they are now.
-    async fn fetch(&self, pod: &Pod) -> Result<Fetched> {
-        let namespace = pod.namespace().unwrap_or_default();
-        let config_maps: Api<ConfigMap> = Api::namespaced(self.shared.source.clone(), &namespace);
-        let secrets: Api<Secret> = Api::namespaced(self.shared.source.clone(), &namespace);
-        let mut fetched = Fetched::default();
-        for reference in translate::references(pod) {
-            match reference.kind {
-                SourceKind::ConfigMap => {
-                    if let Some(cm) = call("GetSourceConfigMap", config_maps.get_opt(&reference.name)).await?
-                    {
-                        fetched.config_maps.insert(reference.name, cm);
-                    }
-                }
-                SourceKind::Secret => {
-                    if let Some(secret) = call("GetSourceSecret", secrets.get_opt(&reference.name)).await? {
-                        fetched.secrets.insert(reference.name, secret);
-                    }
-                }
-            }
-        }
-        Ok(fetched)
-    }
-
     /// Creates the objects, registers the copies and lets the pod be scheduled.
     async fn complete(&self, plan: &translate::Plan, holder: &Holder) -> Result<()> {
         for object in &plan.objects {
@@ -386,7 +358,7 @@ impl KubernetesProvider {
             plan.references.iter().map(|r| {
                 // An object the IDC does not have (yet) counts as copied at "no version".
                 let version = versions.get(r).cloned().unwrap_or_default();
-                (Source::new(&source_namespace, r), Some(version))
+                (copies::source(&source_namespace, r), Some(version))
             }),
         );
         let ungate = serde_json::json!({ "spec": { "schedulingGates": null } });
@@ -495,7 +467,8 @@ fn classify(action: &'static str, error: kube::Error) -> Error {
     }
 }
 
-/// Keeps the pod cache and tells the copies which pods come and go.
+/// Keeps the pod cache, pushes every change to eklet and tells the copies which pods come and
+/// go.
 async fn watch_target_pods(shared: Arc<Shared>) {
     let api: Api<Pod> = match &shared.settings.namespaces {
         Namespaces::Fixed(name) => Api::namespaced(shared.target.clone(), name),
@@ -516,7 +489,13 @@ async fn watch_target_pods(shared: Arc<Shared>) {
                         shared.cache.relist_started();
                         Change::default()
                     }
-                    watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => shared.cache.apply(&pod),
+                    watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                        let change = shared.cache.apply(&pod);
+                        if let Some(target) = TargetPod::of(&pod) {
+                            shared.push(SandboxChange::Observed(target.sandbox));
+                        }
+                        change
+                    }
                     watcher::Event::InitDone => shared.cache.relist_done(),
                     watcher::Event::Delete(pod) => shared.cache.delete(&pod),
                 }
@@ -543,100 +522,24 @@ async fn watch_target_pods(shared: Arc<Shared>) {
             };
             shared.copies.hold(
                 &holder,
-                pod.copies.iter().map(|r| (Source::new(&namespace, r), None)),
+                pod.copies.iter().map(|r| (copies::source(&namespace, r), None)),
             );
         }
         for pod in change.removed {
             shared.copies.release(&pod.id);
+            shared.push(SandboxChange::Gone(pod.id));
         }
     }
 }
 
-/// Follows the versions of the IDC's ConfigMaps or Secrets (metadata only).
-async fn watch_sources<K>(shared: Arc<Shared>, kind: SourceKind)
-where
-    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let api: Api<PartialObjectMeta<K>> = Api::all(shared.source.clone());
-    let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .touched_objects()
-        .boxed();
-    let mut failing = false;
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(meta) => {
-                failing = false;
-                let (Some(namespace), Some(name), Some(version)) = (
-                    meta.metadata.namespace.clone(),
-                    meta.metadata.name.clone(),
-                    meta.metadata.resource_version.clone(),
-                ) else {
-                    continue;
-                };
-                shared.copies.source_is(
-                    Source {
-                        kind,
-                        namespace,
-                        name,
-                    },
-                    version,
-                );
-            }
-            Err(error) => {
-                if !failing {
-                    let kind = kind.as_str();
-                    tracing::warn!(%error, kind, "watching the IDC for changes failed; copies may lag");
-                }
-                failing = true;
-            }
-        }
-    }
-}
-
-/// Rewrites copies that are behind their IDC source.
-async fn copy_worker(shared: Arc<Shared>, mut work: mpsc::UnboundedReceiver<Source>) {
-    while let Some(source) = work.recv().await {
-        if let Err(error) = copy_once(&shared, &source).await {
-            let what = format!("{}/{}/{}", source.kind.as_str(), source.namespace, source.name);
-            tracing::warn!(%error, source = %what, "updating target copies failed; retrying");
-            shared.copies.done(&source);
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(COPY_RETRY).await;
-                shared.copies.retry(&source);
-            });
-        }
-    }
-}
-
-async fn copy_once(shared: &Shared, source: &Source) -> Result<()> {
-    let fetched = match source.kind {
-        SourceKind::ConfigMap => {
-            let api: Api<ConfigMap> = Api::namespaced(shared.source.clone(), &source.namespace);
-            call("GetSourceConfigMap", api.get_opt(&source.name))
-                .await?
-                .map(|cm| (cm.metadata.resource_version.clone(), Some(cm), None))
-        }
-        SourceKind::Secret => {
-            let api: Api<Secret> = Api::namespaced(shared.source.clone(), &source.namespace);
-            call("GetSourceSecret", api.get_opt(&source.name))
-                .await?
-                .map(|s| (s.metadata.resource_version.clone(), None, Some(s)))
-        }
-    };
+/// Rewrites the copies of `source` that are behind the version eklet just read.
+async fn copy_once(shared: &Shared, source: &Source, object: Option<&SourceObject>) -> Result<()> {
     // Deleted in the IDC: the copies keep the last content, as a kubelet keeps mounted files.
-    let Some((version, config_map, secret)) = fetched else {
+    let Some(object) = object else {
         shared.copies.done(source);
         return Ok(());
     };
-    let version = version.unwrap_or_default();
+    let version = object.resource_version().unwrap_or_default().to_owned();
     for holder in shared.copies.take(source, &version) {
         if shared.cache.is_synced() && shared.cache.get(&holder.id).is_none() {
             shared.copies.release(&holder.id);
@@ -648,15 +551,14 @@ async fn copy_once(shared: &Shared, source: &Source) -> Result<()> {
             sandbox: &holder.name,
             pod_uid: &holder.source_uid,
         };
-        let object = match (&config_map, &secret) {
-            (Some(cm), _) => translate::copy_config_map(cm, &at),
-            (_, Some(secret)) => translate::copy_secret(secret, &at),
-            _ => continue,
+        let copy = match object {
+            SourceObject::ConfigMap(cm) => translate::copy_config_map(cm, &at),
+            SourceObject::Secret(secret) => translate::copy_secret(secret, &at),
         };
         apply(
             &shared.target,
             &holder.namespace,
-            object.owned_by(&holder.name, &holder.uid),
+            copy.owned_by(&holder.name, &holder.uid),
         )
         .await?;
         shared.copies.copied(source, &holder.id, &version);
@@ -677,32 +579,27 @@ impl Provider for KubernetesProvider {
     async fn create(&self, spec: &super::SandboxSpec) -> Result<Sandbox> {
         const ACTION: &str = "CreatePod";
         self.start();
-        let source_pods: Api<Pod> = Api::namespaced(self.shared.source.clone(), &spec.pod.namespace);
-        let source = call("GetSourcePod", source_pods.get_opt(&spec.pod.name))
-            .await?
-            .filter(|p| p.metadata.uid.as_deref() == Some(spec.pod.uid.as_str()))
-            .ok_or_else(|| Error {
-                action: ACTION,
-                kind: ErrorKind::Transient,
-                code: "SourcePodGone".into(),
-                message: format!(
-                    "pod {}/{} is gone from the IDC",
-                    spec.pod.namespace, spec.pod.name
-                ),
-                maybe_executed: false,
-            })?;
-        let fetched = self.fetch(&source).await?;
-        let plan =
-            translate::plan(&source, spec, &fetched, &self.shared.settings).map_err(|problem| Error {
-                action: ACTION,
-                kind: ErrorKind::Permanent,
-                code: match problem {
-                    translate::Problem::Unsupported(_) => "UnsupportedByProvider".into(),
-                    translate::Problem::Invalid(_) => "InvalidPod".into(),
-                },
-                message: problem.to_string(),
-                maybe_executed: false,
-            })?;
+        // The pod and its objects as eklet read them for this create: never read twice.
+        let fetched = spec.source.as_deref().ok_or_else(|| Error {
+            action: ACTION,
+            kind: ErrorKind::Permanent,
+            code: "NoSourceObjects".into(),
+            message: format!(
+                "the spec of pod {}/{} came without the objects it was built from",
+                spec.pod.namespace, spec.pod.name
+            ),
+            maybe_executed: false,
+        })?;
+        let plan = translate::plan(spec, fetched, &self.shared.settings).map_err(|problem| Error {
+            action: ACTION,
+            kind: ErrorKind::Permanent,
+            code: match problem {
+                translate::Problem::Unsupported(_) => "UnsupportedByProvider".into(),
+                translate::Problem::Invalid(_) => "InvalidPod".into(),
+            },
+            message: problem.to_string(),
+            maybe_executed: false,
+        })?;
         let namespace = self.shared.settings.namespace_for(&spec.pod.namespace);
         self.ensure_namespace(&namespace, &spec.pod.namespace).await?;
 
@@ -927,6 +824,34 @@ impl Provider for KubernetesProvider {
         })?;
         // The target connection closes when the stream is dropped.
         Ok(Box::new(GuardedStream::new(stream, move || forwarder.abort())))
+    }
+
+    fn notifier(&self) -> Option<mpsc::UnboundedReceiver<SandboxChange>> {
+        let (notifier, changes) = mpsc::unbounded_channel();
+        *self.shared.notifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
+        self.start();
+        Some(changes)
+    }
+
+    fn followed_sources(&self) -> Option<mpsc::UnboundedReceiver<Source>> {
+        Some(self.shared.copies.subscribe())
+    }
+
+    fn source_version(&self, source: Source, version: String) {
+        self.shared.copies.source_is(source, version);
+    }
+
+    async fn source_read(&self, source: &Source, object: Option<SourceObject>) {
+        if let Err(error) = copy_once(&self.shared, source, object.as_ref()).await {
+            let what = format!("{}/{}/{}", source.kind.as_str(), source.namespace, source.name);
+            tracing::warn!(%error, source = %what, "updating target copies failed; retrying");
+            self.shared.copies.done(source);
+            let (shared, source) = (self.shared.clone(), source.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(COPY_RETRY).await;
+                shared.copies.retry(&source);
+            });
+        }
     }
 
     async fn logs(&self, id: &str, container: &str, options: &LogOptions) -> Result<String> {

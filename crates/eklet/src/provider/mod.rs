@@ -1,7 +1,17 @@
 //! The provider boundary: the one trait eklet drives a cloud through, and the provider-neutral
 //! types that cross it. eklet resolves everything Kubernetes-specific (env, volume contents,
 //! tokens, DNS) into a [`SandboxSpec`] before it reaches a provider, and reads back [`Sandbox`]
-//! observations that it mirrors into Pod status; a provider never sees a Pod or the apiserver.
+//! observations that it mirrors into Pod status. A provider never calls eklet's apiserver:
+//!
+//! - What eklet read to build a spec travels with it ([`SandboxSpec::source`]: the Pod and the
+//!   ConfigMaps and Secrets it names, at the versions eklet read), for a provider that recreates
+//!   the pod elsewhere (`kubernetes`); one read per object per reconcile.
+//! - A provider that keeps copies of IDC ConfigMaps and Secrets asks eklet to follow them
+//!   ([`Provider::followed_sources`]): eklet watches their versions once and reads a source again
+//!   only when the provider's copies are behind it.
+//! - A provider that learns of sandbox changes by a watch pushes them ([`Provider::notifier`],
+//!   like virtual-kubelet's `PodNotifier`) and is never polled; one that only has an API to ask
+//!   (`tencent`) is described in batches every `--status-sync-interval`.
 //!
 //! Sandboxes are identified to the cloud by a deterministic [`SandboxName`] built from the
 //! cluster id and the pod UID, so a restarted eklet finds (adopts) what its predecessor created
@@ -14,9 +24,11 @@ pub mod tencent;
 pub use selected::ProviderKind;
 pub use tke_kubelet_api::backend::{ExitStatus, PortStream, StreamIo, TerminalSize};
 
-use std::{collections::BTreeMap, fmt, future::Future, time::Duration};
+use std::{collections::BTreeMap, fmt, future::Future, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use tokio::sync::mpsc;
 
 /// The most sandbox ids one [`Provider::describe`] call accepts.
 pub const DESCRIBE_BATCH: usize = 100;
@@ -190,6 +202,101 @@ pub struct SandboxSpec {
     /// annotations such as `eks.tke.cloud.tencent.com/cpu`).
     pub annotations: BTreeMap<String, String>,
     pub termination_grace: Duration,
+    /// The IDC objects the spec was resolved from, as eklet read them for this create; `None`
+    /// where no reconcile read them (specs built in tests). Only a provider that recreates the
+    /// pod elsewhere needs them; it must not read them again.
+    pub source: Option<Arc<SourceObjects>>,
+}
+
+/// The Pod and the ConfigMaps and Secrets it names, exactly as eklet read them (absent objects
+/// are not in the maps).
+#[derive(Clone, Default, PartialEq)]
+pub struct SourceObjects {
+    pub pod: Pod,
+    pub config_maps: BTreeMap<String, ConfigMap>,
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+/// Secrets hold credentials: only names and versions are shown.
+impl fmt::Debug for SourceObjects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let versions = |objects: Vec<(&String, Option<&String>)>| -> Vec<String> {
+            objects
+                .into_iter()
+                .map(|(name, version)| format!("{name}@{}", version.map_or("?", String::as_str)))
+                .collect()
+        };
+        f.debug_struct("SourceObjects")
+            .field("pod", &self.pod.metadata.name)
+            .field(
+                "config_maps",
+                &versions(
+                    self.config_maps
+                        .iter()
+                        .map(|(n, o)| (n, o.metadata.resource_version.as_ref()))
+                        .collect(),
+                ),
+            )
+            .field(
+                "secrets",
+                &versions(
+                    self.secrets
+                        .iter()
+                        .map(|(n, o)| (n, o.metadata.resource_version.as_ref()))
+                        .collect(),
+                ),
+            )
+            .finish()
+    }
+}
+
+/// The kinds of IDC object a provider may keep copies of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceKind {
+    ConfigMap,
+    Secret,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::ConfigMap => "configmap",
+            SourceKind::Secret => "secret",
+        }
+    }
+}
+
+/// One IDC ConfigMap or Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Source {
+    pub kind: SourceKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A followed source as eklet just read it.
+#[derive(Clone)]
+pub enum SourceObject {
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+}
+
+impl SourceObject {
+    pub fn resource_version(&self) -> Option<&str> {
+        match self {
+            SourceObject::ConfigMap(o) => o.metadata.resource_version.as_deref(),
+            SourceObject::Secret(o) => o.metadata.resource_version.as_deref(),
+        }
+    }
+}
+
+/// A sandbox change a watching provider pushes ([`Provider::notifier`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SandboxChange {
+    /// The sandbox as it is now.
+    Observed(Sandbox),
+    /// The sandbox with this id no longer exists.
+    Gone(String),
 }
 
 /// Which pod a sandbox runs, for providers that label or tag what they create.
@@ -593,6 +700,38 @@ pub trait Provider: Send + Sync + 'static {
             id,
             &container,
         )))
+    }
+
+    /// For a provider that learns of sandbox changes by a watch: the changes, as they happen.
+    /// eklet then never calls [`Provider::describe`] on a timer; it describes a sandbox only once,
+    /// right after it starts tracking it (a change pushed before that was not yet wanted), and
+    /// relies on the provider to push every later change, including after the provider's own
+    /// watch relisted. Called once per leadership term; each call replaces the previous channel.
+    /// `None` (the default): eklet polls.
+    fn notifier(&self) -> Option<mpsc::UnboundedReceiver<SandboxChange>> {
+        None
+    }
+
+    /// For a provider that keeps copies of IDC ConfigMaps and Secrets: the sources whose current
+    /// content it needs, each queued once until [`Provider::source_read`] answers it. eklet
+    /// follows every ConfigMap's and Secret's version with one metadata watch, tells the provider
+    /// through [`Provider::source_version`], and reads a queued source once. Called once per
+    /// leadership term; each call replaces the previous queue and re-queues what was pending.
+    /// `None` (the default): eklet follows nothing.
+    fn followed_sources(&self) -> Option<mpsc::UnboundedReceiver<Source>> {
+        None
+    }
+
+    /// The IDC has `version` of `source` now (every ConfigMap and Secret, as the watch sees them).
+    fn source_version(&self, source: Source, version: String) {
+        drop((source, version));
+    }
+
+    /// A queued source as eklet just read it; `None`: the IDC has no such object. The provider
+    /// retries its own failures (by queueing the source again).
+    fn source_read(&self, source: &Source, object: Option<SourceObject>) -> impl Future<Output = ()> + Send {
+        drop((source, object));
+        std::future::ready(())
     }
 }
 

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use kube::Client;
+use tokio::sync::mpsc;
 
 use super::{
-    Capabilities, ExitStatus, LogOptions, PortStream, Provider, Result, Sandbox, SandboxEvent, SandboxName,
-    SandboxSpec, SandboxStats, StatsTarget, StreamIo, VolumeSpec, kubernetes::KubernetesProvider,
-    tencent::TencentProvider,
+    Capabilities, ExitStatus, LogOptions, PortStream, Provider, Result, Sandbox, SandboxChange, SandboxEvent,
+    SandboxName, SandboxSpec, SandboxStats, Source, SourceObject, StatsTarget, StreamIo, VolumeSpec,
+    kubernetes::KubernetesProvider, tencent::TencentProvider,
 };
 use crate::config::Args;
 
@@ -37,11 +37,11 @@ pub enum SelectedProvider {
 }
 
 impl SelectedProvider {
-    /// The provider of `--provider`; `client` is eklet's own cluster.
-    pub async fn from_args(args: &Args, client: &Client) -> Result<SelectedProvider, SetupError> {
+    /// The provider of `--provider`.
+    pub async fn from_args(args: &Args) -> Result<SelectedProvider, SetupError> {
         match args.provider {
             ProviderKind::Kubernetes => Ok(SelectedProvider::Kubernetes(
-                KubernetesProvider::from_flags(&args.kubernetes, &args.cluster_id, client.clone()).await?,
+                KubernetesProvider::from_flags(&args.kubernetes, &args.cluster_id).await?,
             )),
             ProviderKind::Tencent => {
                 if args.kubernetes.target_kubeconfig.is_some() {
@@ -163,6 +163,34 @@ impl Provider for SelectedProvider {
         match self {
             SelectedProvider::Tencent(p) => p.port_forward(id, port).await,
             SelectedProvider::Kubernetes(p) => p.port_forward(id, port).await,
+        }
+    }
+
+    fn notifier(&self) -> Option<mpsc::UnboundedReceiver<SandboxChange>> {
+        match self {
+            SelectedProvider::Tencent(p) => p.notifier(),
+            SelectedProvider::Kubernetes(p) => p.notifier(),
+        }
+    }
+
+    fn followed_sources(&self) -> Option<mpsc::UnboundedReceiver<Source>> {
+        match self {
+            SelectedProvider::Tencent(p) => p.followed_sources(),
+            SelectedProvider::Kubernetes(p) => p.followed_sources(),
+        }
+    }
+
+    fn source_version(&self, source: Source, version: String) {
+        match self {
+            SelectedProvider::Tencent(p) => p.source_version(source, version),
+            SelectedProvider::Kubernetes(p) => p.source_version(source, version),
+        }
+    }
+
+    async fn source_read(&self, source: &Source, object: Option<SourceObject>) {
+        match self {
+            SelectedProvider::Tencent(p) => p.source_read(source, object).await,
+            SelectedProvider::Kubernetes(p) => p.source_read(source, object).await,
         }
     }
 }

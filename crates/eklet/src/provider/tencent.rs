@@ -876,6 +876,7 @@ mod tests {
             registry_credentials: vec![],
             annotations: BTreeMap::new(),
             termination_grace: Duration::from_secs(30),
+            source: None,
         }
     }
 

@@ -166,8 +166,10 @@ impl Eklet {
             format!("--client-ca-file={}", cp.pki().ca.cert_file.display()),
             "--namespace=default".into(),
             "--leader-elect-lease-duration=6s".into(),
-            "--status-sync-interval=500ms".into(),
         ]);
+        if !extra.iter().any(|a| a.starts_with("--status-sync-interval")) {
+            args.push("--status-sync-interval=500ms".into());
+        }
         if !extra.iter().any(|a| a.starts_with("--node-ip")) {
             args.push("--node-ip=127.0.0.1".into());
         }

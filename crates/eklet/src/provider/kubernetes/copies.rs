@@ -11,23 +11,17 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::translate::{SourceKind, SourceRef};
+use super::translate::SourceRef;
+pub use crate::provider::Source;
+#[cfg(test)]
+use crate::provider::SourceKind;
 
-/// An IDC object.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Source {
-    pub kind: SourceKind,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl Source {
-    pub fn new(namespace: &str, reference: &SourceRef) -> Source {
-        Source {
-            kind: reference.kind,
-            namespace: namespace.to_owned(),
-            name: reference.name.clone(),
-        }
+/// The IDC object `reference` names in `namespace`.
+pub fn source(namespace: &str, reference: &SourceRef) -> Source {
+    Source {
+        kind: reference.kind,
+        namespace: namespace.to_owned(),
+        name: reference.name.clone(),
     }
 }
 
@@ -51,33 +45,37 @@ struct Inner {
     /// The sources' current versions in the IDC.
     current: HashMap<Source, String>,
     queued: HashSet<Source>,
+    /// Where queued sources go: eklet's reader of the current leadership term.
+    queue: Option<mpsc::UnboundedSender<Source>>,
 }
 
 /// The copy registry and its work queue.
+#[derive(Default)]
 pub struct Copies {
     inner: Mutex<Inner>,
-    queue: mpsc::UnboundedSender<Source>,
 }
 
 impl Copies {
-    pub fn new() -> (Copies, mpsc::UnboundedReceiver<Source>) {
+    /// A new queue for a new reader; what was queued for the previous one is queued again.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Source> {
         let (queue, work) = mpsc::unbounded_channel();
-        (
-            Copies {
-                inner: Mutex::default(),
-                queue,
-            },
-            work,
-        )
+        let mut inner = self.lock();
+        for source in &inner.queued {
+            let _ = queue.send(source.clone());
+        }
+        inner.queue = Some(queue);
+        work
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn enqueue(&self, inner: &mut Inner, source: &Source) {
-        if inner.queued.insert(source.clone()) {
-            let _ = self.queue.send(source.clone());
+    fn enqueue(inner: &mut Inner, source: &Source) {
+        if inner.queued.insert(source.clone())
+            && let Some(queue) = &inner.queue
+        {
+            let _ = queue.send(source.clone());
         }
     }
 
@@ -112,7 +110,7 @@ impl Copies {
                 listed.push(source.clone());
             }
             if Self::behind(&inner, &source) {
-                self.enqueue(&mut inner, &source);
+                Self::enqueue(&mut inner, &source);
             }
         }
     }
@@ -138,7 +136,7 @@ impl Copies {
         }
         inner.current.insert(source.clone(), version);
         if Self::behind(&inner, &source) {
-            self.enqueue(&mut inner, &source);
+            Self::enqueue(&mut inner, &source);
         }
     }
 
@@ -167,7 +165,7 @@ impl Copies {
     /// Queues the source again (after a failure).
     pub fn retry(&self, source: &Source) {
         let mut inner = self.lock();
-        self.enqueue(&mut inner, source);
+        Self::enqueue(&mut inner, source);
     }
 
     /// The holder's copy is at `version` now.
@@ -219,7 +217,8 @@ mod tests {
 
     #[test]
     fn an_edit_in_the_idc_queues_the_copies_that_are_behind_once() {
-        let (copies, mut work) = Copies::new();
+        let copies = Copies::default();
+        let mut work = copies.subscribe();
         copies.source_is(source(), "41".into());
         copies.hold(&holder("a"), [(source(), Some("41".to_owned()))]);
         copies.hold(&holder("b"), [(source(), Some("41".to_owned()))]);
@@ -236,7 +235,8 @@ mod tests {
 
     #[test]
     fn copies_found_after_a_restart_are_checked_once() {
-        let (copies, mut work) = Copies::new();
+        let copies = Copies::default();
+        let mut work = copies.subscribe();
         copies.hold(&holder("a"), [(source(), None)]);
         assert_eq!(queued(&mut work), 1);
         copies.hold(&holder("a"), [(source(), None)]);
@@ -244,8 +244,22 @@ mod tests {
     }
 
     #[test]
+    fn a_new_leader_term_gets_what_was_queued_for_the_last_one() {
+        let copies = Copies::default();
+        copies.hold(&holder("a"), [(source(), None)]);
+        let mut old = copies.subscribe();
+        assert_eq!(queued(&mut old), 1);
+        // The old term ended before the source was read.
+        let mut new = copies.subscribe();
+        assert_eq!(queued(&mut new), 1, "queued again for the new reader");
+        copies.source_is(source(), "7".into());
+        assert_eq!(queued(&mut old), 0, "nothing goes to the old reader any more");
+    }
+
+    #[test]
     fn a_released_holder_is_not_copied_to_again() {
-        let (copies, mut work) = Copies::new();
+        let copies = Copies::default();
+        let mut work = copies.subscribe();
         copies.hold(&holder("a"), [(source(), Some("1".to_owned()))]);
         copies.release("a");
         assert!(!copies.is_held(&source()));

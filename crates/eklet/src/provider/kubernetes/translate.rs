@@ -23,7 +23,8 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 
-use crate::provider::{ContainerSpec, SandboxName, SandboxSpec, VolumeSource};
+pub use crate::provider::SourceKind;
+use crate::provider::{ContainerSpec, SandboxName, SandboxSpec, SourceObjects, VolumeSource};
 
 /// Label on everything eklet creates in the target: the IDC cluster it belongs to.
 pub const LABEL_CLUSTER: &str = "eklet.tke-resilience.io/cluster-id";
@@ -154,22 +155,6 @@ pub fn parse_pair(text: &str) -> Result<(String, Template), String> {
         return Err(format!("{text:?}: the key is empty"));
     }
     Ok((key.trim().to_owned(), Template::parse(value.trim())?))
-}
-
-/// The kinds of IDC objects copied into the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SourceKind {
-    ConfigMap,
-    Secret,
-}
-
-impl SourceKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::ConfigMap => "configmap",
-            SourceKind::Secret => "secret",
-        }
-    }
 }
 
 /// An object the pod references, in the pod's own IDC namespace.
@@ -313,13 +298,6 @@ pub fn references(pod: &Pod) -> BTreeSet<SourceRef> {
         refs.insert(SourceRef::new(SourceKind::Secret, &secret.name));
     }
     refs
-}
-
-/// The IDC objects fetched for [`references`]; absent ones are not in the maps.
-#[derive(Debug, Clone, Default)]
-pub struct Fetched {
-    pub config_maps: BTreeMap<String, ConfigMap>,
-    pub secrets: BTreeMap<String, Secret>,
 }
 
 /// An object created next to the target pod.
@@ -506,13 +484,9 @@ pub struct Plan {
     pub references: BTreeSet<SourceRef>,
 }
 
-/// Translates the source pod for the target cluster.
-pub fn plan(
-    source: &Pod,
-    spec: &SandboxSpec,
-    fetched: &Fetched,
-    settings: &Settings,
-) -> Result<Plan, Problem> {
+/// Translates the source pod for the target cluster, with the objects eklet read for `spec`.
+pub fn plan(spec: &SandboxSpec, fetched: &SourceObjects, settings: &Settings) -> Result<Plan, Problem> {
+    let source = &fetched.pod;
     let source_spec = source
         .spec
         .as_ref()
@@ -1045,10 +1019,11 @@ mod tests {
             registry_credentials: vec![],
             annotations: source_pod().metadata.annotations.unwrap_or_default(),
             termination_grace: Duration::from_secs(30),
+            source: None,
         }
     }
 
-    fn fetched() -> Fetched {
+    fn fetched() -> SourceObjects {
         let cm: ConfigMap = serde_json::from_value(json!({
             "metadata": {"name": "settings", "namespace": "shop", "resourceVersion": "41"},
             "data": {"a": "x", "mode": "fast"}
@@ -1065,14 +1040,15 @@ mod tests {
             "data": {".dockerconfigjson": "e30="}
         }))
         .unwrap_or_else(|e| panic!("{e}"));
-        Fetched {
+        SourceObjects {
+            pod: source_pod(),
             config_maps: [("settings".to_owned(), cm)].into(),
             secrets: [("db".to_owned(), db), ("registry".to_owned(), registry)].into(),
         }
     }
 
     fn planned() -> Plan {
-        plan(&source_pod(), &sandbox_spec(), &fetched(), &settings()).unwrap_or_else(|e| panic!("{e}"))
+        plan(&sandbox_spec(), &fetched(), &settings()).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn target_spec(plan: &Plan) -> &PodSpec {
@@ -1320,7 +1296,7 @@ mod tests {
             searches: vec!["svc.idc".into()],
             options: vec![("ndots".into(), "2".into()), ("rotate".into(), String::new())],
         });
-        let plan = plan(&source_pod(), &spec, &fetched(), &settings()).unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan(&spec, &fetched(), &settings()).unwrap_or_else(|e| panic!("{e}"));
         let target = target_spec(&plan);
         assert_eq!(target.dns_policy.as_deref(), Some("None"));
         let config = target.dns_config.clone().unwrap_or_default();
@@ -1408,7 +1384,8 @@ mod tests {
                 serde_json::from_value(json!({"name": "gpu"})).unwrap_or_else(|e| panic!("{e}")),
             ]);
         }
-        let error = plan(&pod, &sandbox_spec(), &fetched(), &settings()).unwrap_err();
+        let fetched = SourceObjects { pod, ..fetched() };
+        let error = plan(&sandbox_spec(), &fetched, &settings()).unwrap_err();
         assert!(matches!(error, Problem::Unsupported(ref m) if m.contains("resource claims")));
     }
 }
