@@ -78,7 +78,7 @@ pub enum Error {
     #[error(transparent)]
     Client(#[from] tke_runtime::process::Error),
     #[error(transparent)]
-    Metrics(#[from] metrics::Error),
+    Metrics(#[from] tke_runtime::metrics::Error),
     #[error(transparent)]
     Leader(#[from] leader::Error),
     #[error(transparent)]
@@ -144,7 +144,11 @@ pub async fn run(args: Args) -> Result<()> {
     let client = tke_runtime::process::client(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::new());
     let address = SocketAddr::new(args.metrics_bind_address, args.metrics_port);
-    let server = metrics::serve(address, metrics.clone()).await?;
+    let listener = tke_runtime::metrics::bind(address).await?;
+    let server = tke_runtime::metrics::serve(listener, {
+        let metrics = metrics.clone();
+        move || metrics.render()
+    });
     tracing::info!(%address, identity = %election.identity, "eks-admission serving /metrics and /healthz");
     tokio::select! {
         result = server => result.map_err(Error::from),

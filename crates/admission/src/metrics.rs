@@ -1,16 +1,8 @@
 //! What the controller counts and how long bursting takes, served as Prometheus text on
-//! `/metrics` next to `/healthz`. The latency histogram starts at the pod's Unschedulable
+//! `/metrics` next to `/healthz` by `tke_runtime::metrics`. The latency histogram starts at the pod's Unschedulable
 //! condition (`lastTransitionTime`, which the API stores in whole seconds, so each observation
 //! is up to one second longer than the true delay) and ends when the toleration is written.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,20 +10,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tke_policy::Switch;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("binding the metrics port {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("serving metrics: {0}")]
-    Serve(#[source] std::io::Error),
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Outcome of a decision, as a metric label.
 pub const TOLERATED: &str = "tolerated";
@@ -174,29 +152,6 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
-}
-
-/// Binds `addr` now, so a taken port fails start-up, and returns the server to run.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<impl Future<Output = Result<()>>> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })?;
-    let app = Router::new()
-        .route("/metrics", get(render))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(metrics);
-    Ok(async move { axum::serve(listener, app).await.map_err(Error::Serve) })
-}
-
-async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.render(),
-    )
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ pub enum Error {
     #[error(transparent)]
     Provider(#[from] provider::selected::SetupError),
     #[error(transparent)]
-    Metrics(#[from] metrics::Error),
+    Metrics(#[from] tke_runtime::metrics::Error),
     #[error(transparent)]
     Leader(#[from] leader::Error),
     #[error(transparent)]
@@ -86,8 +86,11 @@ pub async fn run(args: Args) -> Result<()> {
 
     let kubelet_api = kubelet::Settings::from_args(&args, &config)?;
     let metrics_addr = SocketAddr::new(args.bind_address, args.metrics_port);
-    let listener = metrics::bind(metrics_addr).await?;
-    let metrics_server = tokio::spawn(metrics::serve(listener, metrics.clone()));
+    let listener = tke_runtime::metrics::bind(metrics_addr).await?;
+    let metrics_server = tokio::spawn(tke_runtime::metrics::serve(listener, {
+        let metrics = metrics.clone();
+        move || metrics.render()
+    }));
 
     let identity = tke_runtime::process::identity("eklet");
     let config = Arc::new(config);

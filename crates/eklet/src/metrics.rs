@@ -1,10 +1,9 @@
-//! What eklet reports to Prometheus, and the plain-HTTP port (10240) that serves it with
-//! `/healthz`. Cloud calls are counted at the provider boundary by [`Measured`], so every
+//! What eklet reports to Prometheus, served with `/healthz` on the plain-HTTP port (10240) by
+//! `tke_runtime::metrics`. Cloud calls are counted at the provider boundary by [`Measured`], so every
 //! provider is measured the same way.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -15,19 +14,6 @@ use crate::provider::{
     self, Capabilities, LogOptions, Provider, Sandbox, SandboxEvent, SandboxName, SandboxSpec, SandboxStats,
     StatsTarget, VolumeSpec,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("metrics server: {0}")]
-    Serve(std::io::Error),
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -191,41 +177,6 @@ impl Metrics {
                 .inc();
         }
     }
-}
-
-/// Binds the plain-HTTP port, so a taken port fails the start instead of a background task.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
-}
-
-/// Serves `/metrics` and `/healthz` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /metrics and /healthz");
-    }
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.render(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/healthz",
-            get(|| async { (StatusCode::OK, "ok").into_response() }),
-        );
-    axum::serve(listener, app).await.map_err(Error::Serve)
 }
 
 /// A provider whose every call is counted by action and cloud error code.

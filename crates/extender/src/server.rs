@@ -13,7 +13,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, State},
-    http::{Method, StatusCode, Uri, header},
+    http::{Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -172,8 +172,8 @@ impl Extender {
         }
     }
 
-    /// The metrics in Prometheus text format.
-    fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
+    /// The metrics as OpenMetrics text.
+    fn encode_metrics(&self) -> String {
         let mut registry = Registry::with_prefix("tke_extender");
         let m = &self.metrics;
         registry.register("decisions", "Filter decisions by placement", m.decisions.clone());
@@ -193,8 +193,9 @@ impl Extender {
             m.filter_seconds.clone(),
         );
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry)?;
-        Ok(text)
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
     }
 }
 
@@ -231,11 +232,11 @@ impl Default for Metrics {
 
 /// The routes: `POST /scheduler/filter`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 pub fn router(extender: Arc<Extender>) -> Router {
+    let measured = extender.clone();
     Router::new()
         .route(&format!("{URL_PATH_PREFIX}/{FILTER_VERB}"), post(filter_handler))
-        .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .merge(tke_runtime::metrics::routes(move || measured.encode_metrics()))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -299,17 +300,6 @@ async fn readyz(State(extender): State<Arc<Extender>>) -> Response {
     }
 }
 
-async fn metrics(State(extender): State<Arc<Extender>>) -> Response {
-    match extender.encode_metrics() {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Err(error) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding metrics: {error}"),
-        )
-            .into_response(),
-    }
-}
-
 async fn unknown_route(method: Method, uri: Uri) -> Response {
     answer(
         StatusCode::NOT_FOUND,
@@ -335,7 +325,10 @@ fn answer(status: StatusCode, result: ExtenderFilterResult) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use axum::body::{Body, to_bytes};
+    use axum::{
+        body::{Body, to_bytes},
+        http::header,
+    };
     use k8s_openapi::api::core::v1::Node;
     use kube::runtime::watcher::Event as WatchEvent;
     use proptest::prelude::*;
@@ -480,7 +473,7 @@ mod tests {
         let app = router(extender.clone());
         let body = json!({"Pod": {"metadata": {"name": "p", "uid": "u"}}, "NodeNames": ["idc-1"]});
         call(app.clone(), "POST", FILTER, body.to_string()).await;
-        let text = extender.encode_metrics().expect("metrics encode");
+        let text = extender.encode_metrics();
         assert!(
             text.contains(r#"tke_extender_decisions_total{decision="Local"} 1"#),
             "{text}"
