@@ -16,10 +16,12 @@ pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod provider;
-pub mod quantity;
 pub mod registry;
 pub mod sandboxes;
 pub mod sources;
+
+/// Resource quantities, shared with the other components.
+pub use tke_runtime::quantity;
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 

@@ -36,6 +36,8 @@ enum Command {
     Cloudsim(tke_cloudsim::Args),
     /// eks-admission, the toleration controller: unschedulable pods that may burst get the virtual node's toleration.
     Admission(tke_admission::Args),
+    /// Bring burst pods home: evict cloud pods, one per workload at a time, once a local node fits them again.
+    Rebalance(tke_rebalance::Args),
     /// eklet, the virtual node manager: one virtual node per cloud subnet, its pods run as cloud sandboxes.
     Eklet(Box<tke_eklet::Args>),
     /// Before uninstalling: cordon eklet's virtual nodes, evict every pod on them like `kubectl drain
@@ -74,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         Command::SchedulerExtender(args) => tke_extender::run(args).await?,
         Command::Cloudsim(args) => tke_cloudsim::run(args).await?,
         Command::Admission(args) => tke_admission::run(args).await?,
+        Command::Rebalance(args) => tke_rebalance::run(args).await?,
         Command::Eklet(args) => tke_eklet::run(*args).await?,
         Command::EkletDrain(args) => {
             if let Err(error) = tke_eklet::drain::run(args).await {

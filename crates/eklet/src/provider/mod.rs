@@ -27,7 +27,10 @@ pub use tke_kubelet_api::backend::{ExitStatus, PortStream, StreamIo, TerminalSiz
 use std::{collections::BTreeMap, fmt, future::Future, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Pod, Secret},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use tokio::sync::mpsc;
 
 /// The most sandbox ids one [`Provider::describe`] call accepts.
@@ -217,35 +220,32 @@ pub struct SourceObjects {
     pub secrets: BTreeMap<String, Secret>,
 }
 
-/// Secrets hold credentials: only names and versions are shown.
+/// Secrets hold credentials: only names and versions (`name@resourceVersion`) are shown.
 impl fmt::Debug for SourceObjects {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let versions = |objects: Vec<(&String, Option<&String>)>| -> Vec<String> {
-            objects
-                .into_iter()
-                .map(|(name, version)| format!("{name}@{}", version.map_or("?", String::as_str)))
-                .collect()
-        };
+        fn versioned(name: &str, meta: &ObjectMeta) -> String {
+            format!("{name}@{}", meta.resource_version.as_deref().unwrap_or("?"))
+        }
+        let config_maps: Vec<String> = self
+            .config_maps
+            .iter()
+            .map(|(n, o)| versioned(n, &o.metadata))
+            .collect();
+        let secrets: Vec<String> = self
+            .secrets
+            .iter()
+            .map(|(n, o)| versioned(n, &o.metadata))
+            .collect();
         f.debug_struct("SourceObjects")
-            .field("pod", &self.pod.metadata.name)
             .field(
-                "config_maps",
-                &versions(
-                    self.config_maps
-                        .iter()
-                        .map(|(n, o)| (n, o.metadata.resource_version.as_ref()))
-                        .collect(),
+                "pod",
+                &versioned(
+                    self.pod.metadata.name.as_deref().unwrap_or_default(),
+                    &self.pod.metadata,
                 ),
             )
-            .field(
-                "secrets",
-                &versions(
-                    self.secrets
-                        .iter()
-                        .map(|(n, o)| (n, o.metadata.resource_version.as_ref()))
-                        .collect(),
-                ),
-            )
+            .field("config_maps", &config_maps)
+            .field("secrets", &secrets)
             .finish()
     }
 }
