@@ -30,9 +30,10 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::chart::{
-    NAMESPACE, RELEASE, chart_dir, ci_values, documents, helm, helm_on, object, render, render_error,
-    service_account_kubeconfig,
+    NAMESPACE, RELEASE, SERVICE_ACCOUNT_DIR, chart_dir, ci_values, documents, helm, install, object, render,
+    render_error, service_account_kubeconfig,
 };
+use support::{PATIENCE, eklet::is_running_with_ip};
 use tke_testbed::{ControlPlane, NodeSpec, Options, Proc, wait};
 
 /// The user of the target kubeconfig (its client certificate's CN), bound to the target role only.
@@ -40,10 +41,7 @@ const TARGET_USER: &str = "idc-eklet";
 /// The Secret (and its key) the test stores the target kubeconfig in, as a user would.
 const TARGET_SECRET: &str = "target-kubeconfig";
 const TARGET_SECRET_KEY: &str = "config";
-/// Where a pod finds its service account's token and the cluster CA.
-const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const CLUSTER_LABEL: &str = "eklet.tke-resilience.io/cluster-id";
-const PATIENCE: Duration = Duration::from_secs(180);
 
 fn kubernetes_values() -> PathBuf {
     ci_values("kubernetes-provider-values.yaml")
@@ -488,16 +486,6 @@ async fn installed_eklet(
     Ok((line, env))
 }
 
-fn is_running(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.as_deref())
-            .is_some_and(|ip| !ip.is_empty())
-}
-
 async fn wait_for_pod(
     client: &Client,
     namespace: &str,
@@ -616,27 +604,7 @@ async fn burst_through_the_chart(fixed_namespace: Option<&str>) -> anyhow::Resul
     if let Some(namespace) = fixed_namespace {
         set.push_str(&format!(",eklet.kubernetes.targetNamespace={namespace}"));
     }
-    let chart = chart_dir().display().to_string();
-    let values = kubernetes_values().display().to_string();
-    helm_on(
-        &idc,
-        &dir,
-        &[
-            "install",
-            RELEASE,
-            &chart,
-            "--namespace",
-            NAMESPACE,
-            "-f",
-            &values,
-            "--set",
-            &set,
-            "--wait",
-            "--timeout",
-            "2m",
-        ],
-    )
-    .await?;
+    install(&idc, &dir, &kubernetes_values(), &set).await?;
     let ours = secrets
         .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}")))
         .await?;
@@ -738,7 +706,7 @@ async fn burst_through_the_chart(fixed_namespace: Option<&str>) -> anyhow::Resul
         .step(
             "the IDC pod Running with an IP",
             wait_for_pod(&client, &ns, "web", "the IDC pod Running", |p| {
-                p.is_some_and(is_running)
+                p.is_some_and(is_running_with_ip)
             }),
         )
         .await?
@@ -756,7 +724,7 @@ async fn burst_through_the_chart(fixed_namespace: Option<&str>) -> anyhow::Resul
                 &target_ns,
                 &target_name,
                 "the target pod Running",
-                |p| p.is_some_and(is_running),
+                |p| p.is_some_and(is_running_with_ip),
             ),
         )
         .await?
