@@ -9,6 +9,10 @@
 //!
 //! Real nodes (kubelet, containerd, runc; [`realnode`]) join a control plane with
 //! [`ControlPlane::add_real_node`] and run containers from images built here ([`images`]).
+//!
+//! Our own components (eklet, eks-admission, tke-scheduler's extender, cloudsim) start next to a
+//! control plane through [`components`], the one place that knows their flags, for the end-to-end
+//! tests as for `tke-stack` (`make up`) and `tke-bench`.
 
 pub mod components;
 pub mod images;
