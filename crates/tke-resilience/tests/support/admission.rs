@@ -5,9 +5,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::runtime::watcher;
@@ -177,7 +176,11 @@ pub struct VirtualNode {
 
 impl VirtualNode {
     pub async fn start(cp: &ControlPlane) -> anyhow::Result<VirtualNode> {
-        let cloud = start_cloudsim(|_| {}).await?;
+        VirtualNode::on(cp, start_cloudsim(|_| {}).await?).await
+    }
+
+    /// eklet with an identity of its own on `cloud`.
+    pub async fn on(cp: &ControlPlane, cloud: tke_cloudsim::Handle) -> anyhow::Result<VirtualNode> {
         let identity = Identity::unique();
         let eklet = Eklet::start(cp, &cloud, &identity, &[]).await?;
         Ok(VirtualNode {

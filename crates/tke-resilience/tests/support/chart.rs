@@ -217,6 +217,20 @@ pub struct Ports {
     pub scheduler: u16,
 }
 
+impl Ports {
+    fn free() -> anyhow::Result<Ports> {
+        let ports = tke_testbed::free_ports::<6>()?;
+        Ok(Ports {
+            cloudsim: ports[0],
+            eklet_kubelet: ports[1],
+            eklet_metrics: ports[2],
+            admission_metrics: ports[3],
+            extender: ports[4],
+            scheduler: ports[5],
+        })
+    }
+}
+
 impl Installed {
     /// Installs the chart with eks-admission and the scheduler at zero replicas and eklet at
     /// `eklet_replicas`: zero where the test runs eklet itself, one where the process it runs
@@ -230,31 +244,20 @@ impl Installed {
         let client = cp.client().await?;
         let dir = cp.run_dir().join("chart");
         std::fs::create_dir_all(&dir)?;
-        let [
-            cloudsim,
-            eklet_kubelet,
-            eklet_metrics,
-            admission_metrics,
-            extender,
-            scheduler,
-        ] = tke_testbed::free_ports::<6>()?;
-        let ports = Ports {
-            cloudsim,
-            eklet_kubelet,
-            eklet_metrics,
-            admission_metrics,
-            extender,
-            scheduler,
-        };
+        let ports = Ports::free()?;
         let values_file = ci_values("local-stack-values.yaml");
         let values_text = std::fs::read_to_string(&values_file)
             .with_context(|| format!("reading {}", values_file.display()))?;
         let set = format!(
             "eklet.replicaCount={eklet_replicas},eksAdmission.replicaCount=0,scheduler.replicaCount=0,\
-             cloud.endpoint=http://127.0.0.1:{cloudsim},eklet.podUsedApiserver={},\
-             eklet.kubeletPort={eklet_kubelet},eklet.metricsPort={eklet_metrics},\
-             eksAdmission.metricsPort={admission_metrics},scheduler.extender.port={extender}",
+             cloud.endpoint=http://127.0.0.1:{},eklet.podUsedApiserver={},\
+             eklet.kubeletPort={},eklet.metricsPort={},eksAdmission.metricsPort={},scheduler.extender.port={}",
+            ports.cloudsim,
             cp.apiserver_url(),
+            ports.eklet_kubelet,
+            ports.eklet_metrics,
+            ports.admission_metrics,
+            ports.extender,
         );
         install(&cp, &dir, &values_file, &set).await?;
         Ok(Installed {

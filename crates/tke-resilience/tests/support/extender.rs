@@ -2,15 +2,15 @@
 //! calls it: a control plane whose second kube-scheduler runs `deploy/tke-scheduler.yaml`, the
 //! one copy of that configuration.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::Pod;
 use tke_testbed::{ControlPlane, NodeSpec, Options, Proc, components};
 
 use super::{
-    admission::{PATIENCE, VirtualNode, http_get},
-    eklet::{Eklet, Identity, start_cloudsim},
+    PATIENCE,
+    admission::{VirtualNode, http_get},
+    eklet::start_cloudsim,
 };
 
 /// The scheduler name pods select to be placed by tke-scheduler.
@@ -84,13 +84,7 @@ pub fn background() -> &'static tokio::runtime::Runtime {
 /// A virtual node (eklet on cloudsim) that stays up for the whole test binary.
 pub async fn shared_virtual_node(cp: &ControlPlane) -> anyhow::Result<VirtualNode> {
     let cloud = background().spawn(start_cloudsim(|_| {})).await??;
-    let identity = Identity::unique();
-    let eklet = Eklet::start(cp, &cloud, &identity, &[]).await?;
-    Ok(VirtualNode {
-        name: identity.node(),
-        eklet,
-        cloud,
-    })
+    VirtualNode::on(cp, cloud).await
 }
 
 /// Pods bound to a node for which `is_local` holds, and to any other node.
