@@ -30,8 +30,8 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::chart::{
-    NAMESPACE, RELEASE, SERVICE_ACCOUNT_DIR, chart_dir, ci_values, documents, helm, install, object, render,
-    render_error, service_account_kubeconfig,
+    NAMESPACE, RELEASE, SERVICE_ACCOUNT_DIR, chart_dir, ci_values, container_env, documents, helm, install,
+    object, render, render_error, service_account_kubeconfig,
 };
 use support::{PATIENCE, eklet::is_running_with_ip};
 use tke_testbed::{ControlPlane, NodeSpec, Options, Proc, wait};
@@ -462,27 +462,20 @@ async fn installed_eklet(
     if let Some(arg) = line.iter().find(|a| a.contains(SERVICE_ACCOUNT_DIR)) {
         bail!("eklet reads {arg}, which this test does not provide");
     }
-    let pod = format!("{name}-0");
-    let mut env = vec![
-        ("HOSTNAME".to_owned(), pod.clone()),
-        ("RUST_BACKTRACE".to_owned(), "0".to_owned()),
-    ];
-    for var in container.env.iter().flatten() {
-        let value = match (&var.value, &var.value_from) {
-            (Some(value), _) => value.clone(),
-            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                Some("status.podIP") => "127.0.0.1".to_owned(),
-                Some("metadata.namespace") => NAMESPACE.to_owned(),
-                Some("metadata.name") => pod.clone(),
-                _ => bail!(
-                    "env {} comes from {from:?}, which the kubernetes provider should not need",
-                    var.name
-                ),
-            },
-            (None, None) => String::new(),
-        };
-        env.push((var.name.clone(), value));
+    // The kubernetes provider needs no cloud credentials: nothing of its env comes from a Secret.
+    if let Some(var) = container.env.iter().flatten().find(|var| {
+        var.value_from
+            .as_ref()
+            .is_some_and(|from| from.field_ref.is_none())
+    }) {
+        bail!(
+            "env {} comes from {:?}, which the kubernetes provider should not need",
+            var.name,
+            var.value_from
+        );
     }
+    let mut env = container_env(client, container, &format!("{name}-0")).await?;
+    env.push(("RUST_BACKTRACE".to_owned(), "0".to_owned()));
     Ok((line, env))
 }
 

@@ -187,6 +187,52 @@ pub async fn install(cp: &ControlPlane, dir: &Path, values: &Path, set: &str) ->
     .await
 }
 
+/// A container's environment, resolved as the kubelet would for a pod named `pod` of [`NAMESPACE`]
+/// on this machine: `HOSTNAME`, values, the pod's fields and Secret keys.
+pub async fn container_env(
+    client: &Client,
+    container: &k8s_openapi::api::core::v1::Container,
+    pod: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let name = &container.name;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut env = vec![("HOSTNAME".to_owned(), pod.to_owned())];
+    for var in container.env.iter().flatten() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), _) => value.clone(),
+            (None, Some(from)) => match (&from.field_ref, &from.secret_key_ref) {
+                (Some(field), _) => match field.field_path.as_str() {
+                    "status.podIP" => "127.0.0.1".to_owned(),
+                    "metadata.namespace" => NAMESPACE.to_owned(),
+                    "metadata.name" => pod.to_owned(),
+                    other => bail!(
+                        "{name}: env {} from field {other}, which this test does not resolve",
+                        var.name
+                    ),
+                },
+                (None, Some(key)) => {
+                    let secret = secrets
+                        .get(&key.name)
+                        .await
+                        .with_context(|| format!("Secret {}", key.name))?;
+                    let bytes = secret
+                        .data
+                        .and_then(|d| d.get(&key.key).cloned())
+                        .with_context(|| format!("Secret {} has no key {}", key.name, key.key))?;
+                    String::from_utf8(bytes.0)?
+                }
+                (None, None) => bail!(
+                    "{name}: env {} from a source this test does not resolve",
+                    var.name
+                ),
+            },
+            (None, None) => String::new(),
+        };
+        env.push((var.name.clone(), value));
+    }
+    Ok(env)
+}
+
 /// The local node of an [`Installed`] cluster.
 pub const LOCAL_NODE: &str = "idc-1";
 /// Where a pod finds its service account's token and the cluster CA.
@@ -319,48 +365,13 @@ impl Installed {
             .into_iter()
             .find(|c| c.name == container)
             .with_context(|| format!("no container {container}"))?;
+        let env = container_env(&self.client, &c, pod).await?;
         let line: Vec<String> = c
             .command
             .unwrap_or_default()
             .into_iter()
             .chain(c.args.unwrap_or_default())
             .collect();
-        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-            Api::namespaced(self.client.clone(), NAMESPACE);
-        let mut env = vec![("HOSTNAME".to_owned(), pod.to_owned())];
-        for var in c.env.unwrap_or_default() {
-            let value = match (var.value, var.value_from) {
-                (Some(value), _) => value,
-                (None, Some(from)) => match (from.field_ref, from.secret_key_ref) {
-                    (Some(field), _) => match field.field_path.as_str() {
-                        "status.podIP" => "127.0.0.1".to_owned(),
-                        "metadata.namespace" => NAMESPACE.to_owned(),
-                        "metadata.name" => pod.to_owned(),
-                        other => bail!(
-                            "{container}: env {} from field {other}, which this test does not resolve",
-                            var.name
-                        ),
-                    },
-                    (None, Some(key)) => {
-                        let secret = secrets
-                            .get(&key.name)
-                            .await
-                            .with_context(|| format!("Secret {}", key.name))?;
-                        let bytes = secret
-                            .data
-                            .and_then(|d| d.get(&key.key).cloned())
-                            .with_context(|| format!("Secret {} has no key {}", key.name, key.key))?;
-                        String::from_utf8(bytes.0)?
-                    }
-                    (None, None) => bail!(
-                        "{container}: env {} from a source this test does not resolve",
-                        var.name
-                    ),
-                },
-                (None, None) => String::new(),
-            };
-            env.push((var.name, value));
-        }
         Ok((line, env))
     }
 
