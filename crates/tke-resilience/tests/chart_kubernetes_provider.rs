@@ -19,7 +19,6 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use base64::Engine;
 use k8s_openapi::api::{
-    apps::v1::Deployment,
     core::v1::{ConfigMap, Namespace, Node, Pod, Secret},
     rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding},
 };
@@ -31,7 +30,7 @@ use kube::{
 use serde_json::{Value, json};
 use support::chart::{
     NAMESPACE, RELEASE, SERVICE_ACCOUNT_DIR, chart_dir, ci_values, container_env, documents, helm, install,
-    object, render, render_error, service_account_kubeconfig,
+    object, pod_spec, render, render_error, service_account_kubeconfig,
 };
 use support::{PATIENCE, eklet::is_running_with_ip};
 use tke_testbed::{ControlPlane, NodeSpec, Options, Proc, wait};
@@ -397,13 +396,7 @@ async fn installed_eklet(
     dir: &Path,
 ) -> anyhow::Result<(Vec<String>, Vec<(String, String)>)> {
     let name = format!("eklet-{RELEASE}");
-    let deployment = Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
-        .get(&name)
-        .await?;
-    let spec = deployment
-        .spec
-        .and_then(|s| s.template.spec)
-        .context("no pod template")?;
+    let spec = pod_spec(client, &name).await?;
     let container = spec
         .containers
         .iter()

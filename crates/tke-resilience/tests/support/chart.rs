@@ -187,6 +187,18 @@ pub async fn install(cp: &ControlPlane, dir: &Path, values: &Path, set: &str) ->
     .await
 }
 
+/// The pod template of the chart's Deployment `name`.
+pub async fn pod_spec(client: &Client, name: &str) -> anyhow::Result<k8s_openapi::api::core::v1::PodSpec> {
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    deployments
+        .get(name)
+        .await
+        .with_context(|| format!("the chart's Deployment {name}"))?
+        .spec
+        .and_then(|s| s.template.spec)
+        .with_context(|| format!("the chart's Deployment {name} has no pod template"))
+}
+
 /// A container's environment, resolved as the kubelet would for a pod named `pod` of [`NAMESPACE`]
 /// on this machine: `HOSTNAME`, values, the pod's fields and Secret keys.
 pub async fn container_env(
@@ -339,14 +351,6 @@ impl Installed {
         service_account_token(&self.client, name).await
     }
 
-    pub async fn deployment(&self, name: &str) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {
-        let api: Api<k8s_openapi::api::apps::v1::Deployment> =
-            Api::namespaced(self.client.clone(), NAMESPACE);
-        api.get(name)
-            .await
-            .with_context(|| format!("the chart's Deployment {name}"))
-    }
-
     /// A container of an installed Deployment: its command line and its environment, resolved as
     /// the kubelet would for a pod named `pod` on this machine.
     pub async fn container(
@@ -355,11 +359,7 @@ impl Installed {
         container: &str,
         pod: &str,
     ) -> anyhow::Result<(Vec<String>, Vec<(String, String)>)> {
-        let deployment = self.deployment(deployment).await?;
-        let spec = deployment
-            .spec
-            .and_then(|s| s.template.spec)
-            .context("a Deployment without a pod template")?;
+        let spec = pod_spec(&self.client, deployment).await?;
         let c = spec
             .containers
             .into_iter()
