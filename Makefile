@@ -41,9 +41,9 @@ PODS ?= 500
 ROUNDS ?= 1
 CLOUD_RATE_LIMIT ?= 20
 bench:
-	@bin=$$(hack/tools.sh k8s etcd kwok helm vk | tail -n 1) && \
+	@bin=$$(hack/tools.sh k8s etcd kwok helm vk | tail -n 1) && target=$${CARGO_TARGET_DIR:-target} && \
 	  $(CARGO) build --release -q -p tke-resilience --bin tke-resilience -p tke-testbed --bin tke-bench && \
-	  TKE_TESTBED_BIN=$$bin target/release/tke-bench eklet --binary target/release/tke-resilience \
+	  TKE_TESTBED_BIN=$$bin $$target/release/tke-bench eklet --binary $$target/release/tke-resilience \
 	    --vk $$bin/virtual-kubelet --pods $(PODS) --rounds $(ROUNDS) --cloud-rate-limit $(CLOUD_RATE_LIMIT)
 
 fmt:

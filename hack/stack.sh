@@ -4,6 +4,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 state="$root/.stack"
 cargo=${CARGO:-cargo}
+target=${CARGO_TARGET_DIR:-$root/target}
 
 running() { [ -f "$state/pid" ] && kill -0 "$(cat "$state/pid")" 2>/dev/null; }
 
@@ -20,7 +21,7 @@ up() {
   (cd "$root" && $cargo build --quiet -p tke-resilience --bin tke-resilience -p tke-testbed --bin tke-stack)
   mkdir -p "$state"
   rm -f "$state/ready"
-  setsid "$root/target/debug/tke-stack" --state-dir "$state" --binary "$root/target/debug/tke-resilience" \
+  setsid "$target/debug/tke-stack" --state-dir "$state" --binary "$target/debug/tke-resilience" \
     > "$state/stack.log" 2>&1 < /dev/null &
   echo $! > "$state/pid"
   local shown=0

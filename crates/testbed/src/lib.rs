@@ -9,7 +9,12 @@
 //!
 //! Real nodes (kubelet, containerd, runc; [`realnode`]) join a control plane with
 //! [`ControlPlane::add_real_node`] and run containers from images built here ([`images`]).
+//!
+//! Our own components (eklet, eks-admission, tke-scheduler's extender, cloudsim) start next to a
+//! control plane through [`components`], the one place that knows their flags, for the end-to-end
+//! tests as for `tke-stack` (`make up`) and `tke-bench`.
 
+pub mod components;
 pub mod images;
 pub mod metrics_server;
 pub mod nodes;
@@ -48,6 +53,16 @@ pub enum Error {
     Process(#[from] process::Error),
     #[error("{0} exited during start-up; last lines of {1}:\n{2}")]
     Exited(String, PathBuf, String),
+    #[error("{name} exited ({status}) while waiting for {waiting_for}; last lines of {log}:\n{tail}")]
+    Died {
+        name: String,
+        status: std::process::ExitStatus,
+        waiting_for: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
     #[error("{what} not healthy after {after:?}; logs in {logs}")]
     NotHealthy {
         what: String,

@@ -14,9 +14,12 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use base64::Engine;
 use serde_json::Value;
-use support::chart::{
-    NAMESPACE, RELEASE, chart_dir, ci_values, documents, helm, helm_on, object, render, render_error,
-    render_text, service_account_kubeconfig, service_account_token, str_at,
+use support::{
+    PATIENCE,
+    chart::{
+        Installed, LOCAL_NODE, NAMESPACE, RELEASE, chart_dir, ci_values, documents, helm, object, render,
+        render_error, render_text, str_at,
+    },
 };
 use tke_testbed::ControlPlane;
 
@@ -558,29 +561,6 @@ fn the_binary_accepts_every_argument_the_chart_renders() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The chart in a real cluster.
 
-/// The chart installed with the real helm into a fresh control plane. Its Deployments are scaled to
-/// zero: kwok would mark their pods Running without running anything. Instead each component runs
-/// here as a process with the container's own arguments and environment, authenticated as the
-/// chart's ServiceAccount, so that a permission the chart forgot fails the walkthrough.
-struct Installed {
-    cp: ControlPlane,
-    client: kube::Client,
-    /// Where helm keeps its cache and configuration, and the service accounts' kubeconfigs live.
-    dir: PathBuf,
-    values: Value,
-    ports: Ports,
-}
-
-/// The ports the chart is told to use, free on this machine.
-struct Ports {
-    cloudsim: u16,
-    eklet_kubelet: u16,
-    eklet_metrics: u16,
-    admission_metrics: u16,
-    extender: u16,
-    scheduler: u16,
-}
-
 /// A component process, for readiness checks and the log scan.
 struct Component {
     name: &'static str,
@@ -589,168 +569,10 @@ struct Component {
     proc: tke_testbed::Proc,
 }
 
-const LOCAL_NODE: &str = "idc-1";
-/// Where a pod finds its service account's token and the cluster CA.
-const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const WALKTHROUGH: &str = "nginx-deployment";
-const E2E_PATIENCE: std::time::Duration = std::time::Duration::from_secs(180);
 
+/// The components of the walkthrough, run as the chart's containers would run them.
 impl Installed {
-    async fn install() -> anyhow::Result<Installed> {
-        let cp = ControlPlane::start(tke_testbed::Options {
-            nodes: vec![tke_testbed::NodeSpec::new(LOCAL_NODE)],
-            ..Default::default()
-        })
-        .await?;
-        let client = cp.client().await?;
-        let dir = cp.run_dir().join("chart");
-        std::fs::create_dir_all(&dir)?;
-        let [
-            cloudsim,
-            eklet_kubelet,
-            eklet_metrics,
-            admission_metrics,
-            extender,
-            scheduler,
-        ] = tke_testbed::free_ports::<6>()?;
-        let ports = Ports {
-            cloudsim,
-            eklet_kubelet,
-            eklet_metrics,
-            admission_metrics,
-            extender,
-            scheduler,
-        };
-        let installed = Installed {
-            cp,
-            client,
-            dir,
-            values: read_values(&local_stack_values())?,
-            ports,
-        };
-        let p = &installed.ports;
-        let set = format!(
-            "eklet.replicaCount=0,eksAdmission.replicaCount=0,scheduler.replicaCount=0,\
-             cloud.endpoint=http://127.0.0.1:{},eklet.podUsedApiserver={},\
-             eklet.kubeletPort={},eklet.metricsPort={},eksAdmission.metricsPort={},scheduler.extender.port={}",
-            p.cloudsim,
-            installed.cp.apiserver_url(),
-            p.eklet_kubelet,
-            p.eklet_metrics,
-            p.admission_metrics,
-            p.extender,
-        );
-        let chart = chart_dir().display().to_string();
-        let values = local_stack_values().display().to_string();
-        installed
-            .helm(&[
-                "install",
-                RELEASE,
-                &chart,
-                "--namespace",
-                NAMESPACE,
-                "-f",
-                &values,
-                "--set",
-                &set,
-                "--wait",
-                "--timeout",
-                "2m",
-            ])
-            .await?;
-        Ok(installed)
-    }
-
-    /// Runs helm against this control plane, with its state kept in the run directory.
-    async fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
-        helm_on(&self.cp, &self.dir, args).await
-    }
-
-    fn subnet_id(&self) -> anyhow::Result<String> {
-        Ok(str_at(&self.values, "/cloud/subnets/0/id")?.to_owned())
-    }
-
-    /// A kubeconfig that authenticates as ServiceAccount `name` with a token from the TokenRequest API.
-    async fn service_account_kubeconfig(&self, name: &str) -> anyhow::Result<PathBuf> {
-        service_account_kubeconfig(&self.cp, &self.client, &self.dir, name).await
-    }
-
-    /// A token for ServiceAccount `name` from the TokenRequest API.
-    async fn service_account_token(&self, name: &str) -> anyhow::Result<String> {
-        service_account_token(&self.client, name).await
-    }
-
-    async fn deployment(&self, name: &str) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {
-        let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-            kube::Api::namespaced(self.client.clone(), NAMESPACE);
-        api.get(name)
-            .await
-            .with_context(|| format!("the chart's Deployment {name}"))
-    }
-
-    /// A container of an installed Deployment: its command line and its environment, resolved as
-    /// the kubelet would for a pod named `pod` on this machine.
-    async fn container(
-        &self,
-        deployment: &str,
-        container: &str,
-        pod: &str,
-    ) -> anyhow::Result<(Vec<String>, Vec<(String, String)>)> {
-        let deployment = self.deployment(deployment).await?;
-        let spec = deployment
-            .spec
-            .and_then(|s| s.template.spec)
-            .context("a Deployment without a pod template")?;
-        let c = spec
-            .containers
-            .into_iter()
-            .find(|c| c.name == container)
-            .with_context(|| format!("no container {container}"))?;
-        let line: Vec<String> = c
-            .command
-            .unwrap_or_default()
-            .into_iter()
-            .chain(c.args.unwrap_or_default())
-            .collect();
-        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
-            kube::Api::namespaced(self.client.clone(), NAMESPACE);
-        let mut env = vec![("HOSTNAME".to_owned(), pod.to_owned())];
-        for var in c.env.unwrap_or_default() {
-            let value = match (var.value, var.value_from) {
-                (Some(value), _) => value,
-                (None, Some(from)) => match (from.field_ref, from.secret_key_ref) {
-                    (Some(field), _) => match field.field_path.as_str() {
-                        "status.podIP" => "127.0.0.1".to_owned(),
-                        "metadata.namespace" => NAMESPACE.to_owned(),
-                        "metadata.name" => pod.to_owned(),
-                        other => bail!(
-                            "{container}: env {} from field {other}, which this test does not resolve",
-                            var.name
-                        ),
-                    },
-                    (None, Some(key)) => {
-                        let secret = secrets
-                            .get(&key.name)
-                            .await
-                            .with_context(|| format!("Secret {}", key.name))?;
-                        let bytes = secret
-                            .data
-                            .and_then(|d| d.get(&key.key).cloned())
-                            .with_context(|| format!("Secret {} has no key {}", key.name, key.key))?;
-                        String::from_utf8(bytes.0)?
-                    }
-                    (None, None) => bail!(
-                        "{container}: env {} from a source this test does not resolve",
-                        var.name
-                    ),
-                },
-                (None, None) => String::new(),
-            };
-            env.push((var.name, value));
-        }
-        Ok((line, env))
-    }
-
     fn spawn(
         &self,
         name: &'static str,
@@ -769,33 +591,6 @@ impl Installed {
         })
     }
 
-    async fn cloudsim(&self) -> anyhow::Result<Component> {
-        let credentials = self.dir.join("cloudsim-credentials");
-        std::fs::write(
-            &credentials,
-            format!(
-                "secretID={}\nsecretKey={}\n",
-                str_at(&self.values, "/cloud/secretID")?,
-                str_at(&self.values, "/cloud/secretKey")?
-            ),
-        )?;
-        let args = vec![
-            "cloudsim".to_owned(),
-            format!("--listen=127.0.0.1:{}", self.ports.cloudsim),
-            format!("--region={}", str_at(&self.values, "/cloud/regionLong")?),
-            format!("--credentials-file={}", credentials.display()),
-            "--start-delay=0".to_owned(),
-        ];
-        let mut component = self.spawn("cloudsim", None, &support::binary(), &args, &[])?;
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.ports.cloudsim));
-        component
-            .until("cloudsim to answer", || async move {
-                support::admission::http_get(addr, "/admin/stats").await.is_ok()
-            })
-            .await?;
-        Ok(component)
-    }
-
     /// `tke-resilience <the chart's arguments>` as the component's ServiceAccount.
     async fn ours(
         &self,
@@ -804,22 +599,7 @@ impl Installed {
         container: &str,
         account: &str,
     ) -> anyhow::Result<Component> {
-        let (line, env) = self
-            .container(deployment, container, &format!("{deployment}-0"))
-            .await?;
-        // In a pod the service-account volume holds the cluster CA; here it is the test bed's.
-        let ca = format!("{SERVICE_ACCOUNT_DIR}/ca.crt");
-        let mut line: Vec<String> = line
-            .into_iter()
-            .map(|arg| arg.replace(&ca, &self.cp.pki().ca.cert_file.display().to_string()))
-            .collect();
-        if let Some(arg) = line.iter().find(|arg| arg.contains(SERVICE_ACCOUNT_DIR)) {
-            bail!("{deployment}/{container} reads {arg}, which this test does not provide");
-        }
-        line.push(format!(
-            "--kubeconfig={}",
-            self.service_account_kubeconfig(account).await?.display()
-        ));
+        let (line, env) = self.command_line(deployment, container, account).await?;
         self.spawn(name, Some(account), &support::binary(), &line, &env)
     }
 
@@ -876,14 +656,6 @@ impl Installed {
             &env,
         )
     }
-
-    async fn cloud_instances(&self) -> anyhow::Result<u64> {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.ports.cloudsim));
-        let stats: Value = serde_json::from_str(&support::admission::http_get(addr, "/admin/stats").await?)?;
-        stats["live_instances"]
-            .as_u64()
-            .with_context(|| format!("no live_instances in {stats}"))
-    }
 }
 
 impl Component {
@@ -894,7 +666,7 @@ impl Component {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = tokio::time::Instant::now() + E2E_PATIENCE;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.proc.exited() {
                 bail!(
@@ -916,7 +688,7 @@ impl Component {
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(
-                    "{what}: not after {E2E_PATIENCE:?}; {} log:\n{}",
+                    "{what}: not after {PATIENCE:?}; {} log:\n{}",
                     self.name,
                     self.proc.log_tail(40)
                 );
@@ -1088,11 +860,15 @@ async fn the_seed_walkthrough_runs_on_the_charts_own_service_accounts_and_uninst
     use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, rbac::v1 as rbac};
     use kube::Api;
 
-    let chart = Installed::install().await?;
+    let chart = Installed::install(0).await?;
     let client = chart.client.clone();
     let virtual_node = format!("eklet-{}", chart.subnet_id()?);
 
-    let mut cloudsim = chart.cloudsim().await?;
+    let mut cloudsim = Component {
+        name: "cloudsim",
+        account: None,
+        proc: chart.cloudsim().await?,
+    };
     let eklet_sa = format!("eklet-{RELEASE}");
     let admission_sa = format!("eks-admission-{RELEASE}");
     let scheduler_sa = format!("scheduler-{RELEASE}");
@@ -1194,7 +970,7 @@ async fn the_seed_walkthrough_runs_on_the_charts_own_service_accounts_and_uninst
         }
     };
     unless_refused(&all, async {
-        Ok(tke_testbed::wait::until(E2E_PATIENCE, "kubectl logs of a cloud pod", logs).await?)
+        Ok(tke_testbed::wait::until(PATIENCE, "kubectl logs of a cloud pod", logs).await?)
     })
     .await?;
 
@@ -1237,7 +1013,7 @@ async fn the_seed_walkthrough_runs_on_the_charts_own_service_accounts_and_uninst
     };
     unless_refused(&all, async {
         Ok(tke_testbed::wait::until(
-            E2E_PATIENCE,
+            PATIENCE,
             "the pod with env from a ConfigMap and a Secret Running",
             || running(&env_pod),
         )
@@ -1247,7 +1023,7 @@ async fn the_seed_walkthrough_runs_on_the_charts_own_service_accounts_and_uninst
     pods.delete(&env_pod, &kube::api::DeleteParams::default()).await?;
     unless_refused(&all, async {
         Ok(
-            tke_testbed::wait::until(E2E_PATIENCE, "the pod with env deleted", || {
+            tke_testbed::wait::until(PATIENCE, "the pod with env deleted", || {
                 let pods = pods.clone();
                 let name = env_pod.clone();
                 async move { pods.get_opt(&name).await.is_ok_and(|p| p.is_none()) }
@@ -1358,7 +1134,7 @@ async fn the_seed_walkthrough_runs_on_the_charts_own_service_accounts_and_uninst
     nodes
         .delete_collection(&kube::api::DeleteParams::default(), &virtual_nodes)
         .await?;
-    tke_testbed::wait::until(E2E_PATIENCE, "the virtual nodes deleted", || {
+    tke_testbed::wait::until(PATIENCE, "the virtual nodes deleted", || {
         let (nodes, params) = (nodes.clone(), virtual_nodes.clone());
         async move { nodes.list(&params).await.is_ok_and(|l| l.items.is_empty()) }
     })

@@ -19,7 +19,6 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use base64::Engine;
 use k8s_openapi::api::{
-    apps::v1::Deployment,
     core::v1::{ConfigMap, Namespace, Node, Pod, Secret},
     rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding},
 };
@@ -30,9 +29,10 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::chart::{
-    NAMESPACE, RELEASE, chart_dir, ci_values, documents, helm, helm_on, object, render, render_error,
-    service_account_kubeconfig,
+    NAMESPACE, RELEASE, SERVICE_ACCOUNT_DIR, chart_dir, ci_values, container_env, documents, helm, install,
+    object, pod_spec, render, render_error, service_account_kubeconfig,
 };
+use support::{PATIENCE, eklet::is_running_with_ip};
 use tke_testbed::{ControlPlane, NodeSpec, Options, Proc, wait};
 
 /// The user of the target kubeconfig (its client certificate's CN), bound to the target role only.
@@ -40,10 +40,7 @@ const TARGET_USER: &str = "idc-eklet";
 /// The Secret (and its key) the test stores the target kubeconfig in, as a user would.
 const TARGET_SECRET: &str = "target-kubeconfig";
 const TARGET_SECRET_KEY: &str = "config";
-/// Where a pod finds its service account's token and the cluster CA.
-const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const CLUSTER_LABEL: &str = "eklet.tke-resilience.io/cluster-id";
-const PATIENCE: Duration = Duration::from_secs(180);
 
 fn kubernetes_values() -> PathBuf {
     ci_values("kubernetes-provider-values.yaml")
@@ -399,13 +396,7 @@ async fn installed_eklet(
     dir: &Path,
 ) -> anyhow::Result<(Vec<String>, Vec<(String, String)>)> {
     let name = format!("eklet-{RELEASE}");
-    let deployment = Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
-        .get(&name)
-        .await?;
-    let spec = deployment
-        .spec
-        .and_then(|s| s.template.spec)
-        .context("no pod template")?;
+    let spec = pod_spec(client, &name).await?;
     let container = spec
         .containers
         .iter()
@@ -464,38 +455,21 @@ async fn installed_eklet(
     if let Some(arg) = line.iter().find(|a| a.contains(SERVICE_ACCOUNT_DIR)) {
         bail!("eklet reads {arg}, which this test does not provide");
     }
-    let pod = format!("{name}-0");
-    let mut env = vec![
-        ("HOSTNAME".to_owned(), pod.clone()),
-        ("RUST_BACKTRACE".to_owned(), "0".to_owned()),
-    ];
-    for var in container.env.iter().flatten() {
-        let value = match (&var.value, &var.value_from) {
-            (Some(value), _) => value.clone(),
-            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                Some("status.podIP") => "127.0.0.1".to_owned(),
-                Some("metadata.namespace") => NAMESPACE.to_owned(),
-                Some("metadata.name") => pod.clone(),
-                _ => bail!(
-                    "env {} comes from {from:?}, which the kubernetes provider should not need",
-                    var.name
-                ),
-            },
-            (None, None) => String::new(),
-        };
-        env.push((var.name.clone(), value));
-    }
-    Ok((line, env))
-}
-
-fn is_running(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        && pod
-            .status
+    // The kubernetes provider needs no cloud credentials: nothing of its env comes from a Secret.
+    if let Some(var) = container.env.iter().flatten().find(|var| {
+        var.value_from
             .as_ref()
-            .and_then(|s| s.pod_ip.as_deref())
-            .is_some_and(|ip| !ip.is_empty())
+            .is_some_and(|from| from.field_ref.is_none())
+    }) {
+        bail!(
+            "env {} comes from {:?}, which the kubernetes provider should not need",
+            var.name,
+            var.value_from
+        );
+    }
+    let mut env = container_env(client, container, &format!("{name}-0")).await?;
+    env.push(("RUST_BACKTRACE".to_owned(), "0".to_owned()));
+    Ok((line, env))
 }
 
 async fn wait_for_pod(
@@ -616,27 +590,7 @@ async fn burst_through_the_chart(fixed_namespace: Option<&str>) -> anyhow::Resul
     if let Some(namespace) = fixed_namespace {
         set.push_str(&format!(",eklet.kubernetes.targetNamespace={namespace}"));
     }
-    let chart = chart_dir().display().to_string();
-    let values = kubernetes_values().display().to_string();
-    helm_on(
-        &idc,
-        &dir,
-        &[
-            "install",
-            RELEASE,
-            &chart,
-            "--namespace",
-            NAMESPACE,
-            "-f",
-            &values,
-            "--set",
-            &set,
-            "--wait",
-            "--timeout",
-            "2m",
-        ],
-    )
-    .await?;
+    install(&idc, &dir, &kubernetes_values(), &set).await?;
     let ours = secrets
         .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}")))
         .await?;
@@ -738,7 +692,7 @@ async fn burst_through_the_chart(fixed_namespace: Option<&str>) -> anyhow::Resul
         .step(
             "the IDC pod Running with an IP",
             wait_for_pod(&client, &ns, "web", "the IDC pod Running", |p| {
-                p.is_some_and(is_running)
+                p.is_some_and(is_running_with_ip)
             }),
         )
         .await?
@@ -756,7 +710,7 @@ async fn burst_through_the_chart(fixed_namespace: Option<&str>) -> anyhow::Resul
                 &target_ns,
                 &target_name,
                 "the target pod Running",
-                |p| p.is_some_and(is_running),
+                |p| p.is_some_and(is_running_with_ip),
             ),
         )
         .await?

@@ -103,13 +103,6 @@ fn target_name(id: &Identity, pod: &Pod) -> String {
     format!("eklet-{}-{}", id.cluster_id, pod.uid().unwrap_or_default())
 }
 
-fn pod_ip(pod: &Pod) -> Option<String> {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .filter(|ip| !ip.is_empty())
-}
-
 async fn deployment(
     client: &Client,
     ns: &str,
@@ -296,10 +289,7 @@ async fn a_deployment_with_a_configmap_and_a_secret_bursts_with_its_config_and_f
     deployment(&client, &ns, "web", 2, spec).await?;
 
     let pods = idc_pods(&client, &ns, "web", "2 Running pods with IPs", |pods| {
-        pods.iter()
-            .filter(|p| is_running(p) && pod_ip(p).is_some())
-            .count()
-            == 2
+        pods.iter().filter(|p| is_running_with_ip(p)).count() == 2
     })
     .await?;
     let target_ns = target_namespace(&id, &ns);

@@ -3,12 +3,10 @@
 //! pre-delete hook is run as it would run in its Job: the hook's own ServiceAccount and roles
 //! applied from `helm get hooks`, the Job's command line executed with a token of that account.
 //! (kwok, which runs the test bed's pods, would complete the Job without running it.)
-//!
-//! The installation helpers follow `tests/chart.rs`.
 
 mod support;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::{
@@ -22,181 +20,24 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use serde_json::{Value, json};
-use support::chart::{NAMESPACE, RELEASE, chart_dir, ci_values, helm_on, service_account_kubeconfig, str_at};
-use tke_testbed::ControlPlane;
+use support::{
+    PATIENCE,
+    chart::{Installed, LOCAL_NODE, NAMESPACE, RELEASE, SERVICE_ACCOUNT_DIR, str_at},
+};
 
-const LOCAL_NODE: &str = "idc-1";
-const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-const PATIENCE: Duration = Duration::from_secs(180);
 /// A drain that should end within seconds.
 const DRAIN_PATIENCE: Duration = Duration::from_secs(60);
 const WORKLOAD: &str = "web";
 const WORKLOAD_NAMESPACE: &str = "default";
 
-/// The chart installed with the real helm. eklet's Deployment keeps one replica, which kwok
-/// "runs" without running anything; the real eklet runs here and stands for that pod: it is
-/// stopped (SIGTERM, as the kubelet would) when the Deployment is scaled to zero.
-struct Installed {
-    cp: ControlPlane,
-    client: kube::Client,
-    dir: PathBuf,
-    values: Value,
-    cloudsim_port: u16,
-}
-
+/// The chart installed with eklet's Deployment at one replica, which kwok "runs" without running
+/// anything; the real eklet runs here ([`Installed::eklet`]) and stands for that pod: it is stopped
+/// (SIGTERM, as the kubelet would) when the Deployment is scaled to zero.
 impl Installed {
-    async fn install() -> anyhow::Result<Installed> {
-        let cp = ControlPlane::start(tke_testbed::Options {
-            nodes: vec![tke_testbed::NodeSpec::new(LOCAL_NODE)],
-            ..Default::default()
-        })
-        .await?;
-        let client = cp.client().await?;
-        let dir = cp.run_dir().join("chart");
-        std::fs::create_dir_all(&dir)?;
-        let [cloudsim, kubelet, metrics, admission, extender] = tke_testbed::free_ports::<5>()?;
-        let installed = Installed {
-            cp,
-            client,
-            dir,
-            values: serde_saphyr::from_str(&std::fs::read_to_string(ci_values("local-stack-values.yaml"))?)?,
-            cloudsim_port: cloudsim,
-        };
-        let set = format!(
-            "eklet.replicaCount=1,eksAdmission.replicaCount=0,scheduler.replicaCount=0,\
-             cloud.endpoint=http://127.0.0.1:{cloudsim},eklet.podUsedApiserver={},\
-             eklet.kubeletPort={kubelet},eklet.metricsPort={metrics},eksAdmission.metricsPort={admission},\
-             scheduler.extender.port={extender}",
-            installed.cp.apiserver_url(),
-        );
-        let chart = chart_dir().display().to_string();
-        let values = ci_values("local-stack-values.yaml").display().to_string();
-        installed
-            .helm(&[
-                "install",
-                RELEASE,
-                &chart,
-                "--namespace",
-                NAMESPACE,
-                "-f",
-                &values,
-                "--set",
-                &set,
-                "--wait",
-                "--timeout",
-                "2m",
-            ])
-            .await?;
-        Ok(installed)
-    }
-
-    async fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
-        helm_on(&self.cp, &self.dir, args).await
-    }
-
-    fn virtual_node(&self) -> anyhow::Result<String> {
-        Ok(tke_policy::virtual_node::node_name(str_at(
-            &self.values,
-            "/cloud/subnets/0/id",
-        )?))
-    }
-
-    /// A kubeconfig authenticating as ServiceAccount `name` with a TokenRequest token.
-    async fn service_account_kubeconfig(&self, name: &str) -> anyhow::Result<PathBuf> {
-        service_account_kubeconfig(&self.cp, &self.client, &self.dir, name).await
-    }
-
-    async fn cloudsim(&self) -> anyhow::Result<tke_testbed::Proc> {
-        let credentials = self.dir.join("cloudsim-credentials");
-        std::fs::write(
-            &credentials,
-            format!(
-                "secretID={}\nsecretKey={}\n",
-                str_at(&self.values, "/cloud/secretID")?,
-                str_at(&self.values, "/cloud/secretKey")?
-            ),
-        )?;
-        let args = vec![
-            "cloudsim".to_owned(),
-            format!("--listen=127.0.0.1:{}", self.cloudsim_port),
-            format!("--region={}", str_at(&self.values, "/cloud/regionLong")?),
-            format!("--credentials-file={}", credentials.display()),
-            "--start-delay=0".to_owned(),
-        ];
-        let proc = self
-            .cp
-            .spawn_process("cloudsim", &support::binary(), &args, &[])?;
-        tke_testbed::wait::until(PATIENCE, "cloudsim to answer", || self.cloud_instances_ok()).await?;
-        Ok(proc)
-    }
-
-    async fn cloud_instances_ok(&self) -> bool {
-        self.cloud_instances().await.is_ok()
-    }
-
-    /// Live sandboxes in cloudsim, as its admin API counts them.
-    async fn cloud_instances(&self) -> anyhow::Result<u64> {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.cloudsim_port));
-        let stats: Value = serde_json::from_str(&support::admission::http_get(addr, "/admin/stats").await?)?;
-        stats["live_instances"]
-            .as_u64()
-            .with_context(|| format!("no live_instances in {stats}"))
-    }
-
     /// eklet with the installed Deployment's arguments and environment, as its ServiceAccount.
     async fn eklet(&self) -> anyhow::Result<tke_testbed::Proc> {
         let name = format!("eklet-{RELEASE}");
-        let deployment = Api::<Deployment>::namespaced(self.client.clone(), NAMESPACE)
-            .get(&name)
-            .await?;
-        let container = deployment
-            .spec
-            .and_then(|s| s.template.spec)
-            .and_then(|s| s.containers.into_iter().find(|c| c.name == "eklet"))
-            .context("no eklet container")?;
-        let ca = format!("{SERVICE_ACCOUNT_DIR}/ca.crt");
-        let mut line: Vec<String> = container
-            .args
-            .unwrap_or_default()
-            .into_iter()
-            .map(|arg| arg.replace(&ca, &self.cp.pki().ca.cert_file.display().to_string()))
-            .collect();
-        line.push(format!(
-            "--kubeconfig={}",
-            self.service_account_kubeconfig(&name).await?.display()
-        ));
-        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-            Api::namespaced(self.client.clone(), NAMESPACE);
-        let mut env = vec![
-            ("HOSTNAME".to_owned(), format!("{name}-0")),
-            ("RUST_BACKTRACE".to_owned(), "0".to_owned()),
-        ];
-        for var in container.env.unwrap_or_default() {
-            let value = match (var.value, var.value_from) {
-                (Some(value), _) => value,
-                (None, Some(from)) => match (from.field_ref, from.secret_key_ref) {
-                    (Some(field), _) => match field.field_path.as_str() {
-                        "status.podIP" => "127.0.0.1".to_owned(),
-                        "metadata.namespace" => NAMESPACE.to_owned(),
-                        other => bail!(
-                            "eklet env {} from {other}, which this test does not resolve",
-                            var.name
-                        ),
-                    },
-                    (None, Some(key)) => {
-                        let secret = secrets.get(&key.name).await?;
-                        let bytes = secret
-                            .data
-                            .and_then(|d| d.get(&key.key).cloned())
-                            .with_context(|| format!("Secret {} has no key {}", key.name, key.key))?;
-                        String::from_utf8(bytes.0)?
-                    }
-                    (None, None) => bail!("eklet env {} from an unknown source", var.name),
-                },
-                (None, None) => String::new(),
-            };
-            env.push((var.name, value));
-        }
+        let (line, env) = self.command_line(&name, "eklet", &name).await?;
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         Ok(self.cp.spawn_process("eklet", &support::binary(), &line, &env)?)
     }
@@ -354,7 +195,7 @@ fn refused(out: &std::process::Output, account: &str) -> bool {
 async fn uninstall_drains_the_virtual_node_a_budget_blocks_it_and_once_lifted_no_sandbox_node_or_lease_is_left()
 -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let chart = Installed::install().await?;
+    let chart = Installed::install(1).await?;
     let client = chart.client.clone();
     let virtual_node = chart.virtual_node()?;
     let _cloudsim = chart.cloudsim().await?;

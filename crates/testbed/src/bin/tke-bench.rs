@@ -25,7 +25,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
-use tke_testbed::{ControlPlane, Options, Proc, free_ports, random_suffix};
+use tke_testbed::{ControlPlane, Options, Proc, components, free_ports, random_suffix};
 
 struct Args {
     binary: PathBuf,
@@ -226,54 +226,37 @@ async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::R
     let dir = cp.run_dir().join(format!("eklet-{suffix}"));
     std::fs::create_dir_all(&dir)?;
     let credentials = dir.join("cloud-credentials");
-    std::fs::write(&credentials, "secretID=AKIDbench\nsecretKey=bench-secret-key\n")?;
-    let [cloudsim_port, kubelet, metrics, agents] = free_ports::<4>()?;
-    let cloudsim = cp.spawn_process(
-        &format!("cloudsim-{suffix}"),
+    components::write_credentials(&credentials, "AKIDbench", "bench-secret-key")?;
+    // A usage agent per sandbox on a loopback address, as eklet reaches them over Direct Connect.
+    let agents = components::AgentBlock::new()?;
+    let cloudsim = components::Cloudsim::new(&args.binary, &credentials)?
+        .name(format!("cloudsim-{suffix}"))
+        .start_delay("0s")
+        // The real API allows 20 requests/s per action (the default here).
+        .arg(format!("--rate-limit={}", args.cloud_rate_limit))
+        .agents(&agents);
+    let cloudsim_proc = cloudsim.spawn(cp)?;
+    let eklet = components::Eklet::new(
         &args.binary,
-        &[
-            "cloudsim".into(),
-            format!("--listen=127.0.0.1:{cloudsim_port}"),
-            format!("--credentials-file={}", credentials.display()),
-            "--start-delay=0s".into(),
-            // The real API allows 20 requests/s per action (the default here).
-            format!("--rate-limit={}", args.cloud_rate_limit),
-            // A usage agent per sandbox on a loopback address, as eklet reaches them over
-            // Direct Connect.
-            format!("--agent-port={agents}"),
-            format!("--private-cidr=127.{}.0.0/16", 16 + std::process::id() % 200),
-        ],
-        &[],
-    )?;
-    let subnet = format!("subnet-{suffix}b");
-    let node = format!("eklet-{subnet}");
-    let proc = cp.spawn_process(
-        &node,
-        &args.binary,
-        &[
-            "eklet".into(),
-            format!("--kubeconfig={}", cp.kubeconfig().display()),
-            format!("--cloud-endpoint=http://127.0.0.1:{cloudsim_port}"),
-            format!("--credentials-file={}", credentials.display()),
-            "--region=ap-guangzhou".into(),
-            "--vpc-id=vpc-bench".into(),
-            "--security-group-id=sg-bench".into(),
-            format!("--subnet={subnet}=ap-guangzhou-3"),
-            format!("--cluster-id=bench{suffix}"),
-            "--node-ip=127.0.0.1".into(),
-            format!("--kubelet-port={kubelet}"),
-            format!("--metrics-port={metrics}"),
-            "--bind-address=127.0.0.1".into(),
-            "--node-pods=5000".into(),
-            format!("--cloud-rate-limit={}", args.cloud_rate_limit),
-            format!("--sandbox-metrics-port={agents}"),
-            format!("--client-ca-file={}", cp.pki().ca.cert_file.display()),
-        ],
-        &[("RUST_LOG", "warn")],
-    )?;
+        &format!("bench{suffix}"),
+        &format!("subnet-{suffix}b"),
+        "ap-guangzhou-3",
+    )?
+    .tencent(&cloudsim.endpoint(), "ap-guangzhou", "vpc-bench", "sg-bench")
+    .arg(format!("--credentials-file={}", credentials.display()))
+    .args([
+        "--node-pods=5000".to_owned(),
+        format!("--cloud-rate-limit={}", args.cloud_rate_limit),
+    ])
+    .agents(&agents)
+    .env("RUST_LOG", "warn");
+    let node = eklet.node_name();
+    let eklet = eklet.name(&node);
+    let proc = eklet.spawn(cp)?;
+    let kubelet = eklet.kubelet_addr().port();
     tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
     let result = measure("eklet", cp, client, &node, kubelet, proc, args.pods).await;
-    drop(cloudsim);
+    drop(cloudsim_proc);
     result
 }
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use tke_testbed::{ControlPlane, NodeSpec, Options, Proc, random_suffix};
+use tke_testbed::{ControlPlane, NodeSpec, Options, Proc, components, random_suffix};
 
 const REGION: &str = "ap-guangzhou";
 const ZONE: &str = "ap-guangzhou-3";
@@ -41,9 +41,15 @@ fn parse_args() -> anyhow::Result<Args> {
     })
 }
 
+/// The steps `main` prints, counted once so that the last is not "7/6".
+const STEPS: usize = 7;
+
 fn step(n: usize, what: &str) {
-    println!("[stack] {n}/6 {what}");
+    println!("[stack] {n}/{STEPS} {what}");
 }
+
+/// How long a component may take to answer once started.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -53,23 +59,15 @@ async fn main() -> anyhow::Result<()> {
     let state = std::fs::canonicalize(&args.state_dir)?;
     let _ = std::fs::remove_file(state.join("ready"));
 
-    let [
-        extender_port,
-        cloudsim_port,
-        eklet_metrics,
-        kubelet_port,
-        admission_metrics,
-        agent_port,
-    ] = tke_testbed::free_ports::<6>()?;
-    let extender = SocketAddr::from(([127, 0, 0, 1], extender_port));
+    // The extender's address goes into tke-scheduler's configuration before either starts.
+    let [extender_port] = tke_testbed::free_ports::<1>()?;
+    let extender = components::Extender::new(&args.binary, SocketAddr::from(([127, 0, 0, 1], extender_port)));
 
     step(
         1,
         "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, tke-scheduler, kwok",
     );
-    let scheduler_config =
-        std::fs::read_to_string(tke_testbed::workspace_root().join("deploy/tke-scheduler.yaml"))?
-            .replace("${EXTENDER_URL}", &format!("http://{extender}"));
+    let scheduler_config = components::scheduler_config(&format!("http://{}", extender.addr()))?;
     let nodes = (1..=2)
         .map(|i| {
             NodeSpec::new(format!("idc-node-{i}"))
@@ -85,18 +83,12 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("starting the control plane")?;
     let run = cp.run_dir().to_owned();
-    let kubeconfig = cp.kubeconfig().display().to_string();
 
     // Demo credentials, fresh for every stack; cloudsim accepts only these.
     let secret_id = format!("AKIDlocal{}", random_suffix());
     let secret_key = format!("{}{}{}", random_suffix(), random_suffix(), random_suffix());
     let credentials = run.join("cloud-credentials");
-    std::fs::write(
-        &credentials,
-        format!("secretID={secret_id}\nsecretKey={secret_key}\n"),
-    )?;
-    let credentials_flag = format!("--credentials-file={}", credentials.display());
-    let cloudsim_url = format!("http://127.0.0.1:{cloudsim_port}");
+    components::write_credentials(&credentials, &secret_id, &secret_key)?;
     let subnet = format!(
         "subnet-{}",
         random_suffix()
@@ -105,28 +97,24 @@ async fn main() -> anyhow::Result<()> {
             .take(8)
             .collect::<String>()
     );
+    // Sandbox agents on loopback addresses, so eklet can read usage as it would over Direct
+    // Connect; the block is the stack's own.
+    let agents = components::AgentBlock::new()?;
 
     step(2, "cloudsim, the local Tencent Cloud EKS container-instance API");
-    let mut procs: Vec<Proc> = Vec::new();
-    procs.push(cp.spawn_process(
-        "cloudsim",
-        &args.binary,
-        &[
-            "cloudsim".into(),
-            format!("--listen=127.0.0.1:{cloudsim_port}"),
-            format!("--region={REGION}"),
-            credentials_flag.clone(),
-            // Sandbox agents on loopback addresses, so eklet can read usage as it would over
-            // Direct Connect; the block is the stack's own.
-            format!("--agent-port={agent_port}"),
-            format!("--private-cidr=127.{}.0.0/16", 16 + std::process::id() % 200),
-        ],
-        &[],
-    )?);
-    wait_http(&format!("{cloudsim_url}/admin/stats"), "cloudsim", &mut procs).await?;
+    let cloudsim = components::Cloudsim::new(&args.binary, &credentials)?
+        .region(REGION)
+        .agents(&agents);
+    let cloudsim_url = cloudsim.endpoint();
+    let mut procs: Vec<Proc> = vec![cloudsim.spawn(&cp)?];
+    components::wait_http(&mut procs, &cloudsim.stats_url(), PATIENCE).await?;
 
-    step(3, &format!("eklet: virtual node eklet-{subnet}"));
-    let node_name = format!("eklet-{subnet}");
+    let eklet = components::Eklet::new(&args.binary, "cls-local", &subnet, ZONE)?
+        .tencent(&cloudsim_url, REGION, "vpc-local", "sg-local")
+        .arg(format!("--credentials-file={}", credentials.display()))
+        .agents(&agents);
+    let node_name = eklet.node_name();
+    step(3, &format!("eklet: virtual node {node_name}"));
     // kube-apiserver will not proxy to a loopback node address (`kubectl get --raw
     // /api/v1/nodes/NODE/proxy/...`), so where the machine allows it eklet's node address lives in a
     // network namespace of the stack's own, relayed to eklet's loopback port.
@@ -145,75 +133,32 @@ async fn main() -> anyhow::Result<()> {
     let serving =
         cp.pki()
             .issue_server("eklet-kubelet", &node_name, &["127.0.0.1", "localhost", &node_ip])?;
-    procs.push(cp.spawn_process(
-        "eklet",
-        &args.binary,
-        &[
-            "eklet".into(),
-            format!("--kubeconfig={kubeconfig}"),
-            format!("--cloud-endpoint={cloudsim_url}"),
-            credentials_flag.clone(),
-            format!("--region={REGION}"),
-            "--vpc-id=vpc-local".into(),
-            "--security-group-id=sg-local".into(),
-            format!("--subnet={subnet}={ZONE}"),
-            "--cluster-id=cls-local".into(),
-            format!("--node-ip={node_ip}"),
-            format!("--kubelet-port={kubelet_port}"),
-            // The apiserver's kubelet client certificate is signed by the test bed CA.
-            format!("--client-ca-file={}", cp.pki().ca.cert_file.display()),
-            format!("--metrics-port={eklet_metrics}"),
-            "--bind-address=127.0.0.1".into(),
-            format!("--tls-cert-file={}", serving.cert_file.display()),
-            format!("--tls-private-key-file={}", serving.key_file.display()),
-            format!("--sandbox-metrics-port={agent_port}"),
-        ],
-        &[],
-    )?);
+    let eklet = eklet
+        .node_ip(Some(node_ip))
+        .serving_certificate(&serving.cert_file, &serving.key_file);
+    procs.push(eklet.spawn(&cp)?);
     if let Some(address) = node_address.as_mut() {
-        address.forward(kubelet_port, SocketAddr::from(([127, 0, 0, 1], kubelet_port)))?;
+        let kubelet = eklet.kubelet_addr();
+        address.forward(kubelet.port(), kubelet)?;
     }
     let client = cp.client().await?;
-    tke_testbed::nodes::wait_ready(&client, &node_name, Duration::from_secs(60))
+    tke_testbed::nodes::wait_ready(&client, &node_name, PATIENCE)
         .await
         .with_context(|| logs_hint(&procs))?;
 
     step(4, "eks-admission, the toleration controller");
-    procs.push(cp.spawn_process(
-        "admission",
-        &args.binary,
-        &[
-            "admission".into(),
-            format!("--kubeconfig={kubeconfig}"),
-            format!("--metrics-port={admission_metrics}"),
-            "--metrics-bind-address=127.0.0.1".into(),
-        ],
-        &[],
-    )?);
-    wait_http(
-        &format!("http://127.0.0.1:{admission_metrics}/healthz"),
-        "admission",
+    let admission = components::Admission::new(&args.binary)?;
+    procs.push(admission.spawn(&cp)?);
+    components::wait_http(
         &mut procs,
+        &format!("http://{}/healthz", admission.metrics_addr()),
+        PATIENCE,
     )
     .await?;
 
     step(5, "tke-scheduler's extender");
-    procs.push(cp.spawn_process(
-        "scheduler-extender",
-        &args.binary,
-        &[
-            "scheduler-extender".into(),
-            format!("--kubeconfig={kubeconfig}"),
-            format!("--listen={extender}"),
-        ],
-        &[],
-    )?);
-    wait_http(
-        &format!("http://{extender}/readyz"),
-        "scheduler-extender",
-        &mut procs,
-    )
-    .await?;
+    procs.push(extender.spawn(&cp)?);
+    components::wait_http(&mut procs, &extender.ready_url(), PATIENCE).await?;
 
     step(6, "metrics-server, for kubectl top and the HPA");
     let metrics_server = cp
@@ -227,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
         .context("starting metrics-server")?;
     procs.push(metrics_server.proc);
 
-    step(7, "writing .stack/kubeconfig and .stack/env");
+    step(STEPS, "writing .stack/kubeconfig and .stack/env");
     std::fs::copy(cp.kubeconfig(), state.join("kubeconfig"))?;
     std::fs::write(
         state.join("env"),
@@ -281,29 +226,6 @@ async fn supervise(procs: &mut [Proc]) {
                 }
             }
         }
-    }
-}
-
-async fn wait_http(url: &str, what: &str, procs: &mut [Proc]) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(resp) = http.get(url).send().await
-            && resp.status().is_success()
-        {
-            return Ok(());
-        }
-        for proc in procs.iter_mut() {
-            if let Some(status) = proc.exited() {
-                bail!("{} exited ({status}):\n{}", proc.name, proc.log_tail(30));
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not answer {url} within 60s; {}", logs_hint(procs));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -5,22 +5,20 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::json;
 use tke_policy::virtual_node;
-use tke_testbed::{ControlPlane, Proc, wait};
+use tke_testbed::{ControlPlane, Proc, components, wait};
 
 use super::eklet::{Eklet, Identity, start_cloudsim};
 pub use super::eklet::{events_about, http_get, is_running, sample, wait_for_event};
 
-/// How long anything in these tests may take; generous for a busy 2-core machine.
-pub const PATIENCE: Duration = Duration::from_secs(120);
+pub use super::PATIENCE;
 
 /// A running `tke-resilience admission`.
 pub struct Admission {
@@ -38,24 +36,13 @@ impl Admission {
 
     /// Starts the process without waiting for anything (a standby never becomes ready).
     pub fn spawn(cp: &ControlPlane, extra_args: &[&str]) -> anyhow::Result<Admission> {
-        let [port] = tke_testbed::free_ports::<1>()?;
-        let mut args = vec![
-            "admission".to_owned(),
-            format!("--kubeconfig={}", cp.kubeconfig().display()),
-            "--metrics-bind-address=127.0.0.1".to_owned(),
-            format!("--metrics-port={port}"),
-        ];
-        args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
-        let name = format!("admission-{}", tke_testbed::random_suffix());
-        let proc = cp.spawn_process(
-            &name,
-            &super::binary(),
-            &args,
-            &[("RUST_LOG", "info,tke_admission=debug")],
-        )?;
+        let launcher = components::Admission::new(&super::binary())?
+            .name(format!("admission-{}", tke_testbed::random_suffix()))
+            .args(extra_args.iter().copied())
+            .env("RUST_LOG", "info,tke_admission=debug");
         Ok(Admission {
-            proc,
-            metrics: SocketAddr::from(([127, 0, 0, 1], port)),
+            proc: launcher.spawn(cp)?,
+            metrics: launcher.metrics_addr(),
         })
     }
 
@@ -75,31 +62,27 @@ impl Admission {
 
     /// Waits until it leads and has read the global switch, failing early if it exits.
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let ready = async {
-            loop {
-                if let Some(status) = self.proc.exited() {
-                    bail!("admission exited with {status}:\n{}", self.proc.log_tail(30));
-                }
-                if let Ok(text) = self.metrics_text().await {
-                    let switch_read = ["true", "false", "undefined"].iter().any(|value| {
-                        sample(
-                            &text,
-                            &format!("eks_admission_global_switch{{value=\"{value}\"}}"),
-                        ) == Some(1.0)
-                    });
-                    if sample(&text, "eks_admission_leader") == Some(1.0) && switch_read {
-                        return Ok(());
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        let metrics = self.metrics;
+        let ready = || async move {
+            let Ok(text) = http_get(metrics, "/metrics").await else {
+                return false;
+            };
+            let switch_read = ["true", "false", "undefined"].iter().any(|value| {
+                sample(
+                    &text,
+                    &format!("eks_admission_global_switch{{value=\"{value}\"}}"),
+                ) == Some(1.0)
+            });
+            sample(&text, "eks_admission_leader") == Some(1.0) && switch_read
         };
-        tokio::time::timeout(PATIENCE, ready).await.with_context(|| {
-            format!(
-                "admission not leading after {PATIENCE:?}:\n{}",
-                self.proc.log_tail(30)
-            )
-        })?
+        components::wait_while_alive(
+            std::slice::from_mut(&mut self.proc),
+            PATIENCE,
+            "admission to lead and read the global switch",
+            ready,
+        )
+        .await?;
+        Ok(())
     }
 
     /// The Prometheus text of `/metrics`.
@@ -193,7 +176,11 @@ pub struct VirtualNode {
 
 impl VirtualNode {
     pub async fn start(cp: &ControlPlane) -> anyhow::Result<VirtualNode> {
-        let cloud = start_cloudsim(|_| {}).await?;
+        VirtualNode::on(cp, start_cloudsim(|_| {}).await?).await
+    }
+
+    /// eklet with an identity of its own on `cloud`.
+    pub async fn on(cp: &ControlPlane, cloud: tke_cloudsim::Handle) -> anyhow::Result<VirtualNode> {
         let identity = Identity::unique();
         let eklet = Eklet::start(cp, &cloud, &identity, &[]).await?;
         Ok(VirtualNode {

@@ -16,11 +16,9 @@ use tke_tencent::{
     Credentials,
     model::{EksCi, Filter, filter_names},
 };
-use tke_testbed::{ControlPlane, Proc, random_suffix, wait};
+use tke_testbed::{ControlPlane, Proc, components, random_suffix, wait};
 
-/// How long anything in these tests may take before it counts as failed; generous for a busy
-/// 2-core machine, never a performance threshold.
-pub const PATIENCE: Duration = Duration::from_secs(180);
+pub use super::PATIENCE;
 
 pub const SECRET_ID: &str = "AKIDeklettest";
 pub const SECRET_KEY: &str = "eklet-test-secret-key";
@@ -39,14 +37,10 @@ pub async fn start_cloudsim(configure: impl FnOnce(&mut tke_cloudsim::Config)) -
 /// the test's own (cloudsim cuts a /16 per subnet from it) and a free port. Returns the eklet flag
 /// that points the tencent provider at that port.
 pub fn enable_agents(config: &mut tke_cloudsim::Config) -> anyhow::Result<String> {
-    let [port] = tke_testbed::free_ports::<1>()?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let second = 16 + ((nanos ^ std::process::id()) % 200) as u8;
-    config.agent_port = Some(port);
-    config.private_cidr = (std::net::Ipv4Addr::new(127, second, 0, 0), 16);
-    Ok(format!("--sandbox-metrics-port={port}"))
+    let block = components::AgentBlock::new()?;
+    config.agent_port = Some(block.port);
+    config.private_cidr = (block.network, block.prefix);
+    Ok(block.eklet_arg())
 }
 
 /// A tencent client of the test's own, to look at cloudsim as the cloud console would.
@@ -105,10 +99,9 @@ impl Eklet {
         identity: &Identity,
         extra: &[&str],
     ) -> anyhow::Result<Eklet> {
-        let mut eklet = Eklet::spawn(cp, cloud, identity, extra)?;
-        eklet.wait_until_leading().await?;
-        wait_node_ready(&cp.client().await?, &identity.node()).await?;
-        Ok(eklet)
+        Eklet::spawn(cp, cloud, identity, extra)?
+            .until_ready(cp, identity)
+            .await
     }
 
     /// Starts the process without waiting for anything.
@@ -118,13 +111,9 @@ impl Eklet {
         identity: &Identity,
         extra: &[&str],
     ) -> anyhow::Result<Eklet> {
-        let cloud_args = [
-            "--region=ap-guangzhou".to_owned(),
-            format!("--vpc-id={VPC}"),
-            "--security-group-id=sg-eklettest".into(),
-            format!("--cloud-endpoint={}", cloud.endpoint()),
-        ];
-        Eklet::spawn_with_provider(cp, &cloud_args, identity, extra)
+        let launcher =
+            launcher(identity, extra)?.tencent(&cloud.endpoint(), "ap-guangzhou", VPC, "sg-eklettest");
+        Eklet::spawn_launcher(cp, launcher, extra)
     }
 
     /// Starts eklet with other provider flags than cloudsim's (e.g. `--provider=kubernetes`)
@@ -135,10 +124,9 @@ impl Eklet {
         identity: &Identity,
         extra: &[&str],
     ) -> anyhow::Result<Eklet> {
-        let mut eklet = Eklet::spawn_with_provider(cp, provider_args, identity, extra)?;
-        eklet.wait_until_leading().await?;
-        wait_node_ready(&cp.client().await?, &identity.node()).await?;
-        Ok(eklet)
+        Eklet::spawn_with_provider(cp, provider_args, identity, extra)?
+            .until_ready(cp, identity)
+            .await
     }
 
     /// Starts the process with these provider flags, without waiting for anything.
@@ -148,73 +136,48 @@ impl Eklet {
         identity: &Identity,
         extra: &[&str],
     ) -> anyhow::Result<Eklet> {
+        let launcher = launcher(identity, extra)?.provider_args(provider_args);
+        Eklet::spawn_launcher(cp, launcher, extra)
+    }
+
+    /// Waits until it leads and its virtual node is Ready.
+    async fn until_ready(mut self, cp: &ControlPlane, identity: &Identity) -> anyhow::Result<Eklet> {
+        self.wait_until_leading().await?;
+        wait_node_ready(&cp.client().await?, &identity.node()).await?;
+        Ok(self)
+    }
+
+    fn spawn_launcher(
+        cp: &ControlPlane,
+        launcher: components::Eklet,
+        extra: &[&str],
+    ) -> anyhow::Result<Eklet> {
         if std::env::var_os("EKLET_TEST_KEEP").is_some() {
             cp.keep_run_dir();
         }
-        let [port, kubelet_port] = tke_testbed::free_ports::<2>()?;
-        let mut args = vec![
-            "eklet".to_owned(),
-            format!("--kubeconfig={}", cp.kubeconfig().display()),
-            format!("--cluster-id={}", identity.cluster_id),
-            format!("--subnet={}={}", identity.subnet, identity.zone),
-        ];
-        args.extend(provider_args.iter().cloned());
-        args.extend([
-            "--bind-address=127.0.0.1".to_owned(),
-            format!("--metrics-port={port}"),
-            format!("--kubelet-port={kubelet_port}"),
-            format!("--client-ca-file={}", cp.pki().ca.cert_file.display()),
-            "--namespace=default".into(),
-            "--leader-elect-lease-duration=6s".into(),
-        ]);
-        if !extra.iter().any(|a| a.starts_with("--status-sync-interval")) {
-            args.push("--status-sync-interval=500ms".into());
-        }
-        if !extra.iter().any(|a| a.starts_with("--node-ip")) {
-            args.push("--node-ip=127.0.0.1".into());
-        }
-        if !extra.iter().any(|a| a.starts_with("--orphan-sweep-interval")) {
-            args.push("--orphan-sweep-interval=10s".into());
-        }
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let name = format!("eklet-{}-{}", identity.cluster_id, random_suffix());
-        let proc = cp.spawn_process(
-            &name,
-            &super::binary(),
-            &args,
-            &[
-                ("TENCENTCLOUD_SECRET_ID", SECRET_ID),
-                ("TENCENTCLOUD_SECRET_KEY", SECRET_KEY),
-                ("RUST_LOG", "info,tke_eklet=debug"),
-            ],
-        )?;
+        let launcher = launcher.args(extra.iter().copied());
         Ok(Eklet {
-            proc,
-            metrics: SocketAddr::from(([127, 0, 0, 1], port)),
-            kubelet: SocketAddr::from(([127, 0, 0, 1], kubelet_port)),
+            proc: launcher.spawn(cp)?,
+            metrics: launcher.metrics_addr(),
+            kubelet: launcher.kubelet_addr(),
         })
     }
 
     /// Waits until `/metrics` says this process leads; fails at once if it exits.
     pub async fn wait_until_leading(&mut self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.proc.exited() {
-                bail!("eklet exited with {status}:\n{}", self.proc.log_tail(40));
-            }
-            if let Ok(text) = self.metrics_text().await
-                && sample(&text, "eklet_leader") == Some(1.0)
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "eklet not leading after {PATIENCE:?}:\n{}",
-                    self.proc.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let metrics = self.metrics;
+        components::wait_while_alive(
+            std::slice::from_mut(&mut self.proc),
+            PATIENCE,
+            "eklet to lead",
+            || async move {
+                http_get(metrics, "/metrics")
+                    .await
+                    .is_ok_and(|text| sample(&text, "eklet_leader") == Some(1.0))
+            },
+        )
+        .await?;
+        Ok(())
     }
 
     pub async fn metrics_text(&self) -> anyhow::Result<String> {
@@ -233,6 +196,34 @@ impl Eklet {
     pub fn log_tail(&self, lines: usize) -> String {
         self.proc.log_tail(lines)
     }
+}
+
+/// eklet as the tests run it: this identity's one subnet, a Lease quick enough for tests, the test
+/// credentials, and a quick `--status-sync-interval`, `--node-ip` and `--orphan-sweep-interval`
+/// unless `extra` sets them.
+fn launcher(identity: &Identity, extra: &[&str]) -> anyhow::Result<components::Eklet> {
+    let sets = |flag: &str| extra.iter().any(|a| a.starts_with(flag));
+    let mut launcher = components::Eklet::new(
+        &super::binary(),
+        &identity.cluster_id,
+        &identity.subnet,
+        &identity.zone,
+    )?
+    .name(format!("eklet-{}-{}", identity.cluster_id, random_suffix()))
+    .args(["--namespace=default", "--leader-elect-lease-duration=6s"])
+    .env("TENCENTCLOUD_SECRET_ID", SECRET_ID)
+    .env("TENCENTCLOUD_SECRET_KEY", SECRET_KEY)
+    .env("RUST_LOG", "info,tke_eklet=debug");
+    if !sets("--status-sync-interval") {
+        launcher = launcher.arg("--status-sync-interval=500ms");
+    }
+    if sets("--node-ip") {
+        launcher = launcher.node_ip(None);
+    }
+    if !sets("--orphan-sweep-interval") {
+        launcher = launcher.arg("--orphan-sweep-interval=10s");
+    }
+    Ok(launcher)
 }
 
 /// Waits until the node is Ready and carries no not-ready/unreachable taint.
@@ -295,8 +286,22 @@ pub fn phase(pod: &Pod) -> &str {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
 }
 
+/// Running and not being deleted.
 pub fn is_running(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none() && phase(pod) == "Running"
+}
+
+/// The pod's IP, once it has a non-empty one.
+pub fn pod_ip(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .filter(|ip| !ip.is_empty())
+}
+
+/// [`is_running`] and reachable: it has a pod IP.
+pub fn is_running_with_ip(pod: &Pod) -> bool {
+    is_running(pod) && pod_ip(pod).is_some()
 }
 
 pub fn running(pods: &[Arc<Pod>]) -> usize {

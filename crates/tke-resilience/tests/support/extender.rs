@@ -2,15 +2,15 @@
 //! calls it: a control plane whose second kube-scheduler runs `deploy/tke-scheduler.yaml`, the
 //! one copy of that configuration.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::Pod;
-use tke_testbed::{ControlPlane, NodeSpec, Options, Proc};
+use tke_testbed::{ControlPlane, NodeSpec, Options, Proc, components};
 
 use super::{
-    admission::{PATIENCE, VirtualNode, http_get},
-    eklet::{Eklet, Identity, start_cloudsim},
+    PATIENCE,
+    admission::{VirtualNode, http_get},
+    eklet::start_cloudsim,
 };
 
 /// The scheduler name pods select to be placed by tke-scheduler.
@@ -18,17 +18,12 @@ pub const SCHEDULER_NAME: &str = "tke-scheduler";
 
 /// `deploy/tke-scheduler.yaml`.
 pub fn scheduler_config_path() -> PathBuf {
-    tke_testbed::workspace_root().join("deploy/tke-scheduler.yaml")
+    components::scheduler_config_path()
 }
 
 /// The scheduler configuration with `${EXTENDER_URL}` filled in; the test bed fills `${KUBECONFIG}`.
 pub fn scheduler_config(extender_url: &str) -> anyhow::Result<String> {
-    let path = scheduler_config_path();
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    if !text.contains("${EXTENDER_URL}") {
-        bail!("{} has no ${{EXTENDER_URL}} placeholder", path.display());
-    }
-    Ok(text.replace("${EXTENDER_URL}", extender_url))
+    Ok(components::scheduler_config(extender_url)?)
 }
 
 /// A control plane running tke-scheduler next to the default scheduler, with `nodes` as local
@@ -54,44 +49,12 @@ pub struct Extender {
 impl Extender {
     /// Starts the extender on `addr` against `cp` and waits until its caches are listed.
     pub async fn start(cp: &ControlPlane, addr: SocketAddr, extra_args: &[&str]) -> anyhow::Result<Extender> {
-        let mut args = vec![
-            "scheduler-extender".to_owned(),
-            format!("--kubeconfig={}", cp.kubeconfig().display()),
-            format!("--listen={addr}"),
-        ];
-        args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
-        let proc = cp.spawn_process(
-            "scheduler-extender",
-            &super::binary(),
-            &args,
-            &[("RUST_LOG", "info")],
-        )?;
-        let mut extender = Extender { proc, addr };
-        extender.wait_ready().await?;
-        Ok(extender)
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let ready = async {
-            loop {
-                if let Some(status) = self.proc.exited() {
-                    bail!(
-                        "scheduler-extender exited with {status}:\n{}",
-                        self.proc.log_tail(30)
-                    );
-                }
-                if http_get(self.addr, "/readyz").await.is_ok() {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        tokio::time::timeout(PATIENCE, ready).await.with_context(|| {
-            format!(
-                "scheduler-extender not ready after {PATIENCE:?}:\n{}",
-                self.proc.log_tail(30)
-            )
-        })?
+        let launcher = components::Extender::new(&super::binary(), addr)
+            .args(extra_args.iter().copied())
+            .env("RUST_LOG", "info");
+        let mut proc = launcher.spawn(cp)?;
+        components::wait_http(std::slice::from_mut(&mut proc), &launcher.ready_url(), PATIENCE).await?;
+        Ok(Extender { proc, addr })
     }
 
     /// The Prometheus text of `/metrics`.
@@ -121,13 +84,7 @@ pub fn background() -> &'static tokio::runtime::Runtime {
 /// A virtual node (eklet on cloudsim) that stays up for the whole test binary.
 pub async fn shared_virtual_node(cp: &ControlPlane) -> anyhow::Result<VirtualNode> {
     let cloud = background().spawn(start_cloudsim(|_| {})).await??;
-    let identity = Identity::unique();
-    let eklet = Eklet::start(cp, &cloud, &identity, &[]).await?;
-    Ok(VirtualNode {
-        name: identity.node(),
-        eklet,
-        cloud,
-    })
+    VirtualNode::on(cp, cloud).await
 }
 
 /// Pods bound to a node for which `is_local` holds, and to any other node.
