@@ -61,7 +61,10 @@ impl Pty {
         args: impl IntoIterator<Item = S>,
     ) -> io::Result<tokio::process::Command> {
         let slave = self.slave.take().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::AlreadyExists, "the terminal already has its process")
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the terminal already has its process",
+            )
         })?;
         // Looked up here: the process's own `PATH` may be the container's.
         let setsid = std::env::var_os("PATH")
@@ -132,7 +135,10 @@ mod tests {
     async fn a_process_on_the_terminal_sees_a_terminal_of_its_size_and_what_is_typed() {
         let mut pty = Pty::open(100, 30).unwrap();
         let mut command = pty
-            .command("sh", ["-c", "read line; [ -t 0 ] && echo \"tty $line $(stty size)\""])
+            .command(
+                "sh",
+                ["-c", "read line; [ -t 0 ] && echo \"tty $line $(stty size)\""],
+            )
             .unwrap();
         let mut child = command.spawn().unwrap();
         drop(command);

@@ -15,52 +15,97 @@ use serde_json::json;
 use support::{
     eklet::*,
     kubectl::{PortForward, kubectl, run},
+    terminal::Terminal,
 };
+use tke_cloudsim::Handle;
 use tke_testbed::{ControlPlane, wait};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A Running pod `web` on the virtual node of an eklet (started with `eklet_flags`) with the
+/// tencent provider, in its own namespace; its container has stdin and a tty (for attach) and
+/// declares port 8080.
+struct CloudPod {
+    cp: std::sync::Arc<ControlPlane>,
+    client: kube::Client,
+    ns: String,
+    id: Identity,
+    instance_id: String,
+    _eklet: Eklet,
+}
+
+impl CloudPod {
+    async fn start(
+        cloud: &Handle,
+        agents: &str,
+        label: &str,
+        eklet_flags: &[&str],
+    ) -> anyhow::Result<CloudPod> {
+        let cp = ControlPlane::shared().await?;
+        let client = cp.client().await?;
+        let ns = cp.namespace(label).await?;
+        let id = Identity::unique();
+        let flags: Vec<&str> = [agents].into_iter().chain(eklet_flags.iter().copied()).collect();
+        let eklet = Eklet::start(&cp, cloud, &id, &flags).await?;
+        let mut spec = cloud_pod_spec(
+            &id,
+            json!([{
+                "name": "web",
+                "image": "busybox:1.36",
+                "stdin": true,
+                "tty": true,
+                "env": [
+                    {"name": "GREETING", "value": "hello from the cloud pod"},
+                    {"name": tke_cloudsim::PORTS_ENV, "value": "8080"},
+                ],
+                "ports": [{"containerPort": 8080}],
+            }]),
+        );
+        spec["automountServiceAccountToken"] = json!(false);
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": spec}))?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        pods.create(&PostParams::default(), &pod).await?;
+        wait::until(PATIENCE, "the cloud pod Running", || async {
+            pods.get("web").await.is_ok_and(|p| is_running(&p))
+        })
+        .await?;
+        let uid = pods.get("web").await?.metadata.uid.context("the pod's uid")?;
+        let instance_id = instance_for(cloud, &id.cluster_id, &uid)
+            .await?
+            .context("the pod's instance")?
+            .eks_ci_id;
+        Ok(CloudPod {
+            cp,
+            client,
+            ns,
+            id,
+            instance_id,
+            _eklet: eklet,
+        })
+    }
+
+    async fn finish(self) {
+        remove_node(&self.client, &self.id.node()).await;
+    }
+}
+
+/// A cloudsim whose instances have agents; the eklet flag that points the provider at them.
+async fn cloud_with_agents() -> anyhow::Result<(Handle, String)> {
+    tke_testbed::install_crypto();
+    let mut agents = Ok(String::new());
+    let cloud = start_cloudsim(|config| agents = enable_agents(config)).await?;
+    Ok((cloud, agents?))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_the_agent()
 -> anyhow::Result<()> {
-    tke_testbed::install_crypto();
-    let cp = ControlPlane::shared().await?;
-    let client = cp.client().await?;
-    let ns = cp.namespace("exec-cloud").await?;
-    let id = Identity::unique();
-    let mut agents = Ok(String::new());
-    let cloud = start_cloudsim(|config| agents = enable_agents(config)).await?;
-    let agents = agents?;
-    let _eklet = Eklet::start(&cp, &cloud, &id, &[agents.as_str()]).await?;
-
-    let mut spec = cloud_pod_spec(
-        &id,
-        json!([{
-            "name": "web",
-            "image": "busybox:1.36",
-            "env": [
-                {"name": "GREETING", "value": "hello from the cloud pod"},
-                {"name": tke_cloudsim::PORTS_ENV, "value": "8080"},
-            ],
-            "ports": [{"containerPort": 8080}],
-        }]),
-    );
-    spec["automountServiceAccountToken"] = json!(false);
-    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": spec}))?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    pods.create(&PostParams::default(), &pod).await?;
-    wait::until(PATIENCE, "the cloud pod Running", || async {
-        pods.get("web").await.is_ok_and(|p| is_running(&p))
-    })
-    .await?;
-    let uid = pods.get("web").await?.metadata.uid.context("the pod's uid")?;
-    let instance_id = instance_for(&cloud, &id.cluster_id, &uid)
-        .await?
-        .context("the pod's instance")?
-        .eks_ci_id;
+    let (cloud, agents) = cloud_with_agents().await?;
+    let pod = CloudPod::start(&cloud, &agents, "exec-cloud", &[]).await?;
+    let (cp, ns, instance_id) = (&*pod.cp, pod.ns.as_str(), pod.instance_id.as_str());
 
     // Output on both streams, the container's env, and the exit code, as from a local pod.
-    let mut exec = kubectl(&cp);
-    exec.args(["exec", "-n", &ns, "web", "--", "sh", "-c"])
+    let mut exec = kubectl(cp);
+    exec.args(["exec", "-n", ns, "web", "--", "sh", "-c"])
         .arg("echo \"$GREETING\"; echo to-stderr >&2; exit 3");
     let (code, stdout, stderr) = run(exec, None).await?;
     assert_eq!(code, 3, "the command's exit code; stderr: {stderr}");
@@ -68,18 +113,18 @@ async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_
     assert!(stderr.contains("to-stderr"), "{stderr}");
 
     // A command the sandbox does not have.
-    let mut exec = kubectl(&cp);
-    exec.args(["exec", "-n", &ns, "web", "--", "no-such-command-here"]);
+    let mut exec = kubectl(cp);
+    exec.args(["exec", "-n", ns, "web", "--", "no-such-command-here"]);
     let (code, _, stderr) = run(exec, None).await?;
     assert_eq!(code, 127, "{stderr}");
 
     // stdin piped in.
-    let mut exec = kubectl(&cp);
+    let mut exec = kubectl(cp);
     exec.args([
         "exec",
         "-i",
         "-n",
-        &ns,
+        ns,
         "web",
         "--",
         "sh",
@@ -93,15 +138,15 @@ async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_
     let local = tempfile::tempdir()?;
     let upload = local.path().join("upload.txt");
     std::fs::write(&upload, "uploaded through kubectl cp\n")?;
-    let mut cp_in = kubectl(&cp);
+    let mut cp_in = kubectl(cp);
     cp_in
-        .args(["cp", "-n", &ns, "-c", "web"])
+        .args(["cp", "-n", ns, "-c", "web"])
         .arg(&upload)
         .arg("web:upload.txt");
     let (code, _, stderr) = run(cp_in, None).await?;
     assert_eq!(code, 0, "{stderr}");
-    let mut back = kubectl(&cp);
-    back.args(["cp", "-n", &ns, "-c", "web", "web:upload.txt"])
+    let mut back = kubectl(cp);
+    back.args(["cp", "-n", ns, "-c", "web", "web:upload.txt"])
         .arg(local.path().join("back.txt"));
     let (code, _, stderr) = run(back, None).await?;
     assert_eq!(code, 0, "{stderr}");
@@ -112,9 +157,9 @@ async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_
     );
 
     // kubectl attach joins the simulated main process: its log lines as they are written.
-    let mut attach = kubectl(&cp);
+    let mut attach = kubectl(cp);
     attach
-        .args(["attach", "-n", &ns, "web", "-c", "web"])
+        .args(["attach", "-n", ns, "web", "-c", "web"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut attached = attach.spawn()?;
@@ -132,10 +177,17 @@ async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_
     assert!(line.contains(" web log line "), "{line}");
     let _ = attached.kill().await;
 
+    // With stdin, what is typed is echoed into its output, and the end of it ends the attach.
+    let mut attach = kubectl(cp);
+    attach.args(["attach", "-i", "-n", ns, "web", "-c", "web"]);
+    let (code, stdout, stderr) = run(attach, Some("typed into the main process\n")).await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("typed into the main process\n"), "{stdout}");
+
     // kubectl killed mid-exec: the process it started in the sandbox goes with it.
     let marker = format!("3600.{}", std::process::id());
-    let mut long = kubectl(&cp);
-    long.args(["exec", "-n", &ns, "web", "--", "sleep", &marker])
+    let mut long = kubectl(cp);
+    long.args(["exec", "-n", ns, "web", "--", "sleep", &marker])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut sleeping = long.spawn()?;
@@ -150,8 +202,8 @@ async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_
     .await?;
 
     // A declared port of the pod, through kubectl port-forward.
-    let mut forward = kubectl(&cp);
-    forward.args(["port-forward", "-n", &ns, "pod/web", ":8080"]);
+    let mut forward = kubectl(cp);
+    forward.args(["port-forward", "-n", ns, "pod/web", ":8080"]);
     let forwarding = PortForward::start(forward).await?;
     let (status, body) = forwarding.get("/").await?;
     assert!(status.contains(" 200 "), "{status}");
@@ -161,7 +213,120 @@ async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_
     );
     drop(forwarding);
 
-    remove_node(&client, &id.node()).await;
+    pod.finish().await;
+    Ok(())
+}
+
+/// `kubectl exec -it web -- sh` on a terminal: the shell has a terminal of the size kubectl's
+/// has, follows it when it changes, and its exit code is kubectl's.
+async fn shell_on_a_terminal(pod: &CloudPod, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut terminal = Terminal::kubectl(
+        &pod.cp,
+        &["exec", "-it", "-n", &pod.ns, "web", "--", "sh"],
+        env,
+        (100, 30),
+    )?;
+    // Arithmetic, so that the answer differs from the echo of what was typed.
+    terminal
+        .type_text("[ -t 0 ] && echo \"term-$((6*7)) $GREETING $TERM\"\r")
+        .await?;
+    terminal.expect("term-42 hello from the cloud pod xterm").await?;
+    assert_eq!(
+        terminal_size(&mut terminal).await?,
+        "30x100",
+        "the size kubectl started with"
+    );
+    terminal.resize(120, 40)?;
+    // kubectl sends the new size when its SIGWINCH arrives, which may be after what is typed next.
+    let mut sizes = Vec::new();
+    while sizes.last().is_none_or(|size| size != "40x120") {
+        anyhow::ensure!(sizes.len() < 100, "the resize never arrived: {sizes:?}");
+        sizes.push(terminal_size(&mut terminal).await?);
+    }
+    terminal.type_text("exit 5\r").await?;
+    assert_eq!(terminal.exit_code().await?, 5, "the shell's exit code");
+    Ok(())
+}
+
+/// `stty size` in the remote shell, as `ROWSxCOLUMNS`.
+async fn terminal_size(terminal: &mut Terminal) -> anyhow::Result<String> {
+    terminal
+        .type_text("echo \"size=$(stty size | tr ' ' x)=$((6*7))\"\r")
+        .await?;
+    let shown = terminal.expect("=42").await?;
+    let size = shown
+        .rsplit("size=")
+        .next()
+        .and_then(|rest| rest.strip_suffix("=42"))
+        .context("no size shown")?;
+    Ok(size.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_it_on_a_cloud_pod_is_a_real_terminal_that_follows_resizes_on_each_path()
+-> anyhow::Result<()> {
+    let (cloud, agents) = cloud_with_agents().await?;
+    let pod = CloudPod::start(&cloud, &agents, "tty-ws", &[]).await?;
+    shell_on_a_terminal(&pod, &[])
+        .await
+        .context("WebSocket proxied unchanged")?;
+    shell_on_a_terminal(&pod, &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")])
+        .await
+        .context("SPDY from kubectl")?;
+    pod.finish().await;
+    // cloudsim serves one subnet per test's loopback block: another eklet needs another cloudsim.
+    let (cloud, agents) = cloud_with_agents().await?;
+    let pod = CloudPod::start(
+        &cloud,
+        &agents,
+        "tty-wsspdy",
+        &["--declare-websocket-streaming=false"],
+    )
+    .await?;
+    shell_on_a_terminal(&pod, &[])
+        .await
+        .context("WebSocket translated to SPDY by the apiserver")?;
+    pod.finish().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_run_it_rm_attaches_to_a_new_cloud_pod_and_deletes_it_afterwards() -> anyhow::Result<()> {
+    let (cloud, agents) = cloud_with_agents().await?;
+    let pod = CloudPod::start(&cloud, &agents, "run-it", &[]).await?;
+    let mut spec = cloud_pod_spec(&pod.id, json!([]));
+    spec.as_object_mut().context("a spec")?.remove("containers");
+    spec["automountServiceAccountToken"] = json!(false);
+    let overrides = json!({"apiVersion": "v1", "spec": spec}).to_string();
+    let mut terminal = Terminal::kubectl(
+        &pod.cp,
+        &[
+            "run",
+            "-n",
+            &pod.ns,
+            "shell",
+            "-it",
+            "--rm",
+            "--image=busybox:1.36",
+            "--overrides",
+            &overrides,
+        ],
+        &[],
+        (80, 24),
+    )?;
+    terminal.expect("If you don't see a command prompt").await?;
+    terminal.type_text("typed at the terminal\r").await?;
+    terminal.expect("typed at the terminal\r\n").await?;
+    // Ctrl-D: the end of the simulated process's input ends the attach; --rm then deletes the pod.
+    terminal.type_text("\x04").await?;
+    let screen = terminal.screen();
+    assert_eq!(terminal.exit_code().await?, 0, "{screen}");
+    let pods: Api<Pod> = Api::namespaced(pod.client.clone(), &pod.ns);
+    wait::until(PATIENCE, "the pod kubectl run made gone", || async {
+        matches!(pods.get("shell").await, Err(kube::Error::Api(e)) if e.code == 404)
+    })
+    .await?;
+    pod.finish().await;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod cloudsim;
 pub mod eklet;
 pub mod extender;
 pub mod kubectl;
+pub mod terminal;
 
 /// The `tke-resilience` binary under test, built by cargo for this test run.
 pub fn binary() -> std::path::PathBuf {
