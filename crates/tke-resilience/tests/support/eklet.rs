@@ -176,6 +176,8 @@ impl Eklet {
         }
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let name = format!("eklet-{}-{}", identity.cluster_id, random_suffix());
+        // EKLET_TEST_LOG: another filter, e.g. `debug` to see a stream's connections.
+        let log = std::env::var("EKLET_TEST_LOG").unwrap_or_else(|_| "info,tke_eklet=debug".into());
         let proc = cp.spawn_process(
             &name,
             &super::binary(),
@@ -183,7 +185,7 @@ impl Eklet {
             &[
                 ("TENCENTCLOUD_SECRET_ID", SECRET_ID),
                 ("TENCENTCLOUD_SECRET_KEY", SECRET_KEY),
-                ("RUST_LOG", "info,tke_eklet=debug"),
+                ("RUST_LOG", log.as_str()),
             ],
         )?;
         Ok(Eklet {
