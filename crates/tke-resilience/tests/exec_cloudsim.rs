@@ -2,7 +2,10 @@
 //! kubectl through the real apiserver: kubectl → apiserver → eklet's kubelet API → the tencent
 //! provider → a signed WebSocket to the sandbox agent cloudsim runs at the pod IP (a loopback
 //! address) → a real process on this machine with the container's env, or the HTTP responder of a
-//! port the container declares (and `kubectl cp` and `attach`).
+//! port the container declares (and `kubectl cp` and `attach`). `kubectl exec -it` and
+//! `kubectl run -it --rm` run on a pseudo-terminal of the test's, as at a user's terminal; the
+//! last test puts a target cluster in between (IDC → `kubernetes` provider → target → its own
+//! eklet with the `tencent` provider → cloudsim).
 
 mod support;
 
@@ -217,20 +220,15 @@ async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_
     Ok(())
 }
 
-/// `kubectl exec -it web -- sh` on a terminal: the shell has a terminal of the size kubectl's
+/// `kubectl exec -it web -- sh` in `ns` on a terminal: the shell has a terminal of the size kubectl's
 /// has, follows it when it changes, and its exit code is kubectl's.
-async fn shell_on_a_terminal(pod: &CloudPod, env: &[(&str, &str)]) -> anyhow::Result<()> {
-    let mut terminal = Terminal::kubectl(
-        &pod.cp,
-        &["exec", "-it", "-n", &pod.ns, "web", "--", "sh"],
-        env,
-        (100, 30),
-    )?;
+async fn shell_on_a_terminal(cp: &ControlPlane, ns: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut terminal = Terminal::kubectl(cp, &["exec", "-it", "-n", ns, "web", "--", "sh"], env, (100, 30))?;
     // Arithmetic, so that the answer differs from the echo of what was typed.
     terminal
-        .type_text("[ -t 0 ] && echo \"term-$((6*7)) $GREETING $TERM\"\r")
+        .type_text("[ -t 0 ] && echo \"term-$((6*7)) $TERM\"\r")
         .await?;
-    terminal.expect("term-42 hello from the cloud pod xterm").await?;
+    terminal.expect("term-42 xterm").await?;
     assert_eq!(
         terminal_size(&mut terminal).await?,
         "30x100",
@@ -267,12 +265,16 @@ async fn kubectl_exec_it_on_a_cloud_pod_is_a_real_terminal_that_follows_resizes_
 -> anyhow::Result<()> {
     let (cloud, agents) = cloud_with_agents().await?;
     let pod = CloudPod::start(&cloud, &agents, "tty-ws", &[]).await?;
-    shell_on_a_terminal(&pod, &[])
+    shell_on_a_terminal(&pod.cp, &pod.ns, &[])
         .await
         .context("WebSocket proxied unchanged")?;
-    shell_on_a_terminal(&pod, &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")])
-        .await
-        .context("SPDY from kubectl")?;
+    shell_on_a_terminal(
+        &pod.cp,
+        &pod.ns,
+        &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")],
+    )
+    .await
+    .context("SPDY from kubectl")?;
     pod.finish().await;
     // cloudsim serves one subnet per test's loopback block: another eklet needs another cloudsim.
     let (cloud, agents) = cloud_with_agents().await?;
@@ -283,7 +285,7 @@ async fn kubectl_exec_it_on_a_cloud_pod_is_a_real_terminal_that_follows_resizes_
         &["--declare-websocket-streaming=false"],
     )
     .await?;
-    shell_on_a_terminal(&pod, &[])
+    shell_on_a_terminal(&pod.cp, &pod.ns, &[])
         .await
         .context("WebSocket translated to SPDY by the apiserver")?;
     pod.finish().await;
@@ -345,4 +347,103 @@ fn sleeps(marker: &str) -> usize {
             program.ends_with(b"sleep") && args.next() == Some(marker.as_bytes())
         })
         .count()
+}
+
+/// The chain IDC → target cluster (the `kubernetes` provider) → cloudsim (the target's own eklet,
+/// with the `tencent` provider): `kubectl exec` and `kubectl port-forward` in the IDC reach the
+/// sandbox two virtual nodes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_and_port_forward_reach_a_cloudsim_sandbox_through_a_target_clusters_virtual_node()
+-> anyhow::Result<()> {
+    let (cloud, agents) = cloud_with_agents().await?;
+    let idc = ControlPlane::shared().await?;
+    let target = ControlPlane::start(tke_testbed::Options::default()).await?;
+    // The target's own virtual node, onto cloudsim.
+    let target_id = Identity::unique();
+    let target_eklet = Eklet::start(&target, &cloud, &target_id, &[agents.as_str()]).await?;
+    // The IDC's, bursting into the target, onto that virtual node.
+    let id = Identity::unique();
+    let provider = [
+        "--provider=kubernetes".to_owned(),
+        format!("--target-kubeconfig={}", target.kubeconfig().display()),
+    ];
+    let node_selector = format!(
+        "--target-node-selector=kubernetes.io/hostname={}",
+        target_id.node()
+    );
+    let idc_eklet = Eklet::start_with_provider(
+        &idc,
+        &provider,
+        &id,
+        &[
+            node_selector.as_str(),
+            "--target-toleration=eks.tke.cloud.tencent.com/eklet:NoSchedule",
+        ],
+    )
+    .await?;
+
+    let client = idc.client().await?;
+    let ns = idc.namespace("exec-chain").await?;
+    let mut spec = cloud_pod_spec(
+        &id,
+        json!([{
+            "name": "web",
+            "image": "busybox:1.36",
+            "env": [
+                {"name": "GREETING", "value": "hello from two clusters away"},
+                {"name": tke_cloudsim::PORTS_ENV, "value": "8080"},
+            ],
+            "ports": [{"containerPort": 8080}],
+        }]),
+    );
+    spec["automountServiceAccountToken"] = json!(false);
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": spec}))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod).await?;
+    wait::until(
+        PATIENCE,
+        "the IDC pod Running through both virtual nodes",
+        || async { pods.get("web").await.is_ok_and(|p| is_running(&p)) },
+    )
+    .await?;
+    let on_target_node = Api::<Pod>::all(target.client().await?)
+        .list(&kube::api::ListParams::default().labels("eklet.tke-resilience.io/pod-uid"))
+        .await?
+        .items
+        .into_iter()
+        .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(target_id.node().as_str()));
+    assert!(
+        on_target_node.is_some(),
+        "the target pod runs on the target's virtual node"
+    );
+
+    let mut exec = kubectl(&idc);
+    exec.args(["exec", "-n", &ns, "web", "--", "sh", "-c"])
+        .arg("echo \"$GREETING\"; echo to-stderr >&2; exit 3");
+    let (code, stdout, stderr) = run(exec, None).await?;
+    assert_eq!(code, 3, "the command's exit code; stderr: {stderr}");
+    assert_eq!(stdout.trim(), "hello from two clusters away");
+    assert!(stderr.contains("to-stderr"), "{stderr}");
+
+    let mut forward = kubectl(&idc);
+    forward.args(["port-forward", "-n", &ns, "pod/web", ":8080"]);
+    let forwarding = PortForward::start(forward).await?;
+    let (status, body) = forwarding.get("/").await?;
+    assert!(status.contains(" 200 "), "{status}");
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.starts_with("cloudsim eksci-") && body.ends_with(" web port 8080\n"),
+        "cloudsim's responder on the sandbox's port: {body:?}"
+    );
+    drop(forwarding);
+
+    shell_on_a_terminal(&idc, &ns, &[])
+        .await
+        .context("a terminal two clusters away")?;
+
+    remove_node(&client, &id.node()).await;
+    remove_node(&target.client().await?, &target_id.node()).await;
+    // eklets before the target control plane they talk to.
+    drop((idc_eklet, target_eklet));
+    Ok(())
 }
