@@ -15,10 +15,10 @@ use super::super::{ExitStatus, StreamIo};
 /// The client exec, attach and port-forward open their target connections with. Each is a new
 /// TLS connection (an upgraded one cannot be pooled), so unlike kube's default client this one
 /// sets TCP_NODELAY: with Nagle, the upgrade request written right behind the TLS handshake's last
-/// flight waits for the apiserver's delayed ACK, 40 ms on every exec. Nor does it put a read
-/// timeout on the connection, which would end an exec idle for that long (the kubelet's idle
-/// timeout is 4 hours and is ours, on the client's side). Otherwise it is kube's: the server, TLS,
-/// authentication and extra headers of `config`.
+/// flight waits for the apiserver's delayed ACK, 40 ms on every exec (kube's default connector
+/// cannot be told otherwise). Otherwise it is kube's: the server, TLS, connect timeout,
+/// authentication and extra headers of `config`; no read timeout, as kube's default has none (an
+/// exec may be idle for hours).
 pub fn client(config: &kube::Config) -> Result<kube::Client, kube::Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
