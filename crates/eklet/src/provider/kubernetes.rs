@@ -222,8 +222,13 @@ impl KubernetesProvider {
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|e| kubeconfig_error(e.to_string()))?;
-        let streaming = streams::client(&config).map_err(|e| kubeconfig_error(e.to_string()))?;
+        // Through a proxy, kube's own client: it knows how to reach one, ours does not.
+        let streaming = match config.proxy_url {
+            None => Some(streams::client(&config).map_err(|e| kubeconfig_error(e.to_string()))?),
+            Some(_) => None,
+        };
         let target = Client::try_from(config).map_err(|e| kubeconfig_error(e.to_string()))?;
+        let streaming = streaming.unwrap_or_else(|| target.clone());
         Ok(KubernetesProvider::with_streaming_client(
             target, streaming, source, settings,
         ))
