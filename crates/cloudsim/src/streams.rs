@@ -259,10 +259,8 @@ async fn exec_in_terminal(
                 _ => continue,
             };
             match data.split_first() {
-                Some((&STDIN, bytes)) if typing => {
-                    if pty.write_all(bytes).await.is_err() {
-                        typing = false;
-                    }
+                Some((&STDIN, bytes)) if typing && pty.write_all(bytes).await.is_err() => {
+                    typing = false;
                 }
                 Some((&RESIZE, size)) => {
                     if let Some((width, height)) = terminal_size(size) {
