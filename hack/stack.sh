@@ -20,7 +20,10 @@ up() {
   (cd "$root" && $cargo build --quiet -p tke-resilience --bin tke-resilience -p tke-testbed --bin tke-stack)
   mkdir -p "$state"
   rm -f "$state/ready"
-  setsid "$root/target/debug/tke-stack" --state-dir "$state" --binary "$root/target/debug/tke-resilience" \
+  # Where cargo put them: CARGO_TARGET_DIR (relative to the repository, where cargo ran) or target/.
+  local target=${CARGO_TARGET_DIR:-target}
+  case $target in /*) ;; *) target="$root/$target" ;; esac
+  setsid "$target/debug/tke-stack" --state-dir "$state" --binary "$target/debug/tke-resilience" \
     > "$state/stack.log" 2>&1 < /dev/null &
   echo $! > "$state/pid"
   local shown=0
