@@ -39,6 +39,8 @@ pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Read size of the process's pipes and the forwarded connections.
 const CHUNK: usize = 32 * 1024;
+/// After a terminal's process exited, how long its last output may take to be read.
+const TERMINAL_DRAIN: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The WebSocket over an upgraded connection.
 pub async fn websocket(upgraded: hyper::upgrade::Upgraded) -> Socket {
@@ -230,8 +232,25 @@ async fn exec_in_terminal(
     };
     let output = async {
         let mut buffer = vec![0; CHUNK];
+        let mut exited = None;
         loop {
-            match pty.read(&mut buffer).await {
+            let read = if exited.is_some() {
+                // What the process wrote last. A background job it left may hold the terminal
+                // open: the exec still ends with the process, as a runtime's does.
+                match tokio::time::timeout(TERMINAL_DRAIN, pty.read(&mut buffer)).await {
+                    Ok(read) => read,
+                    Err(_) => break,
+                }
+            } else {
+                tokio::select! {
+                    read = pty.read(&mut buffer) => read,
+                    status = child.wait() => {
+                        exited = Some(status);
+                        continue;
+                    }
+                }
+            };
+            match read {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if request.stdout && sink.send(frame(STDOUT, &buffer[..n])).await.is_err() {
@@ -240,7 +259,11 @@ async fn exec_in_terminal(
                 }
             }
         }
-        let status = match child.wait().await {
+        let status = match exited {
+            Some(status) => status,
+            None => child.wait().await,
+        };
+        let status = match status {
             Ok(status) => match status.code() {
                 Some(code) => agent_stream::status_json(code),
                 None => agent_stream::failure_json(&format!("the command was killed ({status})")),

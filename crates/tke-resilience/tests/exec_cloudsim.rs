@@ -275,6 +275,27 @@ async fn kubectl_exec_it_on_a_cloud_pod_is_a_real_terminal_that_follows_resizes_
     )
     .await
     .context("SPDY from kubectl")?;
+
+    // A job the shell leaves in the background keeps the terminal open, not the exec: kubectl ends
+    // with the shell, as with a runtime. The job outlives it (as in a container) until killed here.
+    let marker = format!("3601.{}", std::process::id());
+    let terminal = Terminal::kubectl(
+        &pod.cp,
+        &["exec", "-it", "-n", &pod.ns, "web", "--", "sh"],
+        &[],
+        (80, 24),
+    )?;
+    terminal.type_text(&format!("sleep {marker} &\r")).await?;
+    wait::until(PATIENCE, "the background job started", || async {
+        sleeps(&marker) == 1
+    })
+    .await?;
+    terminal.type_text("exit 4\r").await?;
+    let code = terminal.exit_code().await;
+    for pid in sleep_pids(&marker) {
+        let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+    }
+    assert_eq!(code?, 4, "kubectl ends with the shell");
     pod.finish().await;
     // cloudsim serves one subnet per test's loopback block: another eklet needs another cloudsim.
     let (cloud, agents) = cloud_with_agents().await?;
@@ -335,18 +356,24 @@ async fn kubectl_run_it_rm_attaches_to_a_new_cloud_pod_and_deletes_it_afterwards
 /// How many processes on this machine run `sleep <marker>` (cloudsim's sandbox processes are
 /// real ones; kubectl's own command line only mentions them after `--`).
 fn sleeps(marker: &str) -> usize {
+    sleep_pids(marker).len()
+}
+
+/// The processes on this machine that run `sleep <marker>`.
+fn sleep_pids(marker: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
     entries
         .flatten()
-        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
-        .filter(|cmdline| {
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let mut args = cmdline.split(|b| *b == 0);
             let program = args.next().unwrap_or_default();
-            program.ends_with(b"sleep") && args.next() == Some(marker.as_bytes())
+            (program.ends_with(b"sleep") && args.next() == Some(marker.as_bytes())).then_some(pid)
         })
-        .count()
+        .collect()
 }
 
 /// The chain IDC → target cluster (the `kubernetes` provider) → cloudsim (the target's own eklet,
