@@ -378,13 +378,19 @@ async fn attach(
     };
     let (lines, receiver) = tokio::sync::mpsc::channel(64);
     let stop = agent.sessions.clone();
-    let follow = follow_log(agent.sim.clone(), agent.eks_ci_id.clone(), container, lines);
+    let (sim, eks_ci_id) = (agent.sim.clone(), agent.eks_ci_id.clone());
+    let follow = follow_log(sim.clone(), eks_ci_id.clone(), container.clone(), lines);
+    let read = move |line: &str| {
+        if let Some(sim) = sim.upgrade() {
+            let _ = sim.type_line(&eks_ci_id, &container, line);
+        }
+    };
     upgrade(
         request,
         Some(agent_stream::SUBPROTOCOL),
         move |socket| async move {
             let following = tokio::spawn(follow);
-            streams::attach(socket, stream, receiver, stop).await;
+            streams::attach(socket, stream, receiver, read, stop).await;
             following.abort();
         },
     )

@@ -11,7 +11,8 @@
 //!   containerd does. The process is killed when the WebSocket closes or the instance goes (with a
 //!   tty, closing the terminal also hangs its session up).
 //! - attach joins the simulated main process: its log lines (the ones DescribeEksContainerInstanceLog
-//!   serves) as they are written, and the client's stdin echoed into that output.
+//!   serves) as they are written, and the client's stdin echoed into that output and logged line
+//!   by line (`<time> <container> read: <line>`).
 //! - port-forward connects to a port on the instance's private IP, where cloudsim serves the ports
 //!   the containers declare in [`PORTS_ENV`](crate::PORTS_ENV) (see `agents`).
 //!
@@ -384,13 +385,15 @@ fn typed_on_terminal(bytes: &[u8]) -> (Vec<u8>, bool) {
 
 /// Attaches to the simulated main process: `lines` yields its output as it is written (ending when
 /// the process does); the client's stdin is echoed into it, as by `cat` (on a terminal, Enter as a
-/// new line). The end of that input (stdin closed, or Ctrl-D or Ctrl-C on a terminal) ends the
-/// attach with success, so `kubectl run -i`/`-it --rm` finishes; the simulated process itself runs
-/// on, as its log lines do.
+/// new line), and each line typed goes to `read` (which logs it: other attaches and the log see
+/// it, in `lines` too). The end of that input (stdin closed, or Ctrl-D or Ctrl-C on a terminal)
+/// ends the attach with success, so `kubectl run -i`/`-it --rm` finishes; the simulated process
+/// itself runs on, as its log lines do.
 pub async fn attach(
     socket: Socket,
     request: StreamRequest,
     mut lines: mpsc::Receiver<String>,
+    read: impl Fn(&str) + Send,
     stop: CancellationToken,
 ) {
     let (mut sink, mut incoming) = socket.split();
@@ -424,6 +427,18 @@ pub async fn attach(
         let _ = sink.close().await;
     };
     let input = async {
+        // What was typed since the last end of line.
+        let mut line = Vec::new();
+        let read_lines = |bytes: &[u8], line: &mut Vec<u8>| {
+            for &byte in bytes {
+                if byte == b'\n' || (request.tty && byte == b'\r') {
+                    read(&String::from_utf8_lossy(line));
+                    line.clear();
+                } else {
+                    line.push(byte);
+                }
+            }
+        };
         while let Some(Ok(message)) = incoming.next().await {
             let data = match message {
                 Message::Binary(data) => data,
@@ -437,6 +452,8 @@ pub async fn attach(
                     } else {
                         (bytes.to_vec(), false)
                     };
+                    let typed = bytes.iter().position(|b| request.tty && matches!(b, 0x03 | 0x04));
+                    read_lines(&bytes[..typed.unwrap_or(bytes.len())], &mut line);
                     if !shown.is_empty() {
                         let _ = echo.send(Typed::Bytes(shown)).await;
                     }
@@ -447,6 +464,9 @@ pub async fn attach(
                 Some((&CLOSE, [STDIN])) if request.stdin => break,
                 _ => {}
             }
+        }
+        if !line.is_empty() {
+            read(&String::from_utf8_lossy(&line));
         }
         // The end of the input: the output ends the session; the WebSocket closing ends it too.
         let _ = echo.send(Typed::End).await;

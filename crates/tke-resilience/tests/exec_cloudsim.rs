@@ -186,6 +186,17 @@ async fn kubectl_exec_and_port_forward_on_a_cloud_pod_reach_its_sandbox_through_
     let (code, stdout, stderr) = run(attach, Some("typed into the main process\n")).await?;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("typed into the main process\n"), "{stdout}");
+    // The process read it: its log says so.
+    let mut logs = kubectl(cp);
+    logs.args(["logs", "-n", ns, "web"]);
+    let (code, stdout, stderr) = run(logs, None).await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line == "web read: typed into the main process"),
+        "{stdout}"
+    );
 
     // kubectl killed mid-exec: the process it started in the sandbox goes with it.
     let marker = format!("3600.{}", std::process::id());
