@@ -485,3 +485,66 @@ async fn kubectl_exec_and_port_forward_reach_a_cloudsim_sandbox_through_a_target
     drop((idc_eklet, target_eklet));
     Ok(())
 }
+
+/// `kubectl <args>` `runs` times: p50 and p99 wall time in ms.
+async fn latency(
+    cp: &ControlPlane,
+    args: &[&str],
+    env: &[(&str, &str)],
+    runs: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut command = kubectl(cp);
+        command.envs(env.iter().copied()).args(args);
+        let started = std::time::Instant::now();
+        let (code, _, stderr) = run(command, None).await?;
+        anyhow::ensure!(code == 0, "kubectl {args:?}: {stderr}");
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let at = |q: f64| {
+        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Ok((at(0.5), at(0.99)))
+}
+
+/// A benchmark, not a test: `kubectl exec web -- true` through eklet and the sandbox agent,
+/// `EXEC_RUNS` (100) times on each streaming path (p50 / p99 ms), next to `kubectl get pod web`,
+/// what kubectl and the apiserver cost alone:
+///
+/// ```text
+/// TKE_TESTBED_BIN=... cargo test -p tke-resilience --test exec_cloudsim -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn bench_exec_latency_through_the_sandbox_agent() -> anyhow::Result<()> {
+    let runs = std::env::var("EXEC_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let spdy = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
+    println!("{runs} runs each (p50 / p99 ms):");
+    for (label, flags, env) in [
+        ("websocket, proxied to eklet", &[][..], &[][..]),
+        (
+            "websocket, translated to SPDY by the apiserver",
+            &["--declare-websocket-streaming=false"][..],
+            &[][..],
+        ),
+        ("SPDY from kubectl", &[][..], &spdy[..]),
+    ] {
+        let (cloud, agents) = cloud_with_agents().await?;
+        let pod = CloudPod::start(&cloud, &agents, "bench", flags).await?;
+        let (cp, ns) = (&*pod.cp, pod.ns.as_str());
+        let exec = latency(cp, &["exec", "-n", ns, "web", "--", "true"], env, runs).await?;
+        let get = latency(cp, &["get", "pod", "-n", ns, "web"], env, runs).await?;
+        println!(
+            "  {label:48} kubectl exec -- true {:7.1} / {:7.1}   kubectl get pod {:7.1} / {:7.1}",
+            exec.0, exec.1, get.0, get.1
+        );
+        pod.finish().await;
+    }
+    Ok(())
+}
