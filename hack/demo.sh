@@ -10,6 +10,7 @@ bin=$("$root/hack/tools.sh" 2>/dev/null | tail -n 1)
 export KUBECONFIG="$root/.stack/kubeconfig" PATH="$bin:$PATH"
 
 finish() {
+  if [ -n "${forward_pid:-}" ]; then kill "$forward_pid" 2>/dev/null || true; fi
   if [ "${KEEP:-0}" = 1 ]; then
     echo; echo "KEEP=1: the stack keeps running. export KUBECONFIG=$KUBECONFIG; make down stops it."
   else
@@ -79,6 +80,26 @@ show kubectl top pod -l app=nginx
 echo
 echo "== kubectl exec runs a real process in the cloud pod, through eklet and the sandbox's agent"
 show kubectl exec "$cloud_pod" -- sh -c 'echo "a real process in $(pwd)"'
+
+echo
+echo "== kubectl port-forward reaches the cloud pod's port 80 the same way (cloudsim answers there)"
+forward_log=$(mktemp)
+kubectl port-forward "pod/$cloud_pod" :80 >"$forward_log" 2>&1 &
+forward_pid=$!
+deadline=$((SECONDS + 60))
+until local_port=$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\) .*/\1/p' "$forward_log" | head -n 1) && [ -n "$local_port" ]; do
+  if [ $SECONDS -gt $deadline ] || ! kill -0 "$forward_pid" 2>/dev/null; then
+    echo "kubectl port-forward did not start:" >&2
+    cat "$forward_log" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+printf '\n$ kubectl port-forward pod/%s :80 &   # %s\n' "$cloud_pod" "$(head -n 1 "$forward_log")"
+show curl -sS "http://127.0.0.1:$local_port/"
+kill "$forward_pid" 2>/dev/null || true
+wait "$forward_pid" 2>/dev/null || true
+rm -f "$forward_log"
 
 echo
 echo "== Scale in: cloud replicas go first (eklet sets controller.kubernetes.io/pod-deletion-cost)"

@@ -33,6 +33,7 @@ use axum::http::StatusCode;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tke_tencent::agent_stream::{self, StreamRequest};
 use tke_tencent::model::{Container, InstanceStatus};
 use tokio::net::TcpListener;
@@ -129,6 +130,10 @@ impl Agent {
             .fallback(not_found)
             .with_state(state.clone());
         let task = tokio::spawn(async move {
+            // TCP_NODELAY: an exec's frames are small writes that must go out at once.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     // A dropped sender (the simulator is gone) stops the agent too.
@@ -378,13 +383,19 @@ async fn attach(
     };
     let (lines, receiver) = tokio::sync::mpsc::channel(64);
     let stop = agent.sessions.clone();
-    let follow = follow_log(agent.sim.clone(), agent.eks_ci_id.clone(), container, lines);
+    let (sim, eks_ci_id) = (agent.sim.clone(), agent.eks_ci_id.clone());
+    let follow = follow_log(sim.clone(), eks_ci_id.clone(), container.clone(), lines);
+    let read = move |line: &str| {
+        if let Some(sim) = sim.upgrade() {
+            let _ = sim.type_line(&eks_ci_id, &container, line);
+        }
+    };
     upgrade(
         request,
         Some(agent_stream::SUBPROTOCOL),
         move |socket| async move {
             let following = tokio::spawn(follow);
-            streams::attach(socket, stream, receiver, stop).await;
+            streams::attach(socket, stream, receiver, read, stop).await;
             following.abort();
         },
     )

@@ -157,6 +157,12 @@ impl Sim {
         self.lock().store.crash(eks_ci_id, container, exit_code, now)
     }
 
+    /// Logs a line typed into the simulated process of `container` (an attach's stdin).
+    pub fn type_line(&self, eks_ci_id: &str, container: &str, line: &str) -> Result<(), Refusal> {
+        let now = self.clock.now();
+        self.lock().store.type_line(eks_ci_id, container, line, now)
+    }
+
     pub fn set_usage(
         &self,
         eks_ci_id: &str,

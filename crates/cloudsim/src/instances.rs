@@ -7,6 +7,8 @@
 //! Predictable behaviour a test can rely on:
 //! - line `i` (from 0) of a container run is `<RFC 3339 time> <container> log line <i>`, written at
 //!   run start + i × log interval; a restarted container starts again at line 0;
+//! - a line typed into the simulated process (an attach's stdin, [`Store::type_line`]) is logged
+//!   as `<RFC 3339 time> <container> read: <line>` among those, at the time it was typed;
 //! - env `CLOUDSIM_EXIT_AFTER=<seconds>` (with optional `CLOUDSIM_EXIT_CODE=<n>`, default 0) on a
 //!   container makes every run of it exit after that long with that code;
 //! - [`Store::crash`] ends the current run now with a given exit code;
@@ -293,6 +295,8 @@ struct ContainerSim {
     last_crash: Option<Run>,
     /// Set when a crash ended the container for good.
     terminated: Option<(Run, u32, Option<Run>)>,
+    /// Lines typed into the process, when; the last [`LOG_TAIL_MAX`].
+    typed: VecDeque<(Instant, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -905,6 +909,7 @@ impl Store {
                     epoch_restarts: 0,
                     last_crash: None,
                     terminated: None,
+                    typed: VecDeque::new(),
                 })
                 .collect();
             let seq = self.next_seq;
@@ -1247,6 +1252,7 @@ impl Store {
         }
         let content = self.log_lines(
             name,
+            &instance.containers[index].typed,
             started,
             finished.map_or(now, |f| f.min(now)),
             since,
@@ -1259,10 +1265,13 @@ impl Store {
         Ok((name.to_string(), truncate_at_char(content, limit)))
     }
 
-    /// Lines `i` written at `started + i × interval` with `since <= t <= until`, the last `tail` of them.
+    /// Lines `i` written at `started + i × interval` and the lines typed, with `since <= t <= until`,
+    /// the last `tail` of them in time order.
+    #[allow(clippy::too_many_arguments)]
     fn log_lines(
         &self,
         name: &str,
+        typed: &VecDeque<(Instant, String)>,
         started: Instant,
         until: Instant,
         since: Instant,
@@ -1279,17 +1288,60 @@ impl Store {
             .as_nanos()
             .div_ceil(interval);
         let first = first_since.max(count.saturating_sub(u128::from(tail)));
-        let mut content = String::new();
+        let mut lines: Vec<(Instant, String)> = Vec::new();
         for i in first..count {
             let Ok(step) = u32::try_from(i) else { break };
-            let at = started + self.lifecycle.log_interval.saturating_mul(step);
-            let time = clock.wall(at).strftime("%Y-%m-%dT%H:%M:%S%.9fZ");
-            content.push_str(&format!("{time} {name} log line {i}\n"));
+            lines.push((
+                started + self.lifecycle.log_interval.saturating_mul(step),
+                format!("log line {i}"),
+            ));
+        }
+        let from = since.max(started);
+        lines.extend(
+            typed
+                .iter()
+                .filter(|(at, _)| from <= *at && *at <= until)
+                .map(|(at, line)| (*at, format!("read: {line}"))),
+        );
+        // Stable: a typed line comes after a generated one of the same instant.
+        lines.sort_by_key(|(at, _)| *at);
+        let skip = lines
+            .len()
+            .saturating_sub(usize::try_from(tail).unwrap_or(usize::MAX));
+        let mut content = String::new();
+        for (at, line) in &lines[skip..] {
+            let time = clock.wall(*at).strftime("%Y-%m-%dT%H:%M:%S%.9fZ");
+            content.push_str(&format!("{time} {name} {line}\n"));
             if content.len() > LOG_MAX_BYTES {
                 break;
             }
         }
         content
+    }
+
+    /// Logs `line` as typed into `container` of instance `id` at `now` (see the module doc).
+    pub fn type_line(&mut self, id: &str, container: &str, line: &str, now: Instant) -> Result<()> {
+        let instance = self
+            .instances
+            .get_mut(id)
+            .ok_or_else(|| refuse("ResourceNotFound", format!("no instance {id}")))?;
+        let index = instance
+            .request
+            .containers
+            .iter()
+            .position(|c| c.name == container)
+            .ok_or_else(|| {
+                refuse(
+                    "InternalError.ContainerNotFound",
+                    format!("no container {container} in instance {id}"),
+                )
+            })?;
+        let typed = &mut instance.containers[index].typed;
+        if typed.len() >= usize::try_from(LOG_TAIL_MAX).unwrap_or(usize::MAX) {
+            typed.pop_front();
+        }
+        typed.push_back((now, line.to_owned()));
+        Ok(())
     }
 
     /// Ends the current run of a container (the first one when `container` is `None`) with `code`.
@@ -1907,6 +1959,38 @@ mod tests {
             &f.clock,
         );
         assert_eq!(err.unwrap_err().code, "InvalidParameterValue");
+    }
+
+    #[test]
+    fn lines_typed_into_the_process_are_logged_among_its_own_in_time_order() {
+        let mut f = fixture();
+        let id = f.create(request("t", RestartPolicy::Always, &[])).unwrap();
+        f.clock.advance(10 * SECOND + 5 * SECOND);
+        f.store.type_line(&id, "web", "hello", f.clock.now()).unwrap();
+        f.clock.advance(2 * SECOND);
+        let log = |tail| {
+            let request = DescribeEksContainerInstanceLogRequest {
+                eks_ci_id: id.clone(),
+                tail: Some(tail),
+                ..Default::default()
+            };
+            f.store.log(&request, f.clock.now(), &f.clock).unwrap().1
+        };
+        let ends: Vec<String> = log(4)
+            .lines()
+            .map(|line| line.split_once(' ').unwrap().1.to_owned())
+            .collect();
+        assert_eq!(
+            ends,
+            [
+                "web log line 5",
+                "web read: hello",
+                "web log line 6",
+                "web log line 7"
+            ]
+        );
+        assert_eq!(log(100).lines().count(), 9, "lines 0 to 7 and the typed one");
+        assert!(f.store.type_line(&id, "nope", "x", f.clock.now()).is_err());
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod args;
 pub mod clock;
 pub mod faults;
 pub mod instances;
+pub mod pty;
 mod streams;
 
 use std::collections::BTreeMap;

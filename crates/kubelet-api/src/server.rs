@@ -418,9 +418,14 @@ pub async fn serve<B: Backend, R: Reviews>(
     let handle = axum_server::Handle::<SocketAddr>::new();
     let _shutdown = ShutdownOnDrop(handle.clone());
     axum_server::Server::<SocketAddr>::from_listener(listener)
-        .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(
-            axum_server::tls_rustls::RustlsConfig::from_config(tls),
-        ))
+        // TCP_NODELAY, as Go's servers (the kubelet's) have it: a stream's frames are small
+        // writes that must go out at once, not wait for the peer's ACK of the one before.
+        .acceptor(
+            axum_server::tls_rustls::RustlsAcceptor::new(axum_server::tls_rustls::RustlsConfig::from_config(
+                tls,
+            ))
+            .acceptor(axum_server::accept::NoDelayAcceptor::new()),
+        )
         .handle(handle)
         .serve(router(api).into_make_service())
         .await

@@ -890,7 +890,12 @@ async fn get(node: &Running, path: &str, token: Option<&str>) -> Result<(reqwest
 async fn invalid_stream_combinations_unknown_and_stopped_containers_are_refused() -> Result<()> {
     let node = start().await?;
     let cases = [
-        (exec_path("ls", "tty=1&error=1&output=1"), 400, "tty and stderr"),
+        // A tty drops stderr, as the kubelet does: then no stream is left.
+        (
+            exec_path("ls", "tty=1&error=1"),
+            400,
+            "at least 1 of stdin, stdout, stderr",
+        ),
         (
             exec_path("ls", "tty=true"),
             400,

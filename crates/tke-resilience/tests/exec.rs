@@ -6,7 +6,8 @@
 //!
 //! The benchmark of this path is an ignored test: `kubectl exec -- true` latency on each streaming
 //! path next to the same exec straight into the target cluster, and port-forward throughput next
-//! to a direct TCP connection to the same listener:
+//! to `kubectl port-forward` straight into the target and a direct TCP connection to the same
+//! listener:
 //!
 //! ```text
 //! TKE_TESTBED_BIN=... cargo test --release -p tke-resilience --test exec -- --ignored --nocapture
@@ -387,6 +388,22 @@ async fn bench_exec_latency_and_port_forward_throughput_against_the_direct_path(
                 .as_ref()
                 .and_then(|s| s.pod_ip.clone())
                 .context("the target pod's IP")?;
+            // kubectl port-forward straight into the target: what kubectl and one apiserver cost
+            // without eklet.
+            let mut forward = kubectl(&burst.target);
+            forward.args([
+                "port-forward",
+                "-n",
+                &target_ns,
+                &format!("pod/{target_name}"),
+                ":8080",
+            ]);
+            let forwarding = PortForward::start(forward).await?;
+            let started = std::time::Instant::now();
+            let (_, body) = forwarding.get("/big.bin").await?;
+            let forwarded_in_target = started.elapsed();
+            anyhow::ensure!(body.len() == megabytes << 20, "{} bytes forwarded", body.len());
+            drop(forwarding);
             let started = std::time::Instant::now();
             let mut connection = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await?;
             tokio::io::AsyncWriteExt::write_all(&mut connection, b"GET /big.bin HTTP/1.0\r\n\r\n").await?;
@@ -395,10 +412,12 @@ async fn bench_exec_latency_and_port_forward_throughput_against_the_direct_path(
             let direct = started.elapsed();
             let rate = |d: std::time::Duration| megabytes as f64 / d.as_secs_f64();
             println!(
-                "port-forward, {megabytes} MB: through eklet {:.1} MB/s, direct TCP to the pod {:.1} MB/s, ratio {:.2}",
+                "port-forward, {megabytes} MB: through eklet {:.1} MB/s, kubectl port-forward in the target {:.1} MB/s, direct TCP to the pod {:.1} MB/s; ratio to direct TCP {:.2}, to the target's own port-forward {:.2}",
                 rate(forwarded),
+                rate(forwarded_in_target),
                 rate(direct),
-                rate(forwarded) / rate(direct)
+                rate(forwarded) / rate(direct),
+                rate(forwarded) / rate(forwarded_in_target)
             );
         }
         burst.finish().await?;

@@ -182,6 +182,8 @@ fn is_dns_label(name: &str) -> bool {
 
 struct Shared {
     target: Client,
+    /// The target too, for exec, attach and port-forward.
+    streaming: Client,
     settings: Settings,
     cache: PodCache,
     copies: Copies,
@@ -229,13 +231,32 @@ impl KubernetesProvider {
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|e| kubeconfig_error(e.to_string()))?;
+        // Through a proxy, kube's own client: it knows how to reach one, ours does not.
+        let streaming = match config.proxy_url {
+            None => Some(streams::client(&config).map_err(|e| kubeconfig_error(e.to_string()))?),
+            Some(_) => None,
+        };
         let target = Client::try_from(config).map_err(|e| kubeconfig_error(e.to_string()))?;
-        Ok(KubernetesProvider::new(target, settings))
+        let streaming = streaming.unwrap_or_else(|| target.clone());
+        Ok(KubernetesProvider::with_streaming_client(
+            target, streaming, settings,
+        ))
     }
 
     pub fn new(target: Client, settings: Settings) -> KubernetesProvider {
+        KubernetesProvider::with_streaming_client(target.clone(), target, settings)
+    }
+
+    /// Opens exec, attach and port-forward with `streaming` (see [`streams::client`]), a client of
+    /// the same target.
+    pub fn with_streaming_client(
+        target: Client,
+        streaming: Client,
+        settings: Settings,
+    ) -> KubernetesProvider {
         KubernetesProvider {
             shared: Arc::new(Shared {
+                streaming,
                 target,
                 settings,
                 cache: PodCache::default(),
@@ -275,6 +296,11 @@ impl KubernetesProvider {
 
     fn pods(&self, namespace: &str) -> Api<Pod> {
         Api::namespaced(self.shared.target.clone(), namespace)
+    }
+
+    /// Pods of `namespace` for exec, attach and port-forward.
+    fn streaming_pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.shared.streaming.clone(), namespace)
     }
 
     /// Pods of this cluster everywhere they can be: one namespace, or all.
@@ -798,15 +824,25 @@ impl Provider for KubernetesProvider {
         const ACTION: &str = "ExecPod";
         let (namespace, name) = self.parse_id(ACTION, id)?;
         let params = streams::params(container, &io);
-        let process = call(ACTION, self.pods(namespace).exec(name, command, &params)).await?;
-        Ok(streams::relay(process, io).await)
+        // The opening is most of what eklet adds to an exec (a TLS connection and an upgrade
+        // through the target's apiserver): logged, so the latency can be taken apart.
+        let started = tokio::time::Instant::now();
+        let process = call(
+            ACTION,
+            self.streaming_pods(namespace).exec(name, command, &params),
+        )
+        .await?;
+        let opened = started.elapsed();
+        let status = streams::relay(process, io).await;
+        tracing::debug!(sandbox = id, ?opened, total = ?started.elapsed(), "target exec done");
+        Ok(status)
     }
 
     async fn attach(&self, id: &str, container: &str, io: StreamIo) -> Result<()> {
         const ACTION: &str = "AttachPod";
         let (namespace, name) = self.parse_id(ACTION, id)?;
         let params = streams::params(container, &io);
-        let process = call(ACTION, self.pods(namespace).attach(name, &params)).await?;
+        let process = call(ACTION, self.streaming_pods(namespace).attach(name, &params)).await?;
         streams::relay(process, io).await;
         Ok(())
     }
@@ -814,7 +850,7 @@ impl Provider for KubernetesProvider {
     async fn port_forward(&self, id: &str, port: u16) -> Result<PortStream> {
         const ACTION: &str = "PortForwardPod";
         let (namespace, name) = self.parse_id(ACTION, id)?;
-        let mut forwarder = call(ACTION, self.pods(namespace).portforward(name, &[port])).await?;
+        let mut forwarder = call(ACTION, self.streaming_pods(namespace).portforward(name, &[port])).await?;
         let stream = forwarder.take_stream(port).ok_or_else(|| Error {
             action: ACTION,
             kind: ErrorKind::Transient,

@@ -91,8 +91,6 @@ impl Sessions {
 pub enum Error {
     #[error("you must specify at least 1 of stdin, stdout, stderr")]
     NoStreams,
-    #[error("tty and stderr cannot both be requested: a terminal merges stderr into stdout")]
-    TtyWithStderr,
     #[error("no command given: pass it as repeated `command` query parameters")]
     NoCommand,
     #[error("query parameter \"port\" is required")]
@@ -120,11 +118,12 @@ fn flag(query: &[(String, String)], name: &str) -> bool {
 }
 
 impl Options {
-    /// Reads the kubelet's query parameters. Unlike the kubelet, which quietly drops stderr
-    /// when a tty is asked for, this refuses the combination so the client learns why its
-    /// stderr is missing.
+    /// Reads the kubelet's query parameters. As the kubelet does, a tty drops stderr (a terminal
+    /// has one output: the process's stderr shows in stdout): kubectl never asks for both, but
+    /// clients that do (the Python client's default `stderr=True`) work against a real node, so
+    /// they must here too.
     pub fn parse(query: &[(String, String)]) -> Result<Options> {
-        let options = Options {
+        let mut options = Options {
             stdin: flag(query, "input"),
             stdout: flag(query, "output"),
             stderr: flag(query, "error"),
@@ -136,7 +135,8 @@ impl Options {
                 .collect(),
         };
         if options.tty && options.stderr {
-            return Err(Error::TtyWithStderr);
+            tracing::debug!("exec with tty and stderr: stderr dropped, as the kubelet does");
+            options.stderr = false;
         }
         if !options.stdin && !options.stdout && !options.stderr {
             return Err(Error::NoStreams);
@@ -808,10 +808,13 @@ mod tests {
     }
 
     #[test]
-    fn tty_with_stderr_and_no_stream_at_all_are_refused() {
+    fn a_tty_drops_stderr_and_no_stream_at_all_is_refused() {
+        let options = Options::parse(&query(&[("tty", "1"), ("error", "1"), ("output", "1")])).unwrap();
+        assert!(options.tty && options.stdout && !options.stderr, "{options:?}");
         assert_eq!(
-            Options::parse(&query(&[("tty", "1"), ("error", "1"), ("output", "1")])),
-            Err(Error::TtyWithStderr)
+            Options::parse(&query(&[("tty", "1"), ("error", "1")])),
+            Err(Error::NoStreams),
+            "stderr alone with a tty is no stream at all"
         );
         assert_eq!(
             Options::parse(&query(&[("command", "ls")])),

@@ -213,7 +213,11 @@ fn launcher(identity: &Identity, extra: &[&str]) -> anyhow::Result<components::E
     .args(["--namespace=default", "--leader-elect-lease-duration=6s"])
     .env("TENCENTCLOUD_SECRET_ID", SECRET_ID)
     .env("TENCENTCLOUD_SECRET_KEY", SECRET_KEY)
-    .env("RUST_LOG", "info,tke_eklet=debug");
+    // EKLET_TEST_LOG: another filter, e.g. `debug` to see a stream's connections.
+    .env(
+        "RUST_LOG",
+        std::env::var("EKLET_TEST_LOG").unwrap_or_else(|_| "info,tke_eklet=debug".into()),
+    );
     if !sets("--status-sync-interval") {
         launcher = launcher.arg("--status-sync-interval=500ms");
     }

@@ -11,6 +11,7 @@ pub mod cloudsim;
 pub mod eklet;
 pub mod extender;
 pub mod kubectl;
+pub mod terminal;
 
 /// How long anything in these tests may take before it counts as failed; generous for a busy
 /// 2-core machine, never a performance threshold.

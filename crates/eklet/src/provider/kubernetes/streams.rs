@@ -4,11 +4,37 @@
 //! error channel, and dropping the call (the client went away) closes the target connection.
 
 use futures::SinkExt;
+use hyper_util::{client::legacy::connect::HttpConnector, rt::TokioExecutor};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{AttachParams, AttachedProcess, TerminalSize as KubeTerminalSize};
+use kube::client::ConfigExt;
 use tokio::io::AsyncWriteExt;
 
 use super::super::{ExitStatus, StreamIo};
+
+/// The client exec, attach and port-forward open their target connections with. Each is a new
+/// TLS connection (an upgraded one cannot be pooled), so unlike kube's default client this one
+/// sets TCP_NODELAY: with Nagle, the upgrade request written right behind the TLS handshake's last
+/// flight waits for the apiserver's delayed ACK, 40 ms on every exec (kube's default connector
+/// cannot be told otherwise). Otherwise it is kube's: the server, TLS, connect timeout,
+/// authentication and extra headers of `config`; no read timeout, as kube's default has none (an
+/// exec may be idle for hours).
+pub fn client(config: &kube::Config) -> Result<kube::Client, kube::Error> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(config.connect_timeout);
+    let https = config.rustls_https_connector_with_connector(http)?;
+    let connections = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        // The authentication layer's own errors are boxed: so are the connections'.
+        .map_err(tower::BoxError::from)
+        .service(connections);
+    Ok(kube::Client::new(service, config.default_namespace.clone()))
+}
 
 /// Buffer between the client's streams and the target's (kube's default is 1 KiB).
 const BUFFER: usize = 64 * 1024;
