@@ -100,6 +100,7 @@ for tool in "$@"; do
            kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
            kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
            kubectl=k8s.io/kubernetes/cmd/kubectl \
+           kube-proxy=k8s.io/kubernetes/cmd/kube-proxy \
            kubelet=k8s.io/kubernetes/cmd/kubelet ;;
     etcd) build etcd "$ETCD_VERSION" "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION" \
            etcd=go.etcd.io/etcd/server/v3 ;;
