@@ -558,36 +558,31 @@ async fn the_chart_installed_with_our_image_on_a_real_node_bursts_the_walkthroug
         node_leases.get_opt(&virtual_node).await?.is_none(),
         "the virtual node's Lease outlived helm uninstall"
     );
+    // The components' pods stop (each hands back its leader Lease as it goes).
+    wait::until(PATIENCE, "the components' pods gone", || async {
+        let mut left = 0;
+        for component in COMPONENTS {
+            left += cluster
+                .pods(NAMESPACE, &component_selector(component))
+                .await
+                .map_or(1, |pods| pods.len());
+        }
+        left == 0
+    })
+    .await?;
+    // eklet's leader Lease is free: the drain stopped eklet before it deleted the nodes.
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), NAMESPACE);
-    let held: Vec<String> = leases
-        .list(&ListParams::default())
+    let eklet_lease = format!("eklet-{}", cluster.values_str("/cloud/uniqueID")?);
+    let holder = leases
+        .get_opt(&eklet_lease)
         .await?
-        .items
-        .into_iter()
-        .filter(|l| {
-            let holder = l
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.as_deref())
-                .unwrap_or("");
-            COMPONENTS
-                .iter()
-                .any(|c| holder.starts_with(&format!("{c}-{RELEASE}")))
-        })
-        .filter_map(|l| l.metadata.name)
-        .collect();
-    assert!(
-        held.is_empty(),
-        "Leases still held by uninstalled components: {held:?}"
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert_eq!(
+        holder, "",
+        "eklet's leader Lease {eklet_lease} after helm uninstall"
     );
-    for component in COMPONENTS {
-        let left = cluster.pods(NAMESPACE, &component_selector(component)).await?;
-        let running: Vec<_> = left
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .collect();
-        assert!(running.is_empty(), "{component} pods left after helm uninstall");
-    }
 
     eprintln!(
         "[chart_real] real node Ready in {:.1}s; images built and imported in {:.1}s; install to all \
