@@ -570,18 +570,29 @@ async fn the_chart_installed_with_our_image_on_a_real_node_bursts_the_walkthroug
         left == 0
     })
     .await?;
-    // eklet's leader Lease is free: the drain stopped eklet before it deleted the nodes.
+    // Every leader Lease handed back: the drain hook stopped eklet, eks-admission and tke-scheduler
+    // while their Roles still allowed it (helm deletes the Roles before the pods have stopped).
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), NAMESPACE);
-    let eklet_lease = format!("eklet-{}", cluster.values_str("/cloud/uniqueID")?);
-    let holder = leases
-        .get_opt(&eklet_lease)
+    let held: Vec<String> = leases
+        .list(&ListParams::default())
         .await?
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
-        .unwrap_or_default();
-    assert_eq!(
-        holder, "",
-        "eklet's leader Lease {eklet_lease} after helm uninstall"
+        .items
+        .into_iter()
+        .filter(|l| {
+            let holder = l
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_deref())
+                .unwrap_or("");
+            COMPONENTS
+                .iter()
+                .any(|c| holder.starts_with(&format!("{c}-{RELEASE}")))
+        })
+        .filter_map(|l| l.metadata.name)
+        .collect();
+    assert!(
+        held.is_empty(),
+        "leader Leases still held after helm uninstall: {held:?}"
     );
 
     eprintln!(
