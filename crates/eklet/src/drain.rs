@@ -585,6 +585,23 @@ mod tests {
         assert!(node_names(&["subnet-a".into()]).is_err());
     }
 
+    #[tokio::test]
+    async fn a_stop_deployment_without_its_lease_is_refused_before_the_cluster_is_touched() {
+        for bad in ["eks-admission-x", "eks-admission-x=", "=eks-admission"] {
+            let args = Args::try_parse_from([
+                "eklet-drain",
+                "--subnet=subnet-a=ap-guangzhou-3",
+                "--kubeconfig=/nonexistent",
+                &format!("--stop-deployment={bad}"),
+            ])
+            .unwrap();
+            assert!(
+                matches!(run(args).await, Err(Error::StopDeployment(ref v)) if v == bad),
+                "{bad}"
+            );
+        }
+    }
+
     #[test]
     fn the_timeout_is_a_go_duration_defaulting_to_ten_minutes() {
         let args = Args::try_parse_from(["eklet-drain", "--subnet=subnet-a=z"]).unwrap();
