@@ -9,7 +9,8 @@
 //! those pods and orphan their sandboxes, which would keep billing. Last, the release's other
 //! leader-elected Deployments named with `--stop-deployment` are stopped the same way: `helm
 //! uninstall` deletes their Roles right after their Deployments, so a component still shutting
-//! down then is refused the release of its leader Lease, which stays held until it expires.
+//! down then is refused the release of its leader Lease, which stays held until it expires. Each
+//! leader Lease, once released, is deleted, so that none outlives the release.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -482,9 +483,9 @@ impl NotStopped {
 }
 
 impl LeaderDeployment {
-    /// Scales the Deployment to zero and waits until no replica holds the leader Lease (released
-    /// on SIGTERM, or expired): for eklet, from then on nothing renews or registers the virtual
-    /// nodes.
+    /// Scales the Deployment to zero, waits until no replica holds the leader Lease (released on
+    /// SIGTERM, or expired) and deletes it: for eklet, from then on nothing renews or registers the
+    /// virtual nodes.
     async fn stop(&self, client: &Client, deadline: Instant) -> std::result::Result<(), NotStopped> {
         let deployment = format!("{}/{}", self.namespace, self.name);
         let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
@@ -528,9 +529,19 @@ impl LeaderDeployment {
             match store.state().first().map(|l| lease_free_in(l)) {
                 None | Some(None) => {
                     println!("{deployment} stopped");
-                    return Ok(());
+                    break;
                 }
                 Some(Some(wait)) => recheck = Instant::now() + wait,
+            }
+        }
+        // Free, and nothing left to take it: the Lease goes too, so that no object outlives the
+        // release (a new replica would create it again).
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &self.namespace);
+        match leases.delete(&self.lease, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(source) => {
+                Err(kube(format!("deleting lease {}/{}", self.namespace, self.lease))(source).into())
             }
         }
     }

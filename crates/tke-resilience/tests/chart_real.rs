@@ -570,29 +570,25 @@ async fn the_chart_installed_with_our_image_on_a_real_node_bursts_the_walkthroug
         left == 0
     })
     .await?;
-    // Every leader Lease handed back: the drain hook stopped eklet, eks-admission and tke-scheduler
-    // while their Roles still allowed it (helm deletes the Roles before the pods have stopped).
+    // Every leader Lease handed back and deleted: the drain hook stopped eklet, eks-admission and
+    // tke-scheduler while their Roles still allowed it (helm deletes the Roles before the pods
+    // have stopped).
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), NAMESPACE);
-    let held: Vec<String> = leases
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|l| {
-            let holder = l
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.as_deref())
-                .unwrap_or("");
-            COMPONENTS
-                .iter()
-                .any(|c| holder.starts_with(&format!("{c}-{RELEASE}")))
-        })
-        .filter_map(|l| l.metadata.name)
-        .collect();
+    let leader_leases = [
+        format!("eklet-{}", cluster.values_str("/cloud/uniqueID")?),
+        "eks-admission".to_owned(),
+        "tke-scheduler".to_owned(),
+    ];
+    let mut left = Vec::new();
+    for name in &leader_leases {
+        if let Some(lease) = leases.get_opt(name).await? {
+            let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+            left.push(format!("{name} (holder {holder:?})"));
+        }
+    }
     assert!(
-        held.is_empty(),
-        "leader Leases still held after helm uninstall: {held:?}"
+        left.is_empty(),
+        "leader Leases left after helm uninstall: {left:?}"
     );
 
     eprintln!(
