@@ -396,27 +396,23 @@ async fn the_chart_installed_with_our_image_on_a_real_node_bursts_the_walkthroug
     })
     .await?;
 
-    // eklet's pod killed at once: a new one replaces it and the burst path keeps working.
+    // Every component's pod killed at once: new ones replace them (each waiting out its
+    // predecessor's leader Lease) and the burst path keeps working.
     let mut delete = kubectl(&cluster.cp);
-    delete.args([
-        "delete",
-        "pod",
-        "-n",
-        NAMESPACE,
-        &component_pods["eklet"],
-        "--grace-period=0",
-        "--force",
-    ]);
+    delete.args(["delete", "pod", "-n", NAMESPACE, "--grace-period=0", "--force"]);
+    delete.args(component_pods.values());
     let (code, _, stderr) = run(delete, None).await?;
     assert_eq!(code, 0, "{stderr}");
-    let replaced = cluster
-        .ready_pods(NAMESPACE, &component_selector("eklet"), 1)
-        .await?;
-    assert_ne!(
-        replaced[0].metadata.name.as_ref(),
-        Some(&component_pods["eklet"]),
-        "a new eklet pod"
-    );
+    for component in COMPONENTS {
+        let replaced = cluster
+            .ready_pods(NAMESPACE, &component_selector(component), 1)
+            .await?;
+        assert_ne!(
+            replaced[0].metadata.name.as_ref(),
+            Some(&component_pods[component]),
+            "a new {component} pod"
+        );
+    }
     deployments
         .patch(
             WALKTHROUGH,
