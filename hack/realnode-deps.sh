@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a real node of the test bed runs besides the kubelet (which hack/tools.sh builds):
-# containerd (with ctr and the runc shim), runc, the CNI plugins (bridge, host-local, loopback) and
-# busybox-static (the test image's userland). Debian packages; `apt-get update` once, and only when
+# containerd (with ctr and the runc shim), runc, the CNI plugins (bridge, host-local, loopback),
+# iptables (for kube-proxy, which runs in each node's network namespace only) and busybox-static
+# (the test image's userland). Debian packages; `apt-get update` once, and only when
 # something is missing. Needs root. Without root it only says what is missing (the real-node tests
 # then say so too).
 set -euo pipefail
@@ -11,10 +12,11 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need+=(runc)
 [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] \
   || need+=(containernetworking-plugins)
+{ command -v iptables-restore >/dev/null || [ -x /usr/sbin/iptables-restore ]; } || need+=(iptables)
 [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "[realnode-deps] containerd, runc, CNI plugins and busybox-static present" >&2
+  echo "[realnode-deps] containerd, runc, CNI plugins, iptables and busybox-static present" >&2
   exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

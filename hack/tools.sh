@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed tools (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kubelet, kwok, helm) from their Go modules under tools/, into a cache directory keyed by the
+# kubectl, kubelet, kube-proxy, kwok, helm) from their Go modules under tools/, into a cache directory keyed by the
 # pinned version, the tool module's go.mod/go.sum and the Go version. Work already done is skipped.
 # Usage: hack/tools.sh [k8s|etcd|kwok|helm|metrics-server|vk]...   (default: all but vk, the benchmark peer)
 # The last line printed on stdout is the directory that holds all the binaries.
@@ -100,6 +100,7 @@ for tool in "$@"; do
            kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
            kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
            kubectl=k8s.io/kubernetes/cmd/kubectl \
+           kube-proxy=k8s.io/kubernetes/cmd/kube-proxy \
            kubelet=k8s.io/kubernetes/cmd/kubelet ;;
     etcd) build etcd "$ETCD_VERSION" "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION" \
            etcd=go.etcd.io/etcd/server/v3 ;;

@@ -6,7 +6,11 @@
 //! running, deletes each sandbox and then the Pod), wait until no pod is bound, stop eklet when
 //! its Deployment is named (a running eklet registers a deleted node again), and only then delete
 //! the Nodes and their Leases. A node that still has pods is never deleted: PodGC would delete
-//! those pods and orphan their sandboxes, which would keep billing.
+//! those pods and orphan their sandboxes, which would keep billing. Last, the release's other
+//! leader-elected Deployments named with `--stop-deployment` are stopped the same way: `helm
+//! uninstall` deletes their Roles right after their Deployments, so a component still shutting
+//! down then is refused the release of its leader Lease, which stays held until it expires. Each
+//! leader Lease, once released, is deleted, so that none outlives the release.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -57,6 +61,17 @@ pub enum Error {
         lease: String,
         timeout: Duration,
     },
+    #[error(
+        "Deployment {deployment} still holds its leader Lease {lease} after {timeout:?}; the virtual \
+         nodes are deleted"
+    )]
+    StillRunning {
+        deployment: String,
+        lease: String,
+        timeout: Duration,
+    },
+    #[error("--stop-deployment {0:?}: want DEPLOYMENT=LEASE")]
+    StopDeployment(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -98,6 +113,12 @@ pub struct Args {
     #[arg(long)]
     pub cluster_id: Option<String>,
 
+    /// Another leader-elected Deployment in --namespace, as DEPLOYMENT=LEASE, stopped like eklet
+    /// (scaled to zero, its Lease awaited free) once the nodes are deleted, while its Role still
+    /// lets it hand the Lease back. Repeatable.
+    #[arg(long = "stop-deployment", value_name = "DEPLOYMENT=LEASE")]
+    pub stop_deployments: Vec<String>,
+
     /// Namespace of eklet's Deployment and leader Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     pub namespace: String,
@@ -118,8 +139,20 @@ pub struct Drained {
 /// Runs the drain; `Ok` once every virtual node is empty and deleted.
 pub async fn run(args: Args) -> Result<Vec<Drained>> {
     let nodes = node_names(&args.subnets)?;
+    let others = args
+        .stop_deployments
+        .iter()
+        .map(|text| match text.split_once('=') {
+            Some((name, lease)) if !name.is_empty() && !lease.is_empty() => Ok(LeaderDeployment {
+                namespace: args.namespace.clone(),
+                name: name.to_owned(),
+                lease: lease.to_owned(),
+            }),
+            _ => Err(Error::StopDeployment(text.clone())),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let stop = match (&args.eklet_deployment, &args.cluster_id) {
-        (Some(deployment), Some(cluster_id)) => Some(EkletDeployment {
+        (Some(deployment), Some(cluster_id)) => Some(LeaderDeployment {
             namespace: args.namespace.clone(),
             name: deployment.clone(),
             lease: format!("eklet-{cluster_id}"),
@@ -147,12 +180,21 @@ pub async fn run(args: Args) -> Result<Vec<Drained>> {
     }
     evict_until_empty(&client, &present, deadline, args.timeout).await?;
     if let Some(eklet) = &stop {
-        eklet.stop(&client, deadline, args.timeout).await?;
+        eklet
+            .stop(&client, deadline)
+            .await
+            .map_err(|still| still.into_error(true, args.timeout))?;
     } else if !present.is_empty() {
         tracing::warn!("no --eklet-deployment: a still running eklet registers its nodes again");
     }
     for node in &present {
         delete_node(&client, node).await?;
+    }
+    for other in &others {
+        other
+            .stop(&client, deadline)
+            .await
+            .map_err(|still| still.into_error(false, args.timeout))?;
     }
     Ok(result)
 }
@@ -402,17 +444,49 @@ fn left_over(
     left
 }
 
-/// eklet's Deployment, stopped before its nodes are deleted.
-struct EkletDeployment {
+/// A Deployment whose pods elect a leader: eklet's, stopped before its nodes are deleted, or
+/// another of the release's (`--stop-deployment`).
+struct LeaderDeployment {
     namespace: String,
     name: String,
     lease: String,
 }
 
-impl EkletDeployment {
-    /// Scales the Deployment to zero and waits until no eklet holds the leader Lease (released on
-    /// SIGTERM, or expired): from then on nothing renews or registers the virtual nodes.
-    async fn stop(&self, client: &Client, deadline: Instant, timeout: Duration) -> Result<()> {
+/// A [`LeaderDeployment`] that did not stop: an error, or still holding its Lease at the deadline.
+enum NotStopped {
+    Error(Error),
+    StillHeld { deployment: String, lease: String },
+}
+
+impl From<Error> for NotStopped {
+    fn from(error: Error) -> Self {
+        NotStopped::Error(error)
+    }
+}
+
+impl NotStopped {
+    fn into_error(self, eklet: bool, timeout: Duration) -> Error {
+        match self {
+            NotStopped::Error(error) => error,
+            NotStopped::StillHeld { deployment, lease } if eklet => Error::EkletStillRunning {
+                deployment,
+                lease,
+                timeout,
+            },
+            NotStopped::StillHeld { deployment, lease } => Error::StillRunning {
+                deployment,
+                lease,
+                timeout,
+            },
+        }
+    }
+}
+
+impl LeaderDeployment {
+    /// Scales the Deployment to zero, waits until no replica holds the leader Lease (released on
+    /// SIGTERM, or expired) and deletes it: for eklet, from then on nothing renews or registers the
+    /// virtual nodes.
+    async fn stop(&self, client: &Client, deadline: Instant) -> std::result::Result<(), NotStopped> {
         let deployment = format!("{}/{}", self.namespace, self.name);
         let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
             Api::namespaced(client.clone(), &self.namespace);
@@ -423,12 +497,12 @@ impl EkletDeployment {
         {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {
-                tracing::info!(%deployment, "no eklet Deployment to stop");
+                tracing::info!(%deployment, "no Deployment to stop");
             }
-            Err(source) => return Err(kube(format!("scaling Deployment {deployment} to 0"))(source)),
+            Err(source) => return Err(kube(format!("scaling Deployment {deployment} to 0"))(source).into()),
         }
-        tracing::info!(%deployment, lease = %self.lease, "eklet scaled to 0; waiting for its leader Lease to be free");
-        println!("eklet {deployment} scaled to 0; waiting for it to stop");
+        tracing::info!(%deployment, lease = %self.lease, "scaled to 0; waiting for its leader Lease to be free");
+        println!("{deployment} scaled to 0; waiting for it to stop");
         let leases: Api<Lease> = Api::namespaced(client.clone(), &self.namespace);
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.lease));
         let (store, writer) = reflector::store::<Lease>();
@@ -441,12 +515,12 @@ impl EkletDeployment {
                 event = stream.next() => match event {
                     Some(Ok(watcher::Event::InitDone)) => synced = true,
                     Some(Ok(_)) => {}
-                    Some(Err(error)) => tracing::warn!(%error, "watching eklet's leader Lease"),
-                    None => return Err(Error::KubeConfig("the lease watch ended".into())),
+                    Some(Err(error)) => tracing::warn!(%error, lease = %self.lease, "watching a leader Lease"),
+                    None => return Err(Error::KubeConfig("the lease watch ended".into()).into()),
                 },
                 () = tokio::time::sleep_until(recheck) => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    return Err(Error::EkletStillRunning { deployment, lease: self.lease.clone(), timeout });
+                    return Err(NotStopped::StillHeld { deployment, lease: self.lease.clone() });
                 }
             }
             if !synced {
@@ -454,10 +528,20 @@ impl EkletDeployment {
             }
             match store.state().first().map(|l| lease_free_in(l)) {
                 None | Some(None) => {
-                    println!("eklet {deployment} stopped");
-                    return Ok(());
+                    println!("{deployment} stopped");
+                    break;
                 }
                 Some(Some(wait)) => recheck = Instant::now() + wait,
+            }
+        }
+        // Free, and nothing left to take it: the Lease goes too, so that no object outlives the
+        // release (a new replica would create it again).
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &self.namespace);
+        match leases.delete(&self.lease, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(source) => {
+                Err(kube(format!("deleting lease {}/{}", self.namespace, self.lease))(source).into())
             }
         }
     }
@@ -510,6 +594,23 @@ mod tests {
         assert_eq!(names, ["eklet-subnet-a", "eklet-subnet-b"]);
         assert!(node_names(&["subnet-a=z".into(), "subnet-a=y".into()]).is_err());
         assert!(node_names(&["subnet-a".into()]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stop_deployment_without_its_lease_is_refused_before_the_cluster_is_touched() {
+        for bad in ["eks-admission-x", "eks-admission-x=", "=eks-admission"] {
+            let args = Args::try_parse_from([
+                "eklet-drain",
+                "--subnet=subnet-a=ap-guangzhou-3",
+                "--kubeconfig=/nonexistent",
+                &format!("--stop-deployment={bad}"),
+            ])
+            .unwrap();
+            assert!(
+                matches!(run(args).await, Err(Error::StopDeployment(ref v)) if v == bad),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

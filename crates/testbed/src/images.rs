@@ -323,6 +323,19 @@ pub fn pause(out: &Path) -> Result<Image> {
     write_archive(&spec, out)
 }
 
+/// A static binary of the test-bed tools (e.g. `kube-scheduler`, which the chart runs next to our
+/// extender) as an image holding only that binary, at `/usr/local/bin/<file name>` and on `PATH`,
+/// as the upstream images are used (`command: [kube-scheduler, ...]`).
+pub fn tool(binary: &Path, name: &str, out: &Path) -> Result<Image> {
+    let file = binary
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut spec = ImageSpec::new(name).file(&format!("usr/local/bin/{file}"), read(binary)?, 0o755);
+    spec.env.push("PATH=/usr/local/bin".into());
+    write_archive(&spec, out)
+}
+
 /// Where our image keeps the CA bundle, and the host file it is taken from (Debian's
 /// `ca-certificates`).
 pub const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";

@@ -7,7 +7,7 @@
 //! ([`ControlPlane::start`]) and it is torn down when dropped. Either way no process outlives the test
 //! binary, also when it panics or is killed (see [`process`]).
 //!
-//! Real nodes (kubelet, containerd, runc; [`realnode`]) join a control plane with
+//! Real nodes (kubelet, containerd, runc, kube-proxy; [`realnode`]) join a control plane with
 //! [`ControlPlane::add_real_node`] and run containers from images built here ([`images`]).
 //!
 //! Our own components (eklet, eks-admission, tke-scheduler's extender, cloudsim) start next to a

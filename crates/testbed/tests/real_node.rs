@@ -75,7 +75,7 @@ async fn two_real_nodes_run_busybox_containers_serve_their_logs_and_reach_their_
     let (a, b) = tokio::try_join!(cp.add_real_node(&name_a), cp.add_real_node(&name_b))?;
     for node in [&a, &b] {
         eprintln!(
-            "[real_node] {} Ready {:.2}s after start; kubelet + containerd RSS {} MiB",
+            "[real_node] {} Ready {:.2}s after start; kubelet + containerd + kube-proxy RSS {} MiB",
             node.name,
             node.started_in.as_secs_f64(),
             node.rss_bytes() / (1024 * 1024)
@@ -152,6 +152,23 @@ async fn two_real_nodes_run_busybox_containers_serve_their_logs_and_reach_their_
         assert_eq!(
             String::from_utf8_lossy(&exec.stdout).trim(),
             format!("served by {}", node.name)
+        );
+
+        // In-cluster configuration: the `kubernetes` Service's ClusterIP, which the kubelet hands
+        // the pod, leads through kube-proxy to the apiserver (a TLS server answering plain HTTP
+        // with 400).
+        let in_cluster = tokio::process::Command::new(cp.bin("kubectl"))
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(["-n", &ns, "exec", &name, "--", "sh", "-c"])
+            .arg(r"printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT 2>&1; true")
+            .output()
+            .await?;
+        let answer = String::from_utf8_lossy(&in_cluster.stdout);
+        assert!(
+            answer.contains("400 Bad Request"),
+            "the apiserver through the kubernetes Service from {name}: {answer:?} {}",
+            String::from_utf8_lossy(&in_cluster.stderr)
         );
 
         // The rule the layout exists for: no address on the host's end of the veth, IPv6

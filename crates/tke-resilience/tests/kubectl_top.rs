@@ -5,6 +5,10 @@
 //! `CLOUDSIM_MEMORY_BYTES`). cloudsim gives instances loopback addresses so that the agents are
 //! reachable from this machine, as the VPC is from the IDC over Direct Connect.
 //!
+//! With the kubernetes provider eklet reads the target cluster's metrics API instead; the last test
+//! bursts into a target whose node is real, so what `kubectl top` shows in the IDC is a real
+//! container's usage from the real kubelet's cgroups.
+//!
 //! metrics-server's APIService is cluster-wide, so this test runs on a control plane of its own.
 
 mod support;
@@ -330,5 +334,81 @@ async fn a_pod_burst_into_a_target_cluster_shows_its_logs_and_usage_in_the_idc()
     let cpu = millicores(&row[1]).with_context(|| format!("{row:?}"))?;
     assert!((245..=255).contains(&cpu), "the cloud container's 250m: {row:?}");
     assert_eq!(row[2], "64Mi", "{row:?}");
+    Ok(())
+}
+
+/// The kubernetes provider against a target whose node is real: the burst pod is a real container
+/// in the target, held to 100m of CPU by its limit while it spins, with 48 MiB written to its
+/// `/dev/shm`; `kubectl top` in the IDC shows that real usage, read by the target's metrics-server
+/// from the real kubelet's cgroups, through the target's metrics API and eklet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_burst_into_a_target_with_a_real_node_shows_its_real_usage_in_the_idc() -> anyhow::Result<()> {
+    if !tke_testbed::realnode::available_or_skip() {
+        return Ok(());
+    }
+    tke_testbed::install_crypto();
+    // Dropped in reverse: metrics-servers and eklet, the IDC, the real node, then its control plane.
+    let target = ControlPlane::start(Options::default()).await?;
+    let real_node = target.add_real_node("tgt-top").await?;
+    let _target_metrics = target
+        .start_metrics_server(metrics_server::Options {
+            node_selector: Some(format!("kubernetes.io/hostname={}", real_node.name)),
+            kubelet_ca: Some(target.pki().ca.cert_file.clone()),
+            ..Default::default()
+        })
+        .await?;
+    let idc = ControlPlane::start(Options::default()).await?;
+    let namespace = idc.namespace("top-real").await?;
+    let id = Identity::unique();
+    let provider = [
+        "--provider=kubernetes".to_owned(),
+        format!("--target-kubeconfig={}", target.kubeconfig().display()),
+    ];
+    let serving = serving_flags(&idc, &id)?;
+    let extra: Vec<&str> = serving.iter().map(String::as_str).collect();
+    let _eklet = Eklet::start_with_provider(&idc, &provider, &id, &extra).await?;
+    let _idc_metrics = start_metrics_server(&idc, &id).await?;
+
+    let pods: Api<Pod> = Api::namespaced(idc.client().await?, &namespace);
+    let spec = cloud_pod_spec(
+        &id,
+        json!([{
+            "name": "spin",
+            "image": tke_testbed::images::BUSYBOX,
+            "imagePullPolicy": "Never",
+            "command": ["sh", "-c",
+                "dd if=/dev/zero of=/dev/shm/fill bs=1M count=48 2>/dev/null; echo filled; while :; do :; done"],
+            "resources": {
+                "requests": {"cpu": "100m", "memory": "128Mi"},
+                "limits": {"cpu": "100m", "memory": "128Mi"},
+            },
+        }]),
+    );
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "spin"}, "spec": spec}))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    wait::until(PATIENCE, "the burst pod filled its memory", || {
+        let pods = pods.clone();
+        async move {
+            pods.logs("spin", &Default::default())
+                .await
+                .is_ok_and(|log| log.contains("filled"))
+        }
+    })
+    .await?;
+
+    let row = top_row(&idc, &["pod", "-n", &namespace], "spin").await?;
+    let cpu = millicores(&row[1]).with_context(|| format!("{row:?}"))?;
+    assert!(
+        (60..=110).contains(&cpu),
+        "a container spinning under a 100m limit: {row:?}"
+    );
+    let memory: u64 = row[2]
+        .strip_suffix("Mi")
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("{row:?}"))?;
+    assert!(
+        (48..128).contains(&memory),
+        "48 MiB written to /dev/shm, under a 128Mi limit: {row:?}"
+    );
     Ok(())
 }

@@ -7,6 +7,8 @@
 #   node IP  198.18.0.N/32 on tke-rnNn inside the namespace (198.18.0.0/15 is reserved for
 #            benchmarking, so it collides with no real network)
 #   pods     198.19.N.0/24 on the CNI bridge inside the namespace
+#   apiserver 198.18.255.254/32 on the namespace's loopback, the same in every node: where pods
+#            reach the apiserver (the `kubernetes` Service's endpoint; a forwarder listens there)
 #   root     tke-rnNh has NO address: a device route to the node IP and a route to the pods via it.
 #            The root namespace answers from the address it already uses; the namespace gets a
 #            route back to exactly that address and nothing else (no default route).
@@ -67,6 +69,7 @@ up() {
   ip link set $host addrgenmode none
   ip link set $host up
   ip -n $ns link set lo up
+  ip -n $ns addr add 198.18.255.254/32 dev lo
   ip -n $ns addr add $ip/32 dev $node
   ip -n $ns link set $node up
   ip route add $ip/32 dev $host

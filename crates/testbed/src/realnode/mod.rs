@@ -5,8 +5,18 @@
 //! kubelet refuses a loopback node IP, and no address may be added to the root namespace. The
 //! apiserver reaches the kubelet (logs, exec, stats) at the node IP over a veth pair whose root end
 //! has no address, only routes; the kubelet reaches the apiserver through a forwarder listening on
-//! the namespace's loopback ([`forward`]). kubelet and containerd enter only the network namespace
-//! (`nsenter --net`), so that their mounts are in one mount namespace and visible to both.
+//! the namespace's loopback ([`forward`]). kubelet, containerd and kube-proxy enter only the network
+//! namespace (`nsenter --net`), so that their mounts are in one mount namespace and visible to both.
+//!
+//! Pods reach the apiserver as in any cluster, with in-cluster configuration: the kubelet gives them
+//! `KUBERNETES_SERVICE_HOST`, the ClusterIP of the `kubernetes` Service, and kube-proxy (iptables
+//! mode, inside the node's namespace only) sends that to the Service's endpoint,
+//! [`IN_CLUSTER_APISERVER`]. That address exists only inside each node's namespace, on its loopback,
+//! where a second forwarder relays to the apiserver's loopback port; the test bed publishes it as
+//! the Service's EndpointSlice (the apiserver itself advertises loopback, which an endpoint may not
+//! be). Other ClusterIP Services work between pods of one node; a node's namespace has no route to
+//! another node's pods. The apiserver reaches pods (a component's kubelet API, say) at their pod IP
+//! through the root namespace's route into the node's namespace. There is no cluster DNS.
 //!
 //! Cleanup has the test bed's guarantee: `host.sh down` removes processes, mounts, cgroups, the
 //! namespace and veth, shim sockets and CNI state outside the run directory, and restores the host
@@ -23,8 +33,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Node;
-use kube::Api;
+use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
+use kube::{Api, api::PostParams};
 
 use crate::{
     ControlPlane, Error, Proc, Result,
@@ -38,6 +48,11 @@ pub const HOST_SCRIPT: &str = include_str!("host.sh");
 pub const DIR_PREFIX: &str = "rn-";
 
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// Where every real node's pods reach the apiserver (see the module documentation); in the
+/// benchmarking range like the node IPs, and never on an interface of the root namespace.
+pub const IN_CLUSTER_APISERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 254);
+/// kube-proxy's health port on the node IP.
+const KUBE_PROXY_HEALTH_PORT: u16 = 10256;
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why real nodes cannot run on this machine, or `None` when they can: root, cgroups, network
@@ -62,6 +77,9 @@ pub fn unavailable() -> Option<String> {
         "ctr",
         "containerd-shim-runc-v2",
         "runc",
+        "iptables",
+        "iptables-restore",
+        "iptables-save",
     ] {
         if which(program).is_none() {
             missing.push(program.to_owned());
@@ -127,12 +145,13 @@ pub struct RealNode {
     kubeconfig: PathBuf,
     kubelet: Option<Proc>,
     containerd: Option<Proc>,
-    forwarder: Option<forward::Forwarder>,
+    kube_proxy: Option<Proc>,
+    forwarders: Vec<forward::Forwarder>,
 }
 
 impl ControlPlane {
-    /// Starts a real node named `name` (containerd and a kubelet in a network namespace of its own)
-    /// and waits until it is Ready. The test images ([`images::PAUSE`], [`images::BUSYBOX`]) are
+    /// Starts a real node named `name` (containerd, a kubelet and kube-proxy in a network namespace
+    /// of its own) and waits until it is Ready and its Services work. The test images ([`images::PAUSE`], [`images::BUSYBOX`]) are
     /// imported; pods use them with `imagePullPolicy: Never`.
     pub async fn add_real_node(&self, name: &str) -> Result<RealNode> {
         if let Some(why) = unavailable() {
@@ -168,6 +187,7 @@ impl ControlPlane {
             "cni/ipam",
             "kubelet/root",
             "kubelet/pod-logs",
+            "kube-proxy",
             "images",
         ] {
             mkdir(&dir.join(sub))?;
@@ -186,7 +206,8 @@ impl ControlPlane {
             kubeconfig: self.kubeconfig().to_owned(),
             kubelet: None,
             containerd: None,
-            forwarder: None,
+            kube_proxy: None,
+            forwarders: Vec::new(),
         };
         let owner = std::process::id().to_string();
         let idx: u8 = host_script(&node.dir, &["up", &owner])?
@@ -204,7 +225,13 @@ impl ControlPlane {
             .trim_start_matches("https://")
             .parse()
             .map_err(|e| Error::RealNode(format!("apiserver address {}: {e}", self.apiserver_url())))?;
-        node.forwarder = Some(forward::Forwarder::start(&netns_file, apiserver, apiserver)?);
+        node.forwarders
+            .push(forward::Forwarder::start(&netns_file, apiserver, apiserver)?);
+        // The pods' way: the `kubernetes` Service's endpoint, on the same port.
+        let in_cluster = SocketAddr::from((IN_CLUSTER_APISERVER, apiserver.port()));
+        node.forwarders
+            .push(forward::Forwarder::start(&netns_file, in_cluster, apiserver)?);
+        self.publish_in_cluster_apiserver(in_cluster.port()).await?;
 
         let pki = self.pki();
         let client = pki.issue_client(
@@ -219,6 +246,14 @@ impl ControlPlane {
         )?;
         let kubeconfig = node.dir.join("kubelet/kubeconfig");
         self.write_client_kubeconfig(&kubeconfig, &client)?;
+        // The identity the default RBAC gives kube-proxy (ClusterRoleBinding system:node-proxier).
+        let proxy_client = pki.issue_client(&format!("node-{name}-proxy"), "system:kube-proxy", None)?;
+        let proxy_kubeconfig = node.dir.join("kube-proxy/kubeconfig");
+        self.write_client_kubeconfig(&proxy_kubeconfig, &proxy_client)?;
+        write_file(
+            &node.dir.join("kube-proxy/config.yaml"),
+            &kube_proxy_config(&node, &proxy_kubeconfig),
+        )?;
 
         let network = format!("tke-{name}");
         write_file(&node.dir.join("cni-network"), &network)?;
@@ -278,6 +313,20 @@ impl ControlPlane {
             &[],
         )?);
         node.wait_ready(&self.client().await?).await?;
+        // After the Node exists: kube-proxy takes the node's addresses from it.
+        node.kube_proxy = Some(self.spawn_process(
+            &format!("kube-proxy-{name}"),
+            &nsenter,
+            &in_netns(
+                &self.bin("kube-proxy"),
+                vec![
+                    format!("--config={}", node.dir.join("kube-proxy/config.yaml").display()),
+                    "--v=1".into(),
+                ],
+            ),
+            &[],
+        )?);
+        node.wait_kube_proxy().await?;
         node.started_in = begun.elapsed();
         eprintln!(
             "[testbed] real node {name} Ready in {:.1}s (node IP {}, pods {}/{}, netns {})",
@@ -328,9 +377,10 @@ impl RealNode {
         &self.dir
     }
 
-    /// Resident memory of the node's kubelet and containerd, in bytes (shims and pods excluded).
+    /// Resident memory of the node's kubelet, containerd and kube-proxy, in bytes (shims and pods
+    /// excluded).
     pub fn rss_bytes(&self) -> u64 {
-        [&self.kubelet, &self.containerd]
+        [&self.kubelet, &self.containerd, &self.kube_proxy]
             .into_iter()
             .flatten()
             .map(|p| rss_of(p.pid()))
@@ -380,8 +430,35 @@ impl RealNode {
         }
     }
 
+    /// Until kube-proxy says it has written the Services' rules once (its health check).
+    async fn wait_kube_proxy(&mut self) -> Result<()> {
+        let url = format!("http://{}:{KUBE_PROXY_HEALTH_PORT}/healthz", self.ip);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+            .map_err(|e| Error::RealNode(format!("http client: {e}")))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(
+                    Duration::from_secs(60),
+                    format!("kube-proxy of {} healthy at {url}", self.name),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn check_alive(&mut self) -> Result<()> {
-        for proc in [&mut self.containerd, &mut self.kubelet].into_iter().flatten() {
+        for proc in [&mut self.containerd, &mut self.kubelet, &mut self.kube_proxy]
+            .into_iter()
+            .flatten()
+        {
             if proc.exited().is_some() {
                 return Err(Error::Exited(
                     proc.name.clone(),
@@ -396,10 +473,14 @@ impl RealNode {
 
 impl Drop for RealNode {
     fn drop(&mut self) {
-        self.forwarder.take();
-        for mut proc in [self.kubelet.take(), self.containerd.take()]
-            .into_iter()
-            .flatten()
+        self.forwarders.clear();
+        for mut proc in [
+            self.kube_proxy.take(),
+            self.kubelet.take(),
+            self.containerd.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             proc.kill();
         }
@@ -420,6 +501,32 @@ impl Drop for RealNode {
             .output();
         if !self.dir.parent().is_some_and(|run| run.join("keep").exists()) {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Makes [`IN_CLUSTER_APISERVER`]:`port` the endpoint of the `kubernetes` Service (once per
+    /// control plane; the apiserver writes none, its endpoint reconciler is off).
+    async fn publish_in_cluster_apiserver(&self, port: u16) -> Result<()> {
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client().await?, "default");
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "kubernetes-testbed",
+                "labels": {
+                    "kubernetes.io/service-name": "kubernetes",
+                    "endpointslice.kubernetes.io/managed-by": "tke-testbed.local",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [IN_CLUSTER_APISERVER.to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }))
+        .map_err(|e| Error::RealNode(format!("the kubernetes EndpointSlice: {e}")))?;
+        match slices.create(&PostParams::default(), &slice).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -549,6 +656,41 @@ disabled_plugins = [
     conf_dir = "{d}/cni/net.d"
 "#,
         pause = images::PAUSE,
+    )
+}
+
+/// iptables mode in the node's namespace only. Every Service connection is masqueraded, so a pod
+/// reaching a Service whose endpoint is on its own bridge gets the answer back through the node's
+/// stack (no `br_netfilter` needed). Host-wide settings stay as they are: no conntrack table size
+/// or timeouts, no OOM score (root may lack CAP_SYS_RESOURCE), no localhost NodePorts.
+fn kube_proxy_config(node: &RealNode, kubeconfig: &Path) -> String {
+    format!(
+        r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: {kubeconfig}
+hostnameOverride: {name}
+bindAddress: {ip}
+healthzBindAddress: {ip}:{KUBE_PROXY_HEALTH_PORT}
+metricsBindAddress: 127.0.0.1:10249
+mode: iptables
+clusterCIDR: 198.19.0.0/16
+nodePortAddresses: ["{ip}/32"]
+oomScoreAdj: 0
+iptables:
+  masqueradeAll: true
+  localhostNodePorts: false
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+  udpTimeout: 0s
+  udpStreamTimeout: 0s
+"#,
+        kubeconfig = kubeconfig.display(),
+        name = node.name,
+        ip = node.ip,
     )
 }
 
