@@ -1257,3 +1257,77 @@ async fn the_tke_distribution_gets_no_tke_scheduler() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rebalancer_moves_a_cloud_pod_home_on_the_charts_own_service_account() -> anyhow::Result<()> {
+    use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Node};
+    use kube::api::{ListParams, PostParams};
+
+    let installed = Installed::install(0).await?;
+    let chart = chart_dir().display().to_string();
+    let [metrics_port] = tke_testbed::free_ports::<1>()?;
+    let set = format!(
+        "rebalance.enabled=true,rebalance.replicaCount=0,rebalance.holdDown=1s,rebalance.interval=1s,\
+         rebalance.metricsPort={metrics_port}"
+    );
+    installed
+        .helm(&[
+            "upgrade",
+            RELEASE,
+            &chart,
+            "--namespace",
+            NAMESPACE,
+            "--reuse-values",
+            "--set",
+            &set,
+        ])
+        .await?;
+
+    // A node that looks virtual (kwok runs its pods) and a workload of two Ready pods on it.
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "eklet-subnet-rebalance",
+            "labels": tke_policy::virtual_node::node_labels("ap-guangzhou-3"),
+            "annotations": {tke_testbed::nodes::KWOK_ANNOTATION: "fake"}},
+        "spec": {"taints": [{"key": tke_policy::virtual_node::TAINT_KEY, "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "100"},
+                   "capacity": {"cpu": "64", "memory": "256Gi", "pods": "100"}}
+    }))?;
+    kube::Api::<Node>::all(installed.client.clone())
+        .create(&PostParams::default(), &node)
+        .await?;
+    let namespace = installed.cp.namespace("rebalanced").await?;
+    let replica_set: ReplicaSet = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"nodeName": "eklet-subnet-rebalance", "terminationGracePeriodSeconds": 0,
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [{"name": "web", "image": "nginx",
+                        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}}}
+    }))?;
+    kube::Api::<ReplicaSet>::namespaced(installed.client.clone(), &namespace)
+        .create(&PostParams::default(), &replica_set)
+        .await?;
+
+    let account = format!("tke-rebalance-{RELEASE}");
+    let mut rebalancer = installed
+        .ours("tke-rebalance", &account, "tke-rebalance", &account)
+        .await?;
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(installed.client.clone(), &namespace);
+    // The replacement lands on the "virtual" node again (its template names it), so a move is
+    // followed by a cool-down: eviction, both events and the Lease all on the chart's account.
+    for reason in ["MovedToLocal", "RebalanceCoolDown"] {
+        let events = events.clone();
+        rebalancer
+            .until(&format!("a {reason} event"), move || {
+                let events = events.clone();
+                async move {
+                    let params = ListParams::default().fields(&format!("reason={reason}"));
+                    events.list(&params).await.is_ok_and(|l| !l.items.is_empty())
+                }
+            })
+            .await?;
+    }
+    Ok(())
+}
