@@ -186,33 +186,16 @@ impl State {
     /// Reads back when each workload last had a pod moved, from this controller's
     /// `MovedToLocal` events of the last cool-down period.
     async fn restore(&mut self) {
-        let events: Api<CoreEvent> = Api::all(self.client.clone());
-        let params = ListParams::default().fields(&format!("reason={MOVED_TO_LOCAL}"));
-        let listed = match events.list(&params).await {
-            Ok(listed) => listed,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read past moves back; assuming none");
-                return;
-            }
-        };
         let since = Timestamp::now() - self.settings.plan.cool_down;
-        for event in listed.items {
-            let (Some(owner), Some(at)) = (event.related.as_ref().and_then(|r| r.uid.clone()), when(&event))
-            else {
-                continue;
-            };
-            if at < since {
-                continue;
+        match past_moves(&self.client, None, since, self.settings.plan.hold_down).await {
+            Ok(moves) => {
+                for (owner, at) in moves {
+                    self.history.entry(owner).or_default().last_move = Some(at);
+                }
+                tracing::info!(workloads = self.history.len(), "past moves read back");
             }
-            // The event was published after the eviction answered, and the replacement may be
-            // older than the event: date the move back a little, never past the hold-down (a
-            // pod of the workload that went to the cloud that recently would have held the move).
-            let slack = self.settings.plan.hold_down.min(PUBLISH_SLACK);
-            let at = at - slack;
-            let history = self.history.entry(owner).or_default();
-            history.last_move = Some(history.last_move.map_or(at, |m| m.max(at)));
+            Err(error) => tracing::warn!(%error, "cannot read past moves back; assuming none"),
         }
-        tracing::info!(workloads = self.history.len(), "past moves read back");
     }
 
     async fn round(&mut self, nodes: &[Arc<Node>], pods: &[Arc<Pod>]) {
@@ -408,6 +391,39 @@ impl State {
             }
         }
     }
+}
+
+/// When each workload (by controlling-owner UID) last had a pod moved since `since`, from the
+/// `MovedToLocal` events in `namespace` (or all). The event was published after the eviction
+/// answered, and the replacement may be older than the event, so a move is dated back a little —
+/// never past `hold_down`: a pod of the workload that went to the cloud that recently would have
+/// held the move anyway.
+pub async fn past_moves(
+    client: &Client,
+    namespace: Option<&str>,
+    since: Timestamp,
+    hold_down: SignedDuration,
+) -> kube::Result<HashMap<String, Timestamp>> {
+    let events: Api<CoreEvent> = match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let params = ListParams::default().fields(&format!("reason={MOVED_TO_LOCAL}"));
+    let slack = hold_down.min(PUBLISH_SLACK);
+    let mut moves: HashMap<String, Timestamp> = HashMap::new();
+    for event in events.list(&params).await?.items {
+        let (Some(owner), Some(at)) = (event.related.as_ref().and_then(|r| r.uid.clone()), when(&event))
+        else {
+            continue;
+        };
+        if at < since {
+            continue;
+        }
+        let at = at - slack;
+        let last = moves.entry(owner).or_insert(at);
+        *last = (*last).max(at);
+    }
+    Ok(moves)
 }
 
 /// The time an event last happened.

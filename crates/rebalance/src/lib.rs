@@ -44,19 +44,9 @@ pub struct Args {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Share of each local node's allocatable CPU and memory kept free when judging whether a
-    /// pod fits, 0 to 0.9.
-    #[arg(long, value_name = "SHARE", default_value_t = 0.1)]
-    pub margin: f64,
-
-    /// How long the IDC must have been quiet (no pod scheduled onto a virtual node, no pod left
-    /// unschedulable) before anything moves.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = tke_runtime::duration::flag)]
-    pub hold_down: Duration,
-
-    /// How long a workload whose replacement landed in the cloud again is left alone.
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = tke_runtime::duration::flag)]
-    pub cool_down: Duration,
+    /// The decision's knobs, shared with `tke-resilience explain`.
+    #[command(flatten)]
+    pub plan: PlanArgs,
 
     /// At most this many pods are moved per minute, over all workloads.
     #[arg(long, value_name = "N", default_value_t = 5)]
@@ -110,9 +100,28 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Args {
+/// The flags of the decision itself, which `tke-resilience explain pod` takes too so that it
+/// answers as the controller would.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    /// Share of each local node's allocatable CPU and memory kept free when judging whether a
+    /// pod fits, 0 to 0.9.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.1)]
+    pub margin: f64,
+
+    /// How long the IDC must have been quiet (no pod scheduled onto a virtual node, no pod left
+    /// unschedulable) before anything moves.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = tke_runtime::duration::flag)]
+    pub hold_down: Duration,
+
+    /// How long a workload whose replacement landed in the cloud again is left alone.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = tke_runtime::duration::flag)]
+    pub cool_down: Duration,
+}
+
+impl PlanArgs {
     /// The decision's knobs, checked.
-    pub fn plan(&self) -> Result<plan::Settings> {
+    pub fn settings(&self) -> Result<plan::Settings> {
         if !(0.0..=0.9).contains(&self.margin) {
             return Err(Error::InvalidFlag(format!(
                 "--margin must be between 0 and 0.9 (a share of each node kept free), not {}",
@@ -126,7 +135,9 @@ impl Args {
             cool_down: signed(self.cool_down),
         })
     }
+}
 
+impl Args {
     pub fn election(&self) -> Result<Election> {
         if self.leader_election_lease_seconds < 2 {
             return Err(Error::InvalidFlag(format!(
@@ -149,7 +160,7 @@ impl Args {
 
 /// Runs until SIGTERM or Ctrl-C (then `Ok`), or until it cannot go on.
 pub async fn run(args: Args) -> Result<()> {
-    let plan = args.plan()?;
+    let plan = args.plan.settings()?;
     let election = args.election()?;
     if args.interval.is_zero() {
         return Err(Error::InvalidFlag("--interval must be above 0".into()));

@@ -36,6 +36,10 @@ struct PodArgs {
     /// The same policy flags the components take, so explain answers as they do.
     #[command(flatten)]
     policy: PolicyArgs,
+    /// For a pod on a virtual node: the rebalancer's flags, so explain says whether
+    /// `tke-resilience rebalance` would bring it home now.
+    #[command(flatten)]
+    rebalance: tke_rebalance::PlanArgs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -70,16 +74,177 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let What::Pod(args) = args.what;
     let client = client(args.kubeconfig.as_deref()).await?;
     let explanation = explain_pod(&client, &args.namespace, &args.name, &args.policy).await?;
+    let settings = args
+        .rebalance
+        .settings()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let rebalance = explain_rebalance(&client, &args.namespace, &args.name, &settings).await?;
     match args.output {
-        Output::Text => print!("{explanation}"),
+        Output::Text => {
+            print!("{explanation}");
+            if let Some(rebalance) = &rebalance {
+                println!("\nBring home (tke-resilience rebalance): {}", rebalance.message);
+            }
+        }
         Output::Json => {
+            #[derive(serde::Serialize)]
+            struct Report<'a> {
+                #[serde(flatten)]
+                explanation: &'a tke_policy::Explanation,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                rebalance: Option<&'a Rebalance>,
+            }
+            let report = Report {
+                explanation: &explanation,
+                rebalance: rebalance.as_ref(),
+            };
             // Serializing our own report cannot fail; a failure would be a bug worth a clear line.
-            let json = serde_json::to_string_pretty(&explanation)
+            let json = serde_json::to_string_pretty(&report)
                 .map_err(|e| Error::Config(format!("encoding the report: {e}")))?;
             println!("{json}");
         }
     }
     Ok(())
+}
+
+/// For a pod on a virtual node, what the rebalancer would do with it now.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rebalance {
+    /// Whether it would be evicted to come home in the next round.
+    pub moves_now: bool,
+    /// The local node that fits it, when it moves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The first reason it stays (a stable code), when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub message: String,
+}
+
+/// Judges the pod's workload as `tke-resilience rebalance` would now; `None` for a pod that is not
+/// on a virtual node. Reads every node and pod (the rooms of the local nodes, the IDC's pressure)
+/// and the workload's past moves.
+pub async fn explain_rebalance(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    settings: &tke_rebalance::plan::Settings,
+) -> Result<Option<Rebalance>, Error> {
+    use tke_rebalance::{
+        fit::NodeRoom,
+        plan::{self, History, Verdict, Workload},
+    };
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| api_error("list", "nodes".into(), e))?;
+    let virtual_nodes: std::collections::HashSet<String> = nodes
+        .items
+        .iter()
+        .filter(|node| is_virtual_node(node))
+        .filter_map(|node| node.metadata.name.clone())
+        .collect();
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| api_error("list", "pods in all namespaces".into(), e))?;
+    let Some(pod) = pods.items.iter().find(|p| {
+        p.metadata.namespace.as_deref() == Some(namespace) && p.metadata.name.as_deref() == Some(name)
+    }) else {
+        return Err(Error::PodNotFound(namespace.into(), name.into()));
+    };
+    let on_virtual = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| virtual_nodes.contains(n));
+    if !on_virtual {
+        return Ok(None);
+    }
+    let Some(owner) = controlling_owner(pod) else {
+        return Ok(Some(Rebalance {
+            moves_now: false,
+            node: None,
+            reason: Some("NotMovable".into()),
+            message: "stays: a pod of no controller is never moved".into(),
+        }));
+    };
+    let is_virtual = |node: &str| virtual_nodes.contains(node);
+    let mut rooms: HashMap<String, NodeRoom> = nodes
+        .items
+        .iter()
+        .filter(|n| !is_virtual_node(n))
+        .filter_map(NodeRoom::of)
+        .map(|room| (room.name.clone(), room))
+        .collect();
+    for other in &pods.items {
+        let finished = matches!(
+            other.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        if let Some(room) = other
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .and_then(|n| rooms.get_mut(n))
+            && !finished
+        {
+            room.bind(other);
+        }
+    }
+    let rooms: Vec<NodeRoom> = rooms.into_values().collect();
+    let workload = Workload {
+        owner: owner.clone(),
+        pods: pods
+            .items
+            .iter()
+            .filter(|p| controlling_owner(p).is_some_and(|o| o.uid == owner.uid))
+            .collect(),
+    };
+    let now = jiff::Timestamp::now();
+    let moves = tke_rebalance::controller::past_moves(
+        client,
+        Some(namespace),
+        now - settings.cool_down,
+        settings.hold_down,
+    )
+    .await
+    .map_err(|e| api_error("list", format!("events in namespace {namespace}"), e))?;
+    let history = History {
+        last_move: moves.get(&owner.uid).copied(),
+    };
+    let pressure = plan::pressure(pods.items.iter(), is_virtual, now);
+    let verdict = plan::judge(&workload, &history, pressure, &rooms, is_virtual, now, settings);
+    Ok(Some(match verdict {
+        Verdict::Move { pod: chosen, node } if chosen.metadata.uid == pod.metadata.uid => Rebalance {
+            moves_now: true,
+            message: format!("would move now: local node {node} fits it"),
+            node: Some(node),
+            reason: None,
+        },
+        Verdict::Move { pod: chosen, node } => Rebalance {
+            moves_now: false,
+            message: format!(
+                "stays this round: {owner} moves {} first (local node {node} fits it); one pod per workload at a time",
+                chosen.metadata.name.as_deref().unwrap_or_default()
+            ),
+            node: None,
+            reason: Some("AnotherPodFirst".into()),
+        },
+        Verdict::Skip(skip) => Rebalance {
+            moves_now: false,
+            node: None,
+            reason: Some(skip.reason().into()),
+            message: format!("stays: {}: {skip}", skip.reason()),
+        },
+        Verdict::NoCloudPods => Rebalance {
+            moves_now: false,
+            node: None,
+            reason: Some("NotRunning".into()),
+            message: "stays: it is not Running and Ready on the virtual node".into(),
+        },
+    }))
 }
 
 async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Error> {

@@ -209,6 +209,30 @@ impl Bed {
             .collect())
     }
 
+    /// `tke-resilience explain pod` of the first cloud pod of `app`, with the rebalancer's flags.
+    async fn explain_cloud_pod(&self, app: &str, flags: &[&str]) -> anyhow::Result<String> {
+        let pods = Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await?;
+        let pod = pods
+            .items
+            .iter()
+            .find(|p| node_of(p) == Some(self.virtual_node.name.as_str()))
+            .ok_or_else(|| anyhow::anyhow!("no cloud pod of {app}"))?;
+        let output = tokio::process::Command::new(support::binary())
+            .args(["explain", "pod", &pod.name_any(), "-n", &self.namespace])
+            .arg(format!("--kubeconfig={}", self.cp.kubeconfig().display()))
+            .args(flags)
+            .output()
+            .await?;
+        anyhow::ensure!(
+            output.status.success(),
+            "explain failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// `MovedToLocal` events in the namespace.
     async fn moves(&self) -> anyhow::Result<usize> {
         let events: Api<k8s_openapi::api::core::v1::Event> =
@@ -302,6 +326,12 @@ async fn after_the_spike_six_cloud_pods_come_home_one_at_a_time_also_across_a_re
 {
     let bed = Bed::start().await?;
     bed.burst("web", 6, &[]).await?;
+    let explained = bed.explain_cloud_pod("web", &["--hold-down=0"]).await?;
+    assert!(
+        explained.contains("Bring home (tke-resilience rebalance): stays: NoLocalNodeFits")
+            && explained.contains("closest is idc-"),
+        "{explained}"
+    );
     let sampler = ReadySampler::start(&bed.client, &bed.namespace, "web");
     let mut rebalancer = bed.rebalancer(&[]).await?;
     bed.delete_filler().await?;
@@ -420,6 +450,11 @@ async fn pods_above_local_replicas_stay_and_a_missing_local_one_comes_home() -> 
         bed.moves().await?,
         0,
         "the 4 cloud pods are in the cloud by choice"
+    );
+    let explained = bed.explain_cloud_pod("web", &["--hold-down=0"]).await?;
+    assert!(
+        explained.contains("stays: LocalReplicas: 2 local pods reach LOCAL_REPLICAS=2"),
+        "{explained}"
     );
 
     // Cordon the local nodes and lose a local pod: its replacement bursts (1 local, 5 cloud).
