@@ -1259,7 +1259,8 @@ async fn the_tke_distribution_gets_no_tke_scheduler() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rebalancer_moves_a_cloud_pod_home_on_the_charts_own_service_account() -> anyhow::Result<()> {
+async fn the_rebalancer_moves_a_cloud_pod_home_on_the_charts_own_service_account_and_then_cools_down()
+-> anyhow::Result<()> {
     use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Node};
     use kube::api::{ListParams, PostParams};
 
@@ -1329,5 +1330,20 @@ async fn the_rebalancer_moves_a_cloud_pod_home_on_the_charts_own_service_account
             })
             .await?;
     }
+    // Cooling down: five more rounds judge the workload, and none evicts again.
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port));
+    rebalancer
+        .until("five rounds in the cool-down", move || async move {
+            let text = support::eklet::http_get(metrics, "/metrics")
+                .await
+                .unwrap_or_default();
+            support::eklet::sample(&text, r#"tke_rebalance_skipped_total{reason="CoolDown"}"#)
+                .is_some_and(|n| n >= 5.0)
+        })
+        .await?;
+    let moved = events
+        .list(&ListParams::default().fields("reason=MovedToLocal"))
+        .await?;
+    assert_eq!(moved.items.len(), 1, "not evicted again during the cool-down");
     Ok(())
 }
