@@ -102,6 +102,13 @@ wait "$forward_pid" 2>/dev/null || true
 rm -f "$forward_log"
 
 echo
+echo "== Would tke-resilience rebalance bring a cloud pod home now? (explain's last line)"
+tke=${CARGO_TARGET_DIR:-$root/target}
+case $tke in /*) ;; *) tke="$root/$tke" ;; esac
+printf '\n$ tke-resilience explain pod %s --hold-down=0 | tail -n 1\n' "$cloud_pod"
+"$tke/debug/tke-resilience" explain pod "$cloud_pod" --hold-down=0 | tail -n 1
+
+echo
 echo "== Scale in: cloud replicas go first (eklet sets controller.kubernetes.io/pod-deletion-cost)"
 show kubectl scale deployment nginx-deployment --replicas=3
 wait_pods 3
