@@ -19,6 +19,7 @@ pub mod provider;
 pub mod registry;
 pub mod sandboxes;
 pub mod sources;
+pub mod usage;
 
 /// Resource quantities, shared with the other components.
 pub use tke_runtime::quantity;
@@ -230,7 +231,7 @@ async fn lead<P: Provider>(
         config: config.clone(),
         apiserver,
         nodes: views,
-        registry: registry::Registry::default(),
+        registry: registry::Registry::metered(metrics.usage.clone()),
         events,
         metrics,
         stores,

@@ -1,6 +1,7 @@
 //! What eklet reports to Prometheus, served with `/healthz` on the plain-HTTP port (10240) by
 //! `tke_runtime::metrics`. Cloud calls are counted at the provider boundary by [`Measured`], so every
-//! provider is measured the same way.
+//! provider is measured the same way. Cloud usage (`eklet_cloud_*_total`) is counted by the
+//! [`Meter`](crate::usage::Meter), advanced to the instant of each scrape.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,9 +11,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::provider::{
-    self, Capabilities, LogOptions, Provider, Sandbox, SandboxEvent, SandboxName, SandboxSpec, SandboxStats,
-    StatsTarget, VolumeSpec,
+use crate::{
+    provider::{
+        self, Capabilities, LogOptions, Provider, Sandbox, SandboxEvent, SandboxName, SandboxSpec,
+        SandboxStats, StatsTarget, VolumeSpec,
+    },
+    usage::Meter,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,6 +58,8 @@ pub struct Metrics {
     /// Sandboxes found for a pod that already had one; should stay 0.
     pub duplicates_found: Counter,
     pub leader: Gauge,
+    /// Cloud usage by namespace and workload; the registry feeds it.
+    pub usage: Arc<Meter>,
 }
 
 impl Default for Metrics {
@@ -130,6 +136,27 @@ impl Metrics {
             "1 while this eklet is the active leader",
             leader.clone(),
         );
+        let usage = Arc::new(Meter::default());
+        registry.register(
+            "cloud_cpu_core_seconds",
+            "Billed CPU cores × seconds of Running sandboxes, by namespace and workload",
+            usage.cpu_core_seconds.clone(),
+        );
+        registry.register(
+            "cloud_memory_byte_seconds",
+            "Billed memory bytes × seconds of Running sandboxes, by namespace and workload",
+            usage.memory_byte_seconds.clone(),
+        );
+        registry.register(
+            "cloud_gpu_seconds",
+            "Billed GPUs × seconds of Running sandboxes with GPUs, by namespace and workload",
+            usage.gpu_seconds.clone(),
+        );
+        registry.register(
+            "cloud_pod_seconds",
+            "Seconds sandboxes were Running, by namespace and workload",
+            usage.pod_seconds.clone(),
+        );
         Metrics {
             registry,
             pods,
@@ -143,11 +170,13 @@ impl Metrics {
             orphans_deleted,
             duplicates_found,
             leader,
+            usage,
         }
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.usage.flush();
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);
