@@ -4,7 +4,8 @@
 //! [`run`] wires it: configuration → kube client and provider → metrics port → leader election
 //! → (as leader) virtual nodes with their heartbeats, one pod controller per node, adoption of
 //! existing sandboxes, the provider's pushed changes or else the batched status loop, the IDC
-//! sources a provider keeps copies of ([`sources`]), and the orphan sweep.
+//! sources a provider keeps copies of ([`sources`]), and the orphan sweep. What the sandboxes
+//! cost is metered by the registry into [`usage`] and exported with the other [`metrics`].
 
 pub mod config;
 pub mod context;
@@ -19,6 +20,7 @@ pub mod provider;
 pub mod registry;
 pub mod sandboxes;
 pub mod sources;
+pub mod usage;
 
 /// Resource quantities, shared with the other components.
 pub use tke_runtime::quantity;
@@ -230,7 +232,7 @@ async fn lead<P: Provider>(
         config: config.clone(),
         apiserver,
         nodes: views,
-        registry: registry::Registry::default(),
+        registry: registry::Registry::metered(metrics.usage.clone()),
         events,
         metrics,
         stores,

@@ -1,6 +1,7 @@
 //! What eklet reports to Prometheus, served with `/healthz` on the plain-HTTP port (10240) by
 //! `tke_runtime::metrics`. Cloud calls are counted at the provider boundary by [`Measured`], so every
-//! provider is measured the same way.
+//! provider is measured the same way. Cloud usage (`eklet_cloud_*_total`) is counted by the
+//! [`Meter`](crate::usage::Meter), advanced to the instant of each scrape.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,9 +11,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::provider::{
-    self, Capabilities, LogOptions, Provider, Sandbox, SandboxEvent, SandboxName, SandboxSpec, SandboxStats,
-    StatsTarget, VolumeSpec,
+use crate::{
+    provider::{
+        self, Capabilities, LogOptions, Provider, Sandbox, SandboxEvent, SandboxName, SandboxSpec,
+        SandboxStats, StatsTarget, VolumeSpec,
+    },
+    usage::Meter,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,6 +58,8 @@ pub struct Metrics {
     /// Sandboxes found for a pod that already had one; should stay 0.
     pub duplicates_found: Counter,
     pub leader: Gauge,
+    /// Cloud usage by namespace and workload; the registry feeds it.
+    pub usage: Arc<Meter>,
 }
 
 impl Default for Metrics {
@@ -130,6 +136,27 @@ impl Metrics {
             "1 while this eklet is the active leader",
             leader.clone(),
         );
+        let usage = Arc::new(Meter::default());
+        registry.register(
+            "cloud_cpu_core_seconds",
+            "Billed CPU cores × seconds of Running sandboxes, by namespace and workload",
+            usage.cpu_core_seconds.clone(),
+        );
+        registry.register(
+            "cloud_memory_byte_seconds",
+            "Billed memory bytes × seconds of Running sandboxes, by namespace and workload",
+            usage.memory_byte_seconds.clone(),
+        );
+        registry.register(
+            "cloud_gpu_seconds",
+            "Billed GPUs × seconds of Running sandboxes with GPUs, by namespace and workload",
+            usage.gpu_seconds.clone(),
+        );
+        registry.register(
+            "cloud_pod_seconds",
+            "Seconds sandboxes were Running, by namespace and workload",
+            usage.pod_seconds.clone(),
+        );
         Metrics {
             registry,
             pods,
@@ -143,11 +170,13 @@ impl Metrics {
             orphans_deleted,
             duplicates_found,
             leader,
+            usage,
         }
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.usage.flush();
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);
@@ -297,7 +326,127 @@ impl<P: Provider> Provider for Measured<P> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::usage::UsageLabels;
+
+    /// The chart README's table of eklet's metrics: name → (type, labels).
+    fn documented() -> BTreeMap<String, (String, Vec<String>)> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../charts/tke-resilience/README.md"
+        );
+        let readme = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let table = readme
+            .split_once("<!-- eklet-metrics: begin -->")
+            .and_then(|(_, rest)| rest.split_once("<!-- eklet-metrics: end -->"))
+            .map(|(table, _)| table)
+            .unwrap_or_else(|| panic!("{path} has no eklet-metrics table"));
+        let cell = |text: &str| text.trim().trim_matches('`').to_owned();
+        table
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.trim().strip_prefix('|')?.split('|').collect();
+                let name = cell(cells.first()?);
+                if !name.starts_with("eklet_") {
+                    return None;
+                }
+                let labels = cells
+                    .get(2)?
+                    .split(',')
+                    .map(cell)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                Some((name, (cell(cells.get(1)?), labels)))
+            })
+            .collect()
+    }
+
+    /// What eklet's registry exports, every labelled family with one sample so its labels show:
+    /// name as queried (counters with `_total`) → (type, labels).
+    fn registered() -> BTreeMap<String, (String, Vec<String>)> {
+        let metrics = Metrics::new();
+        metrics
+            .pods
+            .get_or_create(&PhaseLabels {
+                phase: "Running".into(),
+            })
+            .set(1);
+        metrics
+            .cloud_calls
+            .get_or_create(&ActionLabels {
+                action: "create".into(),
+            })
+            .inc();
+        metrics
+            .cloud_errors
+            .get_or_create(&ErrorLabels {
+                action: "create".into(),
+                code: "InternalError".into(),
+            })
+            .inc();
+        metrics.refused("SubnetCordoned");
+        let usage = UsageLabels::default();
+        for family in [
+            &metrics.usage.cpu_core_seconds,
+            &metrics.usage.memory_byte_seconds,
+            &metrics.usage.gpu_seconds,
+            &metrics.usage.pod_seconds,
+        ] {
+            family.get_or_create(&usage).inc_by(1.0);
+        }
+        let text = metrics.render();
+        text.lines()
+            .filter_map(|line| {
+                let mut words = line.strip_prefix("# TYPE ")?.split(' ');
+                let (family, kind) = (words.next()?, words.next()?);
+                let name = match kind {
+                    "counter" => format!("{family}_total"),
+                    _ => family.to_owned(),
+                };
+                // Histograms' own label (`le`) is not the family's.
+                let labels = match kind {
+                    "histogram" => Vec::new(),
+                    _ => text
+                        .lines()
+                        .find_map(|l| l.strip_prefix(&name)?.strip_prefix('{'))
+                        .map(|labels| {
+                            labels
+                                .split(',')
+                                .filter_map(|pair| pair.split_once('=').map(|(k, _)| k.to_owned()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                };
+                Some((name, (kind.to_owned(), labels)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_chart_readme_lists_every_metric_eklet_exports_with_its_type_and_labels() {
+        let (documented, registered) = (documented(), registered());
+        let undocumented: Vec<_> = registered
+            .keys()
+            .filter(|name| !documented.contains_key(*name))
+            .collect();
+        let gone: Vec<_> = documented
+            .keys()
+            .filter(|name| !registered.contains_key(*name))
+            .collect();
+        assert!(
+            undocumented.is_empty() && gone.is_empty(),
+            "exported but not in the README: {undocumented:?}; in the README but not exported: {gone:?}"
+        );
+        for (name, exported) in &registered {
+            assert_eq!(
+                documented.get(name),
+                Some(exported),
+                "{name}: the README's (type, labels) against the exported ones"
+            );
+        }
+    }
 
     #[test]
     fn the_exposition_names_every_family_with_the_eklet_prefix() {

@@ -1,10 +1,14 @@
 //! Which sandbox runs which pod: the [`Registry`] maps pod UIDs to their sandbox and last
 //! observation. Creates and adoption fill it, the status loop ([`crate::sandboxes`]) refreshes
 //! it, and deletions empty it. Never locked across an await.
+//!
+//! It also tells the usage [`Meter`] of every change of what it tracks (a sandbox observed
+//! Running, finished, gone, or no longer tracked), under its lock: registry → meter, never the
+//! other way.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -13,7 +17,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::ObjectRef;
 use tokio::time::Instant;
 
-use crate::provider::{Sandbox, SandboxChange, SandboxName, SandboxPhase};
+use crate::{
+    provider::{Sandbox, SandboxChange, SandboxName, SandboxPhase},
+    usage::{Meter, UsageLabels},
+};
 
 /// Consecutive describes that must miss a sandbox before it counts as gone; one miss can be the
 /// cloud's eventual consistency right after a create.
@@ -28,6 +35,8 @@ pub struct Record {
     pub name: SandboxName,
     pub node: String,
     pub pod: ObjectRef<Pod>,
+    /// Where the sandbox's usage counts.
+    pub usage: UsageLabels,
     pub observed: Sandbox,
     /// When the sandbox was created (or, adopted, when it was created as far as known), for
     /// the running timeout and the latency histogram.
@@ -45,12 +54,13 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(sandbox: Sandbox, name: SandboxName, node: String, pod: ObjectRef<Pod>) -> Record {
+    pub fn new(sandbox: Sandbox, name: SandboxName, node: String, pod: &Pod) -> Record {
         Record {
             sandbox_id: sandbox.id.clone(),
             name,
             node,
-            pod,
+            pod: ObjectRef::from_obj(pod),
+            usage: UsageLabels::of(pod),
             seen_running: false,
             observed: sandbox,
             created: Instant::now(),
@@ -69,7 +79,7 @@ impl Record {
         sandbox: Sandbox,
         name: SandboxName,
         node: String,
-        pod: ObjectRef<Pod>,
+        pod: &Pod,
         started: Option<Timestamp>,
     ) -> Record {
         let created_at = sandbox.created_at.or(started).unwrap_or_else(Timestamp::now);
@@ -84,6 +94,19 @@ impl Record {
             adopted: true,
             ..Record::new(sandbox, name, node, pod)
         }
+    }
+
+    /// What the sandbox is billed at now, if it is billed: Running and still there. A provider
+    /// that reports no size is metered in pod-seconds only.
+    fn billing(&self) -> Option<(&UsageLabels, &crate::provider::BilledSize)> {
+        const UNSIZED: &crate::provider::BilledSize = &crate::provider::BilledSize {
+            cpu_millis: 0,
+            memory_mib: 0,
+            gpu: 0,
+            gpu_type: None,
+        };
+        (!self.gone && self.observed.phase == SandboxPhase::Running)
+            .then(|| (&self.usage, self.observed.billed.as_ref().unwrap_or(UNSIZED)))
     }
 }
 
@@ -106,11 +129,36 @@ struct Inner {
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    meter: Arc<Meter>,
+}
+
+/// What this registry tracks is no longer metered by it: a leadership term ended.
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let inner = self.lock();
+        for record in inner.records.values() {
+            self.meter.set(&record.sandbox_id, None);
+        }
+    }
 }
 
 impl Registry {
+    /// A registry that meters what it tracks into `meter` (the one [`crate::metrics::Metrics`]
+    /// exports).
+    pub fn metered(meter: Arc<Meter>) -> Registry {
+        Registry {
+            inner: Mutex::default(),
+            meter,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the meter how the record's sandbox is billed now.
+    fn meter(&self, record: &Record) {
+        self.meter.set(&record.sandbox_id, record.billing());
     }
 
     pub fn get(&self, uid: &str) -> Option<Record> {
@@ -123,7 +171,11 @@ impl Registry {
         inner.attempts.remove(uid);
         if let Some(old) = inner.records.get(uid).map(|r| r.sandbox_id.clone()) {
             inner.by_sandbox.remove(&old);
+            if old != record.sandbox_id {
+                self.meter.set(&old, None);
+            }
         }
+        self.meter(&record);
         inner.by_sandbox.insert(record.sandbox_id.clone(), uid.to_owned());
         inner.records.insert(uid.to_owned(), record);
     }
@@ -131,12 +183,14 @@ impl Registry {
     pub fn update(&self, uid: &str, change: impl FnOnce(&mut Record)) {
         if let Some(record) = self.lock().records.get_mut(uid) {
             change(record);
+            self.meter(record);
         }
     }
 
     pub fn remove(&self, uid: &str) -> Option<Record> {
         let mut inner = self.lock();
         let record = inner.records.remove(uid)?;
+        self.meter.set(&record.sandbox_id, None);
         inner.by_sandbox.remove(&record.sandbox_id);
         inner.attempts.remove(uid);
         inner.notices.retain(|(owner, _)| owner != uid);
@@ -267,6 +321,7 @@ impl Registry {
                     }
                 }
             }
+            self.meter(record);
         }
         (wake, latencies)
     }
@@ -295,6 +350,7 @@ impl Registry {
                     return (Vec::new(), Vec::new());
                 }
                 record.gone = true;
+                self.meter(record);
                 (vec![(record.node.clone(), record.pod.clone())], Vec::new())
             }
         }
@@ -309,6 +365,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::BilledSize;
 
     fn sandbox(id: &str, phase: SandboxPhase) -> Sandbox {
         Sandbox {
@@ -319,7 +376,22 @@ mod tests {
             created_at: None,
             containers: vec![],
             init_containers: vec![],
+            billed: Some(BilledSize {
+                cpu_millis: 1000,
+                memory_mib: 2048,
+                gpu: 0,
+                gpu_type: None,
+            }),
         }
+    }
+
+    fn pod(name: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns", "labels": {"pod-template-hash": "abc12"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc12",
+                    "uid": "rs", "controller": true}]},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn record(id: &str, phase: SandboxPhase) -> Record {
@@ -327,8 +399,117 @@ mod tests {
             sandbox(id, phase),
             SandboxName::for_pod("c", "u"),
             "eklet-subnet-a".into(),
-            ObjectRef::new(id).within("ns"),
+            &pod(id),
         )
+    }
+
+    fn web() -> UsageLabels {
+        UsageLabels {
+            namespace: "ns".into(),
+            workload_kind: "Deployment".into(),
+            workload: "web".into(),
+        }
+    }
+
+    /// Core-seconds counted so far for the `web` Deployment.
+    fn core_seconds(meter: &Meter) -> f64 {
+        meter.flush();
+        meter.cpu_core_seconds.get_or_create(&web()).get()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn usage_counts_from_the_first_running_observation_until_the_sandbox_is_gone() {
+        let meter = Arc::new(Meter::default());
+        let registry = Registry::metered(meter.clone());
+        registry.insert("u1", record("s1", SandboxPhase::Pending));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(core_seconds(&meter), 0.0, "pending costs nothing");
+        registry.observe(&["s1".into()], vec![sandbox("s1", SandboxPhase::Running)]);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(core_seconds(&meter), 30.0);
+        registry.observe(&["s1".into()], vec![]);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        registry.observe(&["s1".into()], vec![]);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            core_seconds(&meter),
+            35.0,
+            "counted until the describe that found it gone"
+        );
+        assert_eq!(
+            meter.memory_byte_seconds.get_or_create(&web()).get(),
+            70.0 * f64::from(1u32 << 30)
+        );
+        assert_eq!(meter.pod_seconds.get_or_create(&web()).get(), 35.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn usage_stops_when_the_sandbox_finishes_or_eklet_stops_tracking_it() {
+        let meter = Arc::new(Meter::default());
+        let registry = Registry::metered(meter.clone());
+        registry.insert("u1", record("s1", SandboxPhase::Running));
+        registry.insert("u2", record("s2", SandboxPhase::Running));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        registry.observe(&["s1".into()], vec![sandbox("s1", SandboxPhase::Succeeded)]);
+        registry.remove("u2");
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(core_seconds(&meter), 20.0);
+        registry.insert("u3", record("s3", SandboxPhase::Running));
+        tokio::time::advance(Duration::from_secs(7)).await;
+        registry.pushed(SandboxChange::Gone("s3".into()));
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(core_seconds(&meter), 27.0, "a pushed removal ends it at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_adopted_sandbox_counts_only_from_adoption_on() {
+        let meter = Arc::new(Meter::default());
+        let registry = Registry::metered(meter.clone());
+        let mut running = sandbox("s1", SandboxPhase::Running);
+        running.created_at = Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_secs(3600))
+            .ok();
+        let adopted = Record::adopted(
+            running,
+            SandboxName::for_pod("c", "u"),
+            "n".into(),
+            &pod("p"),
+            None,
+        );
+        registry.insert("u1", adopted);
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(core_seconds(&meter), 15.0, "not the hour it ran before");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_eklet_counts_from_zero_and_never_what_its_predecessor_counted() {
+        // The first process: one sandbox, 40 s, then it ends (its registry goes with it).
+        let first = Arc::new(Meter::default());
+        {
+            let registry = Registry::metered(first.clone());
+            registry.insert("u1", record("s1", SandboxPhase::Running));
+            tokio::time::advance(Duration::from_secs(40)).await;
+        }
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(core_seconds(&first), 40.0, "a dropped registry stops metering");
+        // The next process adopts the same sandbox: its counters start at 0, from adoption.
+        let second = Arc::new(Meter::default());
+        let registry = Registry::metered(second.clone());
+        assert_eq!(core_seconds(&second), 0.0);
+        let adopted = Record::adopted(
+            sandbox("s1", SandboxPhase::Running),
+            SandboxName::for_pod("c", "u"),
+            "n".into(),
+            &pod("p"),
+            None,
+        );
+        registry.insert("u1", adopted);
+        tokio::time::advance(Duration::from_secs(25)).await;
+        assert_eq!(core_seconds(&second), 25.0);
+        // A second adoption of what is already tracked (the periodic sweep) changes nothing.
+        registry.update("u1", |_| {});
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(core_seconds(&second), 30.0);
     }
 
     #[test]
@@ -422,13 +603,7 @@ mod tests {
         old.created_at = Timestamp::now()
             .checked_sub(jiff::SignedDuration::from_secs(3600))
             .ok();
-        let record = Record::adopted(
-            old,
-            SandboxName::for_pod("c", "u"),
-            "n".into(),
-            ObjectRef::new("p").within("ns"),
-            None,
-        );
+        let record = Record::adopted(old, SandboxName::for_pod("c", "u"), "n".into(), &pod("p"), None);
         assert!(record.created.elapsed() >= Duration::from_secs(3599));
         assert!(record.adopted);
     }

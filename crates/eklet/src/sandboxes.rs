@@ -138,10 +138,8 @@ pub async fn sweep<P: Provider>(ctx: &Context<P>) -> Result<SweepReport, SweepEr
                     let reference = ObjectRef::from_obj(pod.as_ref());
                     tracing::info!(pod = %reference, sandbox = %sandbox.id, "adopting sandbox");
                     tracked.push(sandbox.id.clone());
-                    ctx.registry.insert(
-                        &uid,
-                        Record::adopted(sandbox, name, node.clone(), reference.clone(), started),
-                    );
+                    ctx.registry
+                        .insert(&uid, Record::adopted(sandbox, name, node.clone(), pod, started));
                     ctx.metrics.sandboxes_adopted.inc();
                     report.adopted += 1;
                     ctx.wake(&node, reference);

@@ -650,6 +650,122 @@ async fn pods_reach_running_while_the_cloud_throttles_and_fails_calls() -> anyho
     Ok(())
 }
 
+/// eklet's usage counters bill each cloud pod its EKS size for the time it ran: three pods of
+/// 1 CPU / 2 GiB for a measured interval come to 3 × that interval in core-seconds, give or take
+/// what eklet's observations lag the test's (`--status-sync-interval`, 500 ms here), and each pod
+/// shows what it is billed at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_usage_counts_each_pods_billed_size_for_the_time_it_ran() -> anyhow::Result<()> {
+    use std::{collections::HashMap, time::Instant};
+
+    let cp = ControlPlane::shared().await?;
+    let client = cp.client().await?;
+    let ns = cp.namespace("eklet-usage").await?;
+    let cloud = start_cloudsim(|_| {}).await?;
+    let id = Identity::unique();
+    let eklet = Eklet::start(&cp, &cloud, &id, &[]).await?;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let mut spec = cloud_pod_spec(
+        &id,
+        json!([{"name": "app", "image": "nginx:1.27",
+            "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]),
+    );
+    spec["automountServiceAccountToken"] = json!(false);
+    deployment(&deployments, "batch", 3, spec).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let selector = watcher::Config::default().labels("app=batch");
+    // When the test first saw each pod Running: eklet saw its sandbox Running before that.
+    let mut running_since: HashMap<String, Instant> = HashMap::new();
+    let billed = "eklet.tke-resilience.io/billed-size";
+    let shown = wait::for_objects(
+        pods.clone(),
+        selector.clone(),
+        PATIENCE,
+        "3 cloud pods Running",
+        |p| {
+            for pod in p.iter().filter(|p| is_running(p)) {
+                running_since
+                    .entry(pod.uid().unwrap_or_default())
+                    .or_insert_with(Instant::now);
+            }
+            running(p) == 3 && p.iter().all(|p| p.annotations().contains_key(billed))
+        },
+    )
+    .await
+    .with_context(|| eklet.log_tail(30))?;
+    for pod in &shown {
+        assert_eq!(
+            pod.annotations().get(billed).map(String::as_str),
+            Some("cpu=1,memory=2Gi"),
+            "{} shows its billed size",
+            pod.name_any()
+        );
+    }
+
+    // The measured run: the pods are left running for this long.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let stopped = Instant::now();
+    scale(&deployments, "batch", 0).await?;
+    wait::for_objects(pods.clone(), selector, PATIENCE, "the pods gone", |p| {
+        p.is_empty()
+    })
+    .await?;
+    let gone = Instant::now();
+    wait::until(PATIENCE, "the cloud sandboxes deleted", || async {
+        cloud.stats().live_instances == 0
+    })
+    .await?;
+
+    let ran_at_least: f64 = running_since
+        .values()
+        .map(|since| stopped.duration_since(*since).as_secs_f64())
+        .sum();
+    let ran_at_most: f64 = running_since
+        .values()
+        .map(|since| gone.duration_since(*since).as_secs_f64())
+        .sum();
+    // eklet sees a sandbox Running up to one status sync (and a status write) before the test.
+    let lag = 3.0 * (0.5 + 1.0);
+    let metrics = eklet.metrics_text().await?;
+    let series =
+        |name: &str| format!("{name}{{namespace=\"{ns}\",workload_kind=\"Deployment\",workload=\"batch\"}}");
+    let core_seconds = sample(&metrics, &series("eklet_cloud_cpu_core_seconds_total"));
+    let pod_seconds = sample(&metrics, &series("eklet_cloud_pod_seconds_total"));
+    let byte_seconds = sample(&metrics, &series("eklet_cloud_memory_byte_seconds_total"));
+    let in_range = |value: Option<f64>, per_pod_second: f64| {
+        value.is_some_and(|v| {
+            v >= ran_at_least * per_pod_second - 1e-6 && v <= (ran_at_most + lag) * per_pod_second
+        })
+    };
+    assert!(
+        in_range(core_seconds, 1.0) && in_range(pod_seconds, 1.0),
+        "core-seconds {core_seconds:?} and pod-seconds {pod_seconds:?} within \
+         [{ran_at_least:.1}, {:.1}]:\n{metrics}",
+        ran_at_most + lag
+    );
+    assert!(
+        in_range(byte_seconds, 2.0 * f64::from(1u32 << 30)),
+        "2 GiB for each pod-second: {byte_seconds:?} for {pod_seconds:?} pod-seconds"
+    );
+    assert_eq!(
+        sample(&metrics, &series("eklet_cloud_gpu_seconds_total")),
+        None,
+        "no GPU, no GPU-seconds"
+    );
+    // Nothing runs any more: the counters stand still.
+    let later = eklet.metrics_text().await?;
+    assert_eq!(
+        sample(&later, &series("eklet_cloud_cpu_core_seconds_total")),
+        core_seconds
+    );
+
+    assert_node_ready(&client, &id.node()).await?;
+    deployments.delete("batch", &DeleteParams::default()).await?;
+    remove_node(&client, &id.node()).await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_a_deployment_down_removes_its_cloud_pods_first() -> anyhow::Result<()> {
     let cp = ControlPlane::shared().await?;

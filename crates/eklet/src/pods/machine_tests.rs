@@ -206,6 +206,7 @@ fn sandbox(phase: SandboxPhase) -> Sandbox {
             ready: None,
         }],
         init_containers: vec![],
+        billed: None,
     }
 }
 
@@ -215,7 +216,7 @@ fn record(phase: SandboxPhase) -> Record {
         sandbox(phase),
         SandboxName::for_pod("cls-1", UID),
         NODE.into(),
-        ObjectRef::new("web-1").within("shop"),
+        &pod(json!({})),
     )
 }
 
@@ -612,6 +613,68 @@ async fn a_sandbox_the_cloud_lost_fails_its_pod_and_is_not_replaced() {
         patch.contains("Failed") && patch.contains(events::SANDBOX_LOST),
         "{patch}"
     );
+}
+
+/// The bodies of metadata patches of the pod, in order.
+fn metadata_patches(apiserver: &Apiserver) -> Vec<String> {
+    apiserver
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "PATCH" && s.path.ends_with("/pods/web-1"))
+        .map(|s| s.body)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_cloud_pod_shows_its_billed_size_once_and_its_deletion_cost_once_running() {
+    let apiserver = Apiserver::default();
+    let ctx = context(Script::new(), &apiserver, &[]);
+    let mut pending = record(SandboxPhase::Pending);
+    pending.observed.billed = Some(provider::BilledSize {
+        cpu_millis: 1000,
+        memory_mib: 2048,
+        gpu: 0,
+        gpu_type: None,
+    });
+    ctx.registry.insert(UID, pending.clone());
+    reconcile(pod(json!({})), ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let patches = metadata_patches(&apiserver);
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert!(
+        patches[0].contains(r#""eklet.tke-resilience.io/billed-size":"cpu=1,memory=2Gi""#)
+            && !patches[0].contains(POD_DELETION_COST),
+        "the size at once, the cost only once it runs: {}",
+        patches[0]
+    );
+
+    // The pod shows the size now; once Running only the cost is owed.
+    let mut shown = Pod::clone(&pod(json!({})));
+    shown.metadata.annotations =
+        Some([(BilledSize::ANNOTATION.to_owned(), "cpu=1,memory=2Gi".to_owned())].into());
+    let mut running = pending;
+    running.observed.phase = SandboxPhase::Running;
+    ctx.registry.insert(UID, running);
+    reconcile(Arc::new(shown.clone()), ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let patches = metadata_patches(&apiserver);
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    assert!(
+        patches[1].contains(POD_DELETION_COST) && !patches[1].contains("billed-size"),
+        "{}",
+        patches[1]
+    );
+
+    // Both shown: nothing more is written.
+    if let Some(annotations) = shown.metadata.annotations.as_mut() {
+        annotations.insert(POD_DELETION_COST.to_owned(), "-1000".to_owned());
+    }
+    reconcile(Arc::new(shown), ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(metadata_patches(&apiserver).len(), 2);
 }
 
 #[tokio::test]

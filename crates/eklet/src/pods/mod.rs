@@ -2,8 +2,8 @@
 //! the pod's watch events and by sandbox changes the status loop reports — no per-pod polling.
 //!
 //! A reconcile: deleting pod → delete its sandbox, then the Pod (grace 0, UID precondition);
-//! sandbox known → mirror its state into the pod (and time out, fail on loss, mark the
-//! deletion cost); no sandbox → cordon, eligibility, provider capability and env checks, then
+//! sandbox known → mirror its state into the pod (and time out, fail on loss, show its billed
+//! size, mark the deletion cost); no sandbox → cordon, eligibility, provider capability and env checks, then
 //! create it. Every refusal keeps the pod Pending with its reason (never Failed: the DaemonSet
 //! and ReplicaSet controllers replace Failed pods, and the replacement would come right back).
 //! Cloud failures are classified once, in [`on_create_error`].
@@ -31,7 +31,7 @@ pub use crate::context::Context;
 use crate::{
     events,
     node::NodeView,
-    provider::{self, ErrorKind, Provider, SandboxName, SandboxPhase, SourceObjects},
+    provider::{self, BilledSize, ErrorKind, Provider, SandboxName, SandboxPhase, SourceObjects},
     registry::Record,
 };
 
@@ -165,12 +165,7 @@ async fn start<P: Provider>(pod: &Pod, uid: &str, ctx: &Context<P>) -> Result<Ac
     if ctx.registry.is_ambiguous(uid) {
         if let Some(sandbox) = ctx.provider.find(&built.spec.name).await? {
             tracing::info!(pod = %ObjectRef::from_obj(pod), sandbox = %sandbox.id, "found the sandbox of an unanswered create");
-            let record = Record::new(
-                sandbox,
-                built.spec.name.clone(),
-                node_name.clone(),
-                ObjectRef::from_obj(pod),
-            );
+            let record = Record::new(sandbox, built.spec.name.clone(), node_name.clone(), pod);
             ctx.track(uid, record.clone()).await;
             return mirror(pod, uid, record, ctx).await;
         }
@@ -192,7 +187,7 @@ async fn start<P: Provider>(pod: &Pod, uid: &str, ctx: &Context<P>) -> Result<Ac
                 ctx.metrics.sandboxes_deleted.inc();
                 return Ok(Action::await_change());
             }
-            let record = Record::new(sandbox, built.spec.name, node_name, ObjectRef::from_obj(pod));
+            let record = Record::new(sandbox, built.spec.name, node_name, pod);
             ctx.track(uid, record.clone()).await;
             ctx.events.pod(pod, false, events::SANDBOX_CREATED, note).await;
             mirror(pod, uid, record, ctx).await
@@ -367,11 +362,9 @@ async fn mirror<P: Provider>(pod: &Pod, uid: &str, record: Record, ctx: &Context
             )
             .await;
     }
-    if running {
-        mark_deletion_cost(pod, ctx).await?;
-        if let Some(next) = refresh_token(pod, uid, &record, ctx).await? {
-            return Ok(Action::requeue(next));
-        }
+    annotate(pod, &record, running, ctx).await?;
+    if running && let Some(next) = refresh_token(pod, uid, &record, ctx).await? {
+        return Ok(Action::requeue(next));
     }
     if running || record.observed.phase.is_terminal() {
         Ok(Action::await_change())
@@ -558,10 +551,29 @@ async fn write_status<P: Provider>(pod: &Pod, ctx: &Context<P>, desired: &PodSta
     }
 }
 
-/// Gives a running cloud pod the low deletion cost, unless someone set one. The patch is
-/// conditional on the resourceVersion eklet read, so a cost set meanwhile is never overwritten.
-async fn mark_deletion_cost<P: Provider>(pod: &Pod, ctx: &Context<P>) -> Result<()> {
-    if pod.annotations().contains_key(POD_DELETION_COST) {
+/// The annotations eklet owes a pod with a sandbox that it does not show yet: its billed size
+/// ([`BilledSize::ANNOTATION`]) as soon as the provider reports one, and, once it runs, the low
+/// deletion cost unless someone set one.
+fn owed_annotations(pod: &Pod, record: &Record, running: bool) -> BTreeMap<&'static str, String> {
+    let shown = pod.annotations();
+    let mut owed = BTreeMap::new();
+    if let Some(billed) = &record.observed.billed {
+        let value = billed.annotation();
+        if shown.get(BilledSize::ANNOTATION) != Some(&value) {
+            owed.insert(BilledSize::ANNOTATION, value);
+        }
+    }
+    if running && !shown.contains_key(POD_DELETION_COST) {
+        owed.insert(POD_DELETION_COST, CLOUD_POD_DELETION_COST.to_owned());
+    }
+    owed
+}
+
+/// Writes the [`owed_annotations`] in one patch, conditional on the resourceVersion eklet read,
+/// so a cost set meanwhile is never overwritten; the pod's next reconcile looks again.
+async fn annotate<P: Provider>(pod: &Pod, record: &Record, running: bool, ctx: &Context<P>) -> Result<()> {
+    let owed = owed_annotations(pod, record, running);
+    if owed.is_empty() {
         return Ok(());
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
@@ -569,7 +581,7 @@ async fn mark_deletion_cost<P: Provider>(pod: &Pod, ctx: &Context<P>) -> Result<
         "metadata": {
             "uid": pod.uid(),
             "resourceVersion": pod.resource_version(),
-            "annotations": { POD_DELETION_COST: CLOUD_POD_DELETION_COST },
+            "annotations": owed,
         }
     });
     match pods

@@ -527,6 +527,7 @@ mod tests {
                 })
                 .collect(),
             init_containers: vec![],
+            billed: None,
         }
     }
 

@@ -505,6 +505,61 @@ pub struct Sandbox {
     pub created_at: Option<Timestamp>,
     pub containers: Vec<ContainerStatus>,
     pub init_containers: Vec<ContainerStatus>,
+    /// The size the cloud bills the sandbox at, as the provider knows it; `None` when it does not.
+    pub billed: Option<BilledSize>,
+}
+
+/// What a sandbox is billed at: the tencent provider's standard EKS specification (CPU and memory
+/// rounded up to one the API sells, or the `cpu`/`mem` annotations), the kubernetes provider's
+/// target pod requests. eklet's usage counters ([`crate::usage`]) multiply it by the time the
+/// sandbox runs, and each cloud pod shows it in [`BilledSize::ANNOTATION`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct BilledSize {
+    pub cpu_millis: u64,
+    pub memory_mib: u64,
+    /// GPUs; 0 when none.
+    pub gpu: u64,
+    /// The GPU type, when the provider names one (EKS `GpuType`).
+    pub gpu_type: Option<String>,
+}
+
+impl BilledSize {
+    /// The pod annotation that shows the billed size: `cpu=<cores>,memory=<n>Gi|Mi`, then
+    /// `,gpu=<count>` and `,gpu-type=<type>` when the sandbox has GPUs; e.g. `cpu=1,memory=2Gi`,
+    /// `cpu=0.25,memory=512Mi`, `cpu=8,memory=32Gi,gpu=1,gpu-type=T4`.
+    pub const ANNOTATION: &'static str = "eklet.tke-resilience.io/billed-size";
+
+    /// The annotation's value.
+    pub fn annotation(&self) -> String {
+        let cores = if self.cpu_millis.is_multiple_of(1000) {
+            (self.cpu_millis / 1000).to_string()
+        } else {
+            let text = format!("{}.{:03}", self.cpu_millis / 1000, self.cpu_millis % 1000);
+            text.trim_end_matches('0').to_owned()
+        };
+        let memory = if self.memory_mib.is_multiple_of(1024) {
+            format!("{}Gi", self.memory_mib / 1024)
+        } else {
+            format!("{}Mi", self.memory_mib)
+        };
+        let mut text = format!("cpu={cores},memory={memory}");
+        if self.gpu > 0 {
+            text.push_str(&format!(",gpu={}", self.gpu));
+            if let Some(kind) = self.gpu_type.as_deref().filter(|t| !t.is_empty()) {
+                text.push_str(&format!(",gpu-type={kind}"));
+            }
+        }
+        text
+    }
+
+    /// Cores, memory in GiB and GPUs, as the usage counters count them.
+    pub fn cores(&self) -> f64 {
+        self.cpu_millis as f64 / 1000.0
+    }
+
+    pub fn memory_gib(&self) -> f64 {
+        self.memory_mib as f64 / 1024.0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -831,6 +886,30 @@ mod tests {
             None
         );
         assert_eq!(SandboxName::parse("cls-a1", ""), None);
+    }
+
+    #[test]
+    fn the_billed_size_annotation_reads_as_quantities_do() {
+        let size = |cpu_millis, memory_mib, gpu, gpu_type: Option<&str>| BilledSize {
+            cpu_millis,
+            memory_mib,
+            gpu,
+            gpu_type: gpu_type.map(str::to_owned),
+        };
+        assert_eq!(size(1000, 2048, 0, None).annotation(), "cpu=1,memory=2Gi");
+        assert_eq!(size(250, 512, 0, None).annotation(), "cpu=0.25,memory=512Mi");
+        assert_eq!(
+            size(1500, 1536, 0, Some("T4")).annotation(),
+            "cpu=1.5,memory=1536Mi"
+        );
+        assert_eq!(
+            size(8000, 32 * 1024, 1, Some("T4")).annotation(),
+            "cpu=8,memory=32Gi,gpu=1,gpu-type=T4"
+        );
+        assert_eq!(
+            size(4000, 16 * 1024, 2, None).annotation(),
+            "cpu=4,memory=16Gi,gpu=2"
+        );
     }
 
     #[test]

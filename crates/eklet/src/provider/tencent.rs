@@ -35,10 +35,10 @@ use tke_tencent::{
 };
 
 use super::{
-    Capabilities, ContainerSpec, ContainerState, ContainerStats, ContainerStatus, Error, ErrorKind,
-    ExitStatus, LogOptions, PortStream, ProbeAction, ProbeKind, ProbeSpec, Provider, RestartPolicy, Result,
-    Sandbox, SandboxEvent, SandboxName, SandboxPhase, SandboxSpec, SandboxStats, StatsTarget, StreamIo,
-    VolumeKind, VolumeSource, VolumeSpec,
+    BilledSize, Capabilities, ContainerSpec, ContainerState, ContainerStats, ContainerStatus, Error,
+    ErrorKind, ExitStatus, LogOptions, PortStream, ProbeAction, ProbeKind, ProbeSpec, Provider,
+    RestartPolicy, Result, Sandbox, SandboxEvent, SandboxName, SandboxPhase, SandboxSpec, SandboxStats,
+    StatsTarget, StreamIo, VolumeKind, VolumeSource, VolumeSpec,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -571,7 +571,26 @@ pub fn sandbox(instance: &EksCi) -> Sandbox {
         created_at: parse_api_time(&instance.creation_time),
         containers: statuses(&instance.containers),
         init_containers: statuses(&instance.init_containers),
+        billed: billed_size(
+            instance.cpu,
+            instance.memory,
+            instance.gpu_count,
+            &instance.gpu_type,
+        ),
     }
+}
+
+/// The size the API bills, from its `Cpu` (cores) and `Memory` (GiB) fields; `None` when the
+/// answer carries no size.
+fn billed_size(cpu_cores: f64, memory_gib: f64, gpu: u64, gpu_type: &str) -> Option<BilledSize> {
+    let cpu_millis = (cpu_cores * 1000.0).round();
+    let memory_mib = (memory_gib * 1024.0).round();
+    (cpu_millis > 0.0 || memory_mib > 0.0).then(|| BilledSize {
+        cpu_millis: cpu_millis.max(0.0) as u64,
+        memory_mib: memory_mib.max(0.0) as u64,
+        gpu,
+        gpu_type: (gpu > 0 && !gpu_type.is_empty()).then(|| gpu_type.to_owned()),
+    })
 }
 
 fn container_status(container: &Container) -> ContainerStatus {
@@ -657,6 +676,12 @@ impl Provider for TencentProvider {
             created_at: None,
             containers: Vec::new(),
             init_containers: Vec::new(),
+            billed: billed_size(
+                request.cpu,
+                request.memory,
+                request.gpu_count.unwrap_or(0),
+                request.gpu_type.as_deref().unwrap_or_default(),
+            ),
         })
     }
 
@@ -965,6 +990,11 @@ mod tests {
             ContainerState::Running { started_at: Some(_) }
         ));
         assert!(sandbox.created_at.is_some());
+        assert_eq!(
+            sandbox.billed.map(|b| b.annotation()).as_deref(),
+            Some("cpu=1,memory=2Gi"),
+            "billed at the instance's Cpu and Memory"
+        );
     }
 
     /// A cloudsim with agents on the loopback block `127.<octet>.0.0/16` on a manual clock, the

@@ -19,7 +19,10 @@ use kube::ResourceExt;
 use tokio::{sync::watch, time::Instant};
 
 use super::translate::{self, ANNOTATION_COPIES, ANNOTATION_POD, LABEL_POD_UID, SCHEDULING_GATE, SourceRef};
-use crate::provider::{ContainerState, ContainerStatus, Sandbox, SandboxPhase};
+use crate::{
+    provider::{BilledSize, ContainerState, ContainerStatus, Sandbox, SandboxPhase},
+    quantity,
+};
 
 /// How long a created pod is vouched for before the watch must have shown it.
 const UNSEEN_GRACE: Duration = Duration::from_secs(120);
@@ -131,6 +134,51 @@ pub fn sandbox(pod: &Pod) -> Sandbox {
         created_at: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
         containers: statuses(status.and_then(|s| s.container_statuses.as_ref()), false),
         init_containers: statuses(status.and_then(|s| s.init_container_statuses.as_ref()), true),
+        billed: pod.spec.as_ref().map(requested_size),
+    }
+}
+
+/// What the target pod reserves, which is what its nodes are paid for: the kube-scheduler's
+/// effective request (the larger of the containers' sum and the largest init container, plus the
+/// pod overhead). Unparseable quantities count as nothing.
+fn requested_size(spec: &k8s_openapi::api::core::v1::PodSpec) -> BilledSize {
+    type Requests =
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>;
+    let amount = |requests: Option<&Requests>, name: &str, parse: fn(&str) -> Option<u64>| {
+        requests
+            .and_then(|r| r.get(name))
+            .and_then(|q| parse(&q.0))
+            .unwrap_or(0)
+    };
+    let millis = |text: &str| quantity::millis(text).ok();
+    let units = |text: &str| quantity::units(text).ok();
+    let size = |requests: Option<&Requests>| {
+        (
+            amount(requests, "cpu", millis),
+            amount(requests, "memory", units),
+            amount(requests, "nvidia.com/gpu", units),
+        )
+    };
+    let of = |c: &k8s_openapi::api::core::v1::Container| {
+        size(c.resources.as_ref().and_then(|r| r.requests.as_ref()))
+    };
+    let sum = spec
+        .containers
+        .iter()
+        .map(of)
+        .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(of)
+        .fold((0, 0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1), a.2.max(b.2)));
+    let overhead = size(spec.overhead.as_ref());
+    BilledSize {
+        cpu_millis: sum.0.max(init.0) + overhead.0,
+        memory_mib: (sum.1.max(init.1) + overhead.1).div_ceil(1 << 20),
+        gpu: sum.2.max(init.2),
+        gpu_type: None,
     }
 }
 
@@ -376,6 +424,24 @@ mod tests {
             "status": status,
         }))
         .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_target_pod_is_billed_at_its_effective_request() {
+        let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(json!({
+            "containers": [
+                {"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}},
+                {"name": "b", "resources": {"requests": {"cpu": "250m", "memory": "512Mi", "nvidia.com/gpu": "1"}}},
+            ],
+            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "2", "memory": "256Mi"}}}],
+            "overhead": {"cpu": "250m"},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            requested_size(&spec).annotation(),
+            "cpu=2.25,memory=1536Mi,gpu=1",
+            "init CPU wins over the containers' sum, their memory over the init's; plus the overhead"
+        );
     }
 
     #[test]
