@@ -1397,13 +1397,25 @@ fn container_port(deployment: &Value, name: &str) -> Option<u64> {
 
 #[test]
 fn monitors_rules_and_the_dashboard_are_off_by_default() -> anyhow::Result<()> {
-    let docs = render(&["-f", &seed_values().display().to_string(), "--set", "rebalance.enabled=true"])?;
+    let docs = render(&[
+        "-f",
+        &seed_values().display().to_string(),
+        "--set",
+        "rebalance.enabled=true",
+    ])?;
     for kind in MONITORING_KINDS {
         assert!(names_of(&docs, kind).is_empty(), "{kind} rendered by default");
     }
-    assert!(!docs.iter().any(is_dashboard), "a dashboard ConfigMap rendered by default");
+    assert!(
+        !docs.iter().any(is_dashboard),
+        "a dashboard ConfigMap rendered by default"
+    );
     let services = names_of(&docs, "Service");
-    assert_eq!(services, [format!("eklet-{RELEASE}")], "only eklet's Service by default");
+    assert_eq!(
+        services,
+        [format!("eklet-{RELEASE}")],
+        "only eklet's Service by default"
+    );
     Ok(())
 }
 
@@ -1452,7 +1464,10 @@ fn the_service_monitor_scrapes_the_metrics_port_of_every_component_that_serves_o
         let target = str_at(service_port, "/targetPort")?;
         let deployment = docs
             .iter()
-            .find(|d| d["kind"] == "Deployment" && d["metadata"]["labels"]["app.kubernetes.io/component"] == component)
+            .find(|d| {
+                d["kind"] == "Deployment"
+                    && d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+            })
             .with_context(|| format!("no Deployment of {component}"))?;
         assert!(
             selects(
@@ -1484,7 +1499,9 @@ fn the_pod_monitor_selects_the_metrics_port_of_the_components_pods() -> anyhow::
     ])?;
     let monitor = object(&docs, "PodMonitor", &format!("tke-resilience-{RELEASE}"))?;
     assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
-    let endpoints = monitor["spec"]["podMetricsEndpoints"].as_array().context("endpoints")?;
+    let endpoints = monitor["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .context("endpoints")?;
     let port = str_at(&endpoints[0], "/port")?;
     let selector = &monitor["spec"]["selector"];
     // The scheduler pod's extender listens on loopback only: nothing to scrape there.
@@ -1518,14 +1535,29 @@ fn the_pod_monitor_selects_the_metrics_port_of_the_components_pods() -> anyhow::
 /// variables. A small lexer, enough for the expressions this chart ships.
 fn metric_names(expr: &str) -> Vec<String> {
     const KEYWORDS: [&str; 12] = [
-        "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-        "offset", "inf",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
     ];
     const LABEL_LISTS: [&str; 6] = ["by", "without", "on", "ignoring", "group_left", "group_right"];
     let chars: Vec<char> = expr.chars().collect();
     let mut names = Vec::new();
     let mut i = 0;
-    let skip_until = |i: usize, end: char| chars[i..].iter().position(|&c| c == end).map_or(chars.len(), |p| i + p + 1);
+    let skip_until = |i: usize, end: char| {
+        chars[i..]
+            .iter()
+            .position(|&c| c == end)
+            .map_or(chars.len(), |p| i + p + 1)
+    };
     while i < chars.len() {
         let c = chars[i];
         if c == '"' || c == '\'' {
@@ -1553,7 +1585,13 @@ fn metric_names(expr: &str) -> Vec<String> {
             while next < chars.len() && chars[next].is_whitespace() {
                 next += 1;
             }
-            let called = chars.get(next) == Some(&'(');
+            // An aggregation may put its `by (...)` or `without (...)` before its argument.
+            let rest: String = chars[next..].iter().take(8).collect();
+            let called = chars.get(next) == Some(&'(')
+                || ["by", "without"].iter().any(|k| {
+                    rest.strip_prefix(k)
+                        .is_some_and(|r| r.starts_with(|c: char| c == '(' || c.is_whitespace()))
+                });
             if LABEL_LISTS.contains(&word.as_str()) && called {
                 i = skip_until(next + 1, ')');
             } else if !called && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
@@ -1567,7 +1605,9 @@ fn metric_names(expr: &str) -> Vec<String> {
 }
 
 /// Every series name our components export, from their real registries (the `# TYPE` lines, a
-/// counter adding `_total`, a histogram `_bucket`, `_sum` and `_count`), and the kube-state-metrics
+/// counter adding `_total`, a histogram `_bucket`, `_sum` and `_count`; a labelled family shows
+/// its `# TYPE` only once it has a series, so each gets one, and eklet's are also taken from the
+/// chart README's table, which eklet's own test keeps equal to its registry), and the kube-state-metrics
 /// metrics the chart uses: kube_node_status_condition, kube_pod_status_phase, kube_pod_info
 /// (kube-state-metrics' docs/metrics/cluster/node-metrics.md and workload/pod-metrics.md) and
 /// kube_pod_tolerations (pod-metrics.md, v2.9 and later). The extender's metrics are absent: it is
@@ -1581,23 +1621,38 @@ fn known_series() -> Vec<String> {
     ]
     .map(str::to_owned)
     .into();
-    let expositions = [
-        tke_eklet::metrics::Metrics::new().render(),
-        tke_admission::metrics::Metrics::new().render(),
-        tke_rebalance::metrics::Metrics::new().render(),
-    ];
+    let mut add = |name: &str, kind: &str| match kind {
+        "counter" => series.push(format!("{}_total", name.trim_end_matches("_total"))),
+        "histogram" => series.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}"))),
+        _ => series.push(name.to_owned()),
+    };
+    let eklet = tke_eklet::metrics::Metrics::new();
+    eklet.refused("SubnetCordoned");
+    let admission = tke_admission::metrics::Metrics::new();
+    admission.decided(tke_admission::metrics::TOLERATED, "DefaultOn");
+    let rebalance = tke_rebalance::metrics::Metrics::new();
+    rebalance.moved("moved");
+    rebalance.skip("Budget");
+    let expositions = [eklet.render(), admission.render(), rebalance.render()];
     for line in expositions.iter().flat_map(|text| text.lines()) {
-        let Some(rest) = line.strip_prefix("# TYPE ") else {
-            continue;
-        };
-        let mut words = rest.split_whitespace();
-        let (Some(name), Some(kind)) = (words.next(), words.next()) else {
-            continue;
-        };
-        match kind {
-            "counter" => series.push(format!("{}_total", name.trim_end_matches("_total"))),
-            "histogram" => series.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}"))),
-            _ => series.push(name.to_owned()),
+        let mut words = line
+            .strip_prefix("# TYPE ")
+            .unwrap_or_default()
+            .split_whitespace();
+        if let (Some(name), Some(kind)) = (words.next(), words.next()) {
+            add(name, kind);
+        }
+    }
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).expect("the chart README");
+    let table = readme
+        .split("<!-- eklet-metrics: begin -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- eklet-metrics: end -->").next())
+        .expect("the eklet metrics table in the chart README");
+    for row in table.lines().filter_map(|l| l.strip_prefix("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        if let [name, kind, ..] = cells[..] {
+            add(name.trim_end_matches('`'), kind);
         }
     }
     series
@@ -1633,7 +1688,10 @@ fn the_alert_rules_and_the_dashboard_query_only_metrics_that_exist() -> anyhow::
         let names = metric_names(expr);
         ensure!(!names.is_empty(), "{what} reads no metric: {expr}");
         let unknown: Vec<&String> = names.iter().filter(|n| !known.contains(n)).collect();
-        ensure!(unknown.is_empty(), "{what} reads metrics nothing exports: {unknown:?} in {expr}");
+        ensure!(
+            unknown.is_empty(),
+            "{what} reads metrics nothing exports: {unknown:?} in {expr}"
+        );
         Ok(())
     };
 
@@ -1656,7 +1714,10 @@ fn the_alert_rules_and_the_dashboard_query_only_metrics_that_exist() -> anyhow::
         "TKEResilienceBurstPodsStuckPending",
         "TKEResilienceSandboxCreatesFailing",
     ] {
-        assert!(alerts.iter().any(|a| a == alert), "{alert} missing from {alerts:?}");
+        assert!(
+            alerts.iter().any(|a| a == alert),
+            "{alert} missing from {alerts:?}"
+        );
     }
 
     let dashboards: Vec<&Value> = docs.iter().filter(|d| is_dashboard(d)).collect();
@@ -1696,8 +1757,17 @@ fn the_alert_rules_and_the_dashboard_query_only_metrics_that_exist() -> anyhow::
         .iter()
         .filter_map(|v| v["name"].as_str())
         .collect();
-    for used in ["datasource", "release_namespace", "price_core_hour", "price_gib_hour", "price_gpu_hour"] {
-        assert!(variables.contains(&used), "dashboard variable {used} missing: {variables:?}");
+    for used in [
+        "datasource",
+        "release_namespace",
+        "price_core_hour",
+        "price_gib_hour",
+        "price_gpu_hour",
+    ] {
+        assert!(
+            variables.contains(&used),
+            "dashboard variable {used} missing: {variables:?}"
+        );
     }
     Ok(())
 }
@@ -1738,7 +1808,16 @@ fn render_notes(set: &str) -> anyhow::Result<String> {
     let chart = chart.display().to_string();
     let seed = seed_values().display().to_string();
     let out = helm(&[
-        "template", RELEASE, &chart, "--namespace", NAMESPACE, "-f", &seed, "--set", set, "-s",
+        "template",
+        RELEASE,
+        &chart,
+        "--namespace",
+        NAMESPACE,
+        "-f",
+        &seed,
+        "--set",
+        set,
+        "-s",
         "templates/notes.yaml",
     ])?;
     ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -1751,12 +1830,17 @@ fn the_notes_name_the_label_kube_prometheus_stack_selects_monitors_by() -> anyho
     // liqo#2805: a monitor without the Prometheus release's label is silently never scraped.
     let notes = render_notes("metrics.serviceMonitor.enabled=true")?;
     assert!(
-        notes.contains("metrics.serviceMonitor.additionalLabels.release") && notes.contains("serviceMonitorSelector"),
+        notes.contains("metrics.serviceMonitor.additionalLabels.release")
+            && notes.contains("serviceMonitorSelector"),
         "{notes}"
     );
-    let notes = render_notes("metrics.podMonitor.enabled=true,metrics.podMonitor.additionalLabels.release=kps")?;
+    let notes =
+        render_notes("metrics.podMonitor.enabled=true,metrics.podMonitor.additionalLabels.release=kps")?;
     assert!(notes.contains("This PodMonitor carries release: kps."), "{notes}");
     let notes = render_notes("metrics.grafanaDashboard.enabled=false")?;
-    assert!(!notes.contains("Monitor"), "monitoring notes without a monitor:\n{notes}");
+    assert!(
+        !notes.contains("Monitor"),
+        "monitoring notes without a monitor:\n{notes}"
+    );
     Ok(())
 }
