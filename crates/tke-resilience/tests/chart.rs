@@ -1416,6 +1416,14 @@ fn monitors_rules_and_the_dashboard_are_off_by_default() -> anyhow::Result<()> {
         [format!("eklet-{RELEASE}")],
         "only eklet's Service by default"
     );
+    // A misspelt switch would silently leave monitoring off; the schema names it instead.
+    let error = render_error(&[
+        "-f",
+        &seed_values().display().to_string(),
+        "--set",
+        "metrics.serviceMonitors.enabled=true",
+    ])?;
+    assert!(error.contains("serviceMonitors"), "{error}");
     Ok(())
 }
 
