@@ -1347,3 +1347,508 @@ async fn the_rebalancer_moves_a_cloud_pod_home_on_the_charts_own_service_account
     assert_eq!(moved.items.len(), 1, "not evicted again during the cool-down");
     Ok(())
 }
+
+// Monitoring: the Prometheus Operator objects and the Grafana dashboard.
+
+const MONITORING_KINDS: [&str; 3] = ["ServiceMonitor", "PodMonitor", "PrometheusRule"];
+
+fn is_dashboard(doc: &Value) -> bool {
+    doc["kind"] == "ConfigMap" && doc["metadata"]["labels"]["grafana_dashboard"] == "1"
+}
+
+/// Whether `labels` carries every `matchLabels` pair and meets every `In` expression of `selector`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let by_labels = selector["matchLabels"]
+        .as_object()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels[k] == *v));
+    let by_expressions = selector["matchExpressions"].as_array().is_none_or(|exprs| {
+        exprs.iter().all(|e| {
+            e["operator"] == "In"
+                && e["values"]
+                    .as_array()
+                    .is_some_and(|vs| vs.contains(&labels[e["key"].as_str().unwrap_or_default()]))
+        })
+    });
+    by_labels && by_expressions
+}
+
+/// The components (`app.kubernetes.io/component`) of the Deployments whose pods `selector` selects.
+fn selected_components(docs: &[Value], selector: &Value) -> Vec<String> {
+    let mut components: Vec<String> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment")
+        .filter(|d| selects(selector, &d["spec"]["template"]["metadata"]["labels"]))
+        .filter_map(|d| d["metadata"]["labels"]["app.kubernetes.io/component"].as_str())
+        .map(str::to_owned)
+        .collect();
+    components.sort();
+    components
+}
+
+/// The container ports of a Deployment, by name.
+fn container_port(deployment: &Value, name: &str) -> Option<u64> {
+    deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_u64())
+}
+
+#[test]
+fn monitors_rules_and_the_dashboard_are_off_by_default() -> anyhow::Result<()> {
+    let docs = render(&[
+        "-f",
+        &seed_values().display().to_string(),
+        "--set",
+        "rebalance.enabled=true",
+    ])?;
+    for kind in MONITORING_KINDS {
+        assert!(names_of(&docs, kind).is_empty(), "{kind} rendered by default");
+    }
+    assert!(
+        !docs.iter().any(is_dashboard),
+        "a dashboard ConfigMap rendered by default"
+    );
+    let services = names_of(&docs, "Service");
+    assert_eq!(
+        services,
+        [format!("eklet-{RELEASE}")],
+        "only eklet's Service by default"
+    );
+    // A misspelt switch would silently leave monitoring off; the schema names it instead.
+    let error = render_error(&[
+        "-f",
+        &seed_values().display().to_string(),
+        "--set",
+        "metrics.serviceMonitors.enabled=true",
+    ])?;
+    assert!(error.contains("serviceMonitors"), "{error}");
+    Ok(())
+}
+
+#[test]
+fn the_service_monitor_scrapes_the_metrics_port_of_every_component_that_serves_one() -> anyhow::Result<()> {
+    let docs = render(&[
+        "-f",
+        &seed_values().display().to_string(),
+        "--set",
+        "metrics.serviceMonitor.enabled=true,rebalance.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.additionalLabels.release=kube-prometheus-stack,metrics.serviceMonitor.interval=15s",
+    ])?;
+    let monitors: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ServiceMonitor").collect();
+    let [monitor] = monitors[..] else {
+        bail!("expected one ServiceMonitor, got {}", monitors.len());
+    };
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(
+        monitor["metadata"]["labels"]["release"], "kube-prometheus-stack",
+        "additionalLabels reach the ServiceMonitor, which kube-prometheus-stack selects on"
+    );
+    assert_eq!(monitor["spec"]["namespaceSelector"]["matchNames"][0], NAMESPACE);
+    let endpoints = monitor["spec"]["endpoints"].as_array().context("endpoints")?;
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    let port = str_at(&endpoints[0], "/port")?;
+    assert_eq!(endpoints[0]["interval"], "15s");
+    assert_eq!(
+        endpoints[0]["honorLabels"], true,
+        "without honorLabels the usage counters' namespace becomes exported_namespace"
+    );
+
+    // Every Service it selects names that port, and that port leads to a container port of the
+    // component's pods (the Service and the Deployment select the same pods).
+    let selector = &monitor["spec"]["selector"];
+    let mut scraped = Vec::new();
+    for service in docs.iter().filter(|d| d["kind"] == "Service") {
+        if !selects(selector, &service["metadata"]["labels"]) {
+            continue;
+        }
+        let component = str_at(service, "/metadata/labels/app.kubernetes.io~1component")?;
+        let service_port = service["spec"]["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == port))
+            .with_context(|| format!("Service {} has no port {port}", service["metadata"]["name"]))?;
+        let target = str_at(service_port, "/targetPort")?;
+        let deployment = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "Deployment"
+                    && d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+            })
+            .with_context(|| format!("no Deployment of {component}"))?;
+        assert!(
+            selects(
+                &serde_json::json!({ "matchLabels": service["spec"]["selector"] }),
+                &deployment["spec"]["template"]["metadata"]["labels"]
+            ),
+            "Service {} does not select {component}'s pods",
+            service["metadata"]["name"]
+        );
+        assert!(
+            container_port(deployment, target).is_some(),
+            "{component}'s pods have no port {target}"
+        );
+        scraped.push(component.to_owned());
+    }
+    scraped.sort();
+    assert_eq!(scraped, ["eklet", "eks-admission", "tke-rebalance"]);
+    Ok(())
+}
+
+#[test]
+fn the_pod_monitor_selects_the_metrics_port_of_the_components_pods() -> anyhow::Result<()> {
+    let seed = seed_values().display().to_string();
+    let docs = render(&[
+        "-f",
+        &seed,
+        "--set",
+        "metrics.podMonitor.enabled=true,metrics.podMonitor.additionalLabels.release=prom",
+    ])?;
+    let monitor = object(&docs, "PodMonitor", &format!("tke-resilience-{RELEASE}"))?;
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
+    let endpoints = monitor["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .context("endpoints")?;
+    let port = str_at(&endpoints[0], "/port")?;
+    let selector = &monitor["spec"]["selector"];
+    // The scheduler pod's extender listens on loopback only: nothing to scrape there.
+    assert_eq!(selected_components(&docs, selector), ["eklet", "eks-admission"]);
+    for deployment in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        if selects(selector, &deployment["spec"]["template"]["metadata"]["labels"]) {
+            assert!(
+                container_port(deployment, port).is_some(),
+                "{} has no container port {port}",
+                deployment["metadata"]["name"]
+            );
+        }
+    }
+    assert!(names_of(&docs, "ServiceMonitor").is_empty());
+
+    let error = render_error(&[
+        "-f",
+        &seed,
+        "--set",
+        "metrics.podMonitor.enabled=true,metrics.serviceMonitor.enabled=true",
+    ])?;
+    assert!(
+        error.contains("metrics.serviceMonitor.enabled") && error.contains("metrics.podMonitor.enabled"),
+        "{error}"
+    );
+    Ok(())
+}
+
+/// The metric names a PromQL expression reads: identifiers that are not functions, keywords,
+/// label names (in `{...}` or the lists of `by`, `on`, ...), strings, durations or Grafana
+/// variables. A small lexer, enough for the expressions this chart ships.
+fn metric_names(expr: &str) -> Vec<String> {
+    const KEYWORDS: [&str; 12] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+    ];
+    const LABEL_LISTS: [&str; 6] = ["by", "without", "on", "ignoring", "group_left", "group_right"];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = Vec::new();
+    let mut i = 0;
+    let skip_until = |i: usize, end: char| {
+        chars[i..]
+            .iter()
+            .position(|&c| c == end)
+            .map_or(chars.len(), |p| i + p + 1)
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' {
+            i = skip_until(i + 1, c);
+        } else if c == '{' {
+            i = skip_until(i + 1, '}');
+        } else if c == '[' {
+            i = skip_until(i + 1, ']');
+        } else if c == '$' {
+            i += 1;
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+        } else if c.is_ascii_digit() || c == '.' {
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut next = i;
+            while next < chars.len() && chars[next].is_whitespace() {
+                next += 1;
+            }
+            // An aggregation may put its `by (...)` or `without (...)` before its argument.
+            let rest: String = chars[next..].iter().take(8).collect();
+            let called = chars.get(next) == Some(&'(')
+                || ["by", "without"].iter().any(|k| {
+                    rest.strip_prefix(k)
+                        .is_some_and(|r| r.starts_with(|c: char| c == '(' || c.is_whitespace()))
+                });
+            if LABEL_LISTS.contains(&word.as_str()) && called {
+                i = skip_until(next + 1, ')');
+            } else if !called && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
+                names.push(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// Every series name our components export, from their real registries (the `# TYPE` lines, a
+/// counter adding `_total`, a histogram `_bucket`, `_sum` and `_count`; a labelled family shows
+/// its `# TYPE` only once it has a series, so each gets one, and eklet's are also taken from the
+/// chart README's table, which eklet's own test keeps equal to its registry), and the kube-state-metrics
+/// metrics the chart uses: kube_node_status_condition, kube_pod_status_phase, kube_pod_info
+/// (kube-state-metrics' docs/metrics/cluster/node-metrics.md and workload/pod-metrics.md) and
+/// kube_pod_tolerations (pod-metrics.md, v2.9 and later). The extender's metrics are absent: it is
+/// not scraped (loopback only), so nothing may query them.
+fn known_series() -> Vec<String> {
+    let mut series: Vec<String> = [
+        "kube_node_status_condition",
+        "kube_pod_status_phase",
+        "kube_pod_info",
+        "kube_pod_tolerations",
+    ]
+    .map(str::to_owned)
+    .into();
+    let mut add = |name: &str, kind: &str| match kind {
+        "counter" => series.push(format!("{}_total", name.trim_end_matches("_total"))),
+        "histogram" => series.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}"))),
+        _ => series.push(name.to_owned()),
+    };
+    let eklet = tke_eklet::metrics::Metrics::new();
+    eklet.refused("SubnetCordoned");
+    let admission = tke_admission::metrics::Metrics::new();
+    admission.decided(tke_admission::metrics::TOLERATED, "DefaultOn");
+    let rebalance = tke_rebalance::metrics::Metrics::new();
+    rebalance.moved("moved");
+    rebalance.skip("Budget");
+    let expositions = [eklet.render(), admission.render(), rebalance.render()];
+    for line in expositions.iter().flat_map(|text| text.lines()) {
+        let mut words = line
+            .strip_prefix("# TYPE ")
+            .unwrap_or_default()
+            .split_whitespace();
+        if let (Some(name), Some(kind)) = (words.next(), words.next()) {
+            add(name, kind);
+        }
+    }
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).expect("the chart README");
+    let table = readme
+        .split("<!-- eklet-metrics: begin -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- eklet-metrics: end -->").next())
+        .expect("the eklet metrics table in the chart README");
+    for row in table.lines().filter_map(|l| l.strip_prefix("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        if let [name, kind, ..] = cells[..] {
+            add(name.trim_end_matches('`'), kind);
+        }
+    }
+    series
+}
+
+#[test]
+fn the_promql_lexer_finds_the_metric_names_and_nothing_else() {
+    assert_eq!(
+        metric_names(
+            r#"sum by (action) (rate(eklet_cloud_errors_total{namespace="x",code=~"a|b"}[10m])) / on (action) group_left sum(ekelt_typo) > bool 0.2 * $price_core_hour"#
+        ),
+        ["eklet_cloud_errors_total", "ekelt_typo"]
+    );
+    assert_eq!(
+        metric_names("histogram_quantile(0.99, sum by (le) (rate(m_bucket[$__rate_interval])))"),
+        ["m_bucket"]
+    );
+}
+
+#[test]
+fn the_alert_rules_and_the_dashboard_query_only_metrics_that_exist() -> anyhow::Result<()> {
+    let known = known_series();
+    assert!(known.iter().any(|s| s == "eklet_leader"), "{known:?}");
+    let docs = render(&[
+        "-f",
+        &seed_values().display().to_string(),
+        "--set",
+        "metrics.prometheusRule.enabled=true,metrics.grafanaDashboard.enabled=true",
+        "--set",
+        "metrics.prometheusRule.additionalLabels.release=prom",
+    ])?;
+    let check = |what: &str, expr: &str| -> anyhow::Result<()> {
+        let names = metric_names(expr);
+        ensure!(!names.is_empty(), "{what} reads no metric: {expr}");
+        let unknown: Vec<&String> = names.iter().filter(|n| !known.contains(n)).collect();
+        ensure!(
+            unknown.is_empty(),
+            "{what} reads metrics nothing exports: {unknown:?} in {expr}"
+        );
+        Ok(())
+    };
+
+    let rule = object(&docs, "PrometheusRule", &format!("tke-resilience-{RELEASE}"))?;
+    assert_eq!(rule["metadata"]["labels"]["release"], "prom");
+    let mut alerts = Vec::new();
+    for group in rule["spec"]["groups"].as_array().context("groups")? {
+        for r in group["rules"].as_array().context("rules")? {
+            let alert = str_at(r, "/alert")?;
+            check(alert, str_at(r, "/expr")?)?;
+            ensure!(r["labels"]["severity"].is_string(), "{alert} has no severity");
+            alerts.push(alert.to_owned());
+        }
+    }
+    // The burst path's ways of being down, each with its alert.
+    for alert in [
+        "TKEResilienceNoEkletLeader",
+        "TKEResilienceVirtualNodeNotReady",
+        "TKEResilienceCloudErrorRatioHigh",
+        "TKEResilienceBurstPodsStuckPending",
+        "TKEResilienceSandboxCreatesFailing",
+    ] {
+        assert!(
+            alerts.iter().any(|a| a == alert),
+            "{alert} missing from {alerts:?}"
+        );
+    }
+
+    let dashboards: Vec<&Value> = docs.iter().filter(|d| is_dashboard(d)).collect();
+    let [dashboard] = dashboards[..] else {
+        bail!("expected one dashboard ConfigMap, got {}", dashboards.len());
+    };
+    let data = dashboard["data"].as_object().context("dashboard data")?;
+    let (file, json) = data.iter().next().context("empty dashboard ConfigMap")?;
+    let json: Value = serde_json::from_str(json.as_str().context("dashboard text")?)
+        .with_context(|| format!("{file} is not JSON"))?;
+    let panels = json["panels"].as_array().context("panels")?;
+    let mut exprs = Vec::new();
+    for panel in panels {
+        let title = str_at(panel, "/title")?;
+        let targets = panel["targets"].as_array().filter(|t| !t.is_empty());
+        let targets = targets.with_context(|| format!("panel {title} queries nothing"))?;
+        for target in targets {
+            let expr = str_at(target, "/expr")?;
+            check(&format!("panel {title}"), expr)?;
+            exprs.push(expr.to_owned());
+        }
+    }
+    // The burst overview: create→Running quantiles, usage and the estimated cost.
+    let all = exprs.join("\n");
+    for needed in [
+        "eklet_sandbox_create_to_running_seconds_bucket",
+        "eklet_cloud_cpu_core_seconds_total",
+        "eklet_cloud_memory_byte_seconds_total",
+        "$price_core_hour",
+        "$price_gib_hour",
+    ] {
+        assert!(all.contains(needed), "no panel uses {needed}");
+    }
+    let variables: Vec<&str> = json["templating"]["list"]
+        .as_array()
+        .context("templating")?
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for used in [
+        "datasource",
+        "release_namespace",
+        "price_core_hour",
+        "price_gib_hour",
+        "price_gpu_hour",
+    ] {
+        assert!(
+            variables.contains(&used),
+            "dashboard variable {used} missing: {variables:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Copies a directory, following symlinks (the chart's files/tke-scheduler.yaml is one).
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if std::fs::metadata(entry.path())?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The chart's NOTES.txt as `helm install` would print it, with the seed's values and `set`:
+/// `helm template` leaves NOTES out, so a copy of the chart renders it into a ConfigMap.
+fn render_notes(set: &str) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let chart = dir.path().join("tke-resilience");
+    copy_dir(&chart_dir(), &chart)?;
+    let templates = chart.join("templates");
+    let notes = std::fs::read_to_string(templates.join("NOTES.txt"))?;
+    std::fs::remove_file(templates.join("NOTES.txt"))?;
+    std::fs::write(
+        templates.join("_notes.tpl"),
+        format!("{{{{- define \"test.notes\" -}}}}\n{notes}\n{{{{- end }}}}\n"),
+    )?;
+    std::fs::write(
+        templates.join("notes.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{ include \"test.notes\" . | toJson }}\n",
+    )?;
+    let chart = chart.display().to_string();
+    let seed = seed_values().display().to_string();
+    let out = helm(&[
+        "template",
+        RELEASE,
+        &chart,
+        "--namespace",
+        NAMESPACE,
+        "-f",
+        &seed,
+        "--set",
+        set,
+        "-s",
+        "templates/notes.yaml",
+    ])?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs = documents(&String::from_utf8_lossy(&out.stdout))?;
+    Ok(str_at(object(&docs, "ConfigMap", "notes")?, "/data/notes")?.to_owned())
+}
+
+#[test]
+fn the_notes_name_the_label_kube_prometheus_stack_selects_monitors_by() -> anyhow::Result<()> {
+    // liqo#2805: a monitor without the Prometheus release's label is silently never scraped.
+    let notes = render_notes("metrics.serviceMonitor.enabled=true")?;
+    assert!(
+        notes.contains("metrics.serviceMonitor.additionalLabels.release")
+            && notes.contains("serviceMonitorSelector"),
+        "{notes}"
+    );
+    let notes =
+        render_notes("metrics.podMonitor.enabled=true,metrics.podMonitor.additionalLabels.release=kps")?;
+    assert!(notes.contains("This PodMonitor carries release: kps."), "{notes}");
+    let notes = render_notes("metrics.grafanaDashboard.enabled=false")?;
+    assert!(
+        !notes.contains("Monitor"),
+        "monitoring notes without a monitor:\n{notes}"
+    );
+    Ok(())
+}
