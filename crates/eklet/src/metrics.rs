@@ -41,6 +41,11 @@ pub struct ReasonLabels {
 }
 
 /// Every metric eklet exports, under the `eklet_` prefix.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Pods bound to this eklet's virtual nodes, by phase.
@@ -135,6 +140,17 @@ impl Metrics {
             "leader",
             "1 while this eklet is the active leader",
             leader.clone(),
+        );
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the version of this eklet as a label",
+            build_info,
         );
         let usage = Arc::new(Meter::default());
         registry.register(
