@@ -296,23 +296,43 @@ impl ControlPlane {
         node.import(&pause)?;
         node.import(&busybox)?;
 
-        node.kubelet = Some(self.spawn_process(
-            &format!("kubelet-{name}"),
-            &nsenter,
-            &in_netns(
-                &kubelet_bin,
-                vec![
-                    format!("--config={}", node.dir.join("kubelet/config.yaml").display()),
-                    format!("--kubeconfig={}", kubeconfig.display()),
-                    format!("--root-dir={}", node.dir.join("kubelet/root").display()),
-                    format!("--hostname-override={name}"),
-                    format!("--node-ip={}", node.ip),
-                    "--v=1".into(),
-                ],
-            ),
-            &[],
-        )?);
-        node.wait_ready(&self.client().await?).await?;
+        let kubelet_args = vec![
+            format!("--config={}", node.dir.join("kubelet/config.yaml").display()),
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--root-dir={}", node.dir.join("kubelet/root").display()),
+            format!("--hostname-override={name}"),
+            format!("--node-ip={}", node.ip),
+            "--v=1".into(),
+        ];
+        let client = self.client().await?;
+        for attempt in 1.. {
+            let proc_name = match attempt {
+                1 => format!("kubelet-{name}"),
+                n => format!("kubelet-{name}-{n}"),
+            };
+            node.kubelet = Some(self.spawn_process(
+                &proc_name,
+                &nsenter,
+                &in_netns(&kubelet_bin, kubelet_args.clone()),
+                &[],
+            )?);
+            match node.wait_ready(&client).await {
+                // cAdvisor takes the root filesystem's device from the mounts of the tmpfs the
+                // kubelet's root is on; another real node's containerd mounts layers there for a
+                // moment, and a kubelet that picked one exits when it vanishes. Start it again.
+                Err(Error::Exited(_, _, tail))
+                    if attempt < 3 && tail.contains("Failed to start ContainerManager") =>
+                {
+                    eprintln!(
+                        "[testbed] kubelet of {name} lost a race with another node's mount; starting it again"
+                    );
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
         // After the Node exists: kube-proxy takes the node's addresses from it.
         node.kube_proxy = Some(self.spawn_process(
             &format!("kube-proxy-{name}"),
