@@ -8,6 +8,7 @@ use kube::{Api, Client, api::ListParams};
 use tke_policy::{
     ClaimStatus, ExplainInput, PolicyArgs, SwitchSetting, controlling_owner, count_local, is_virtual_node,
     switch::EKS_CONFIG_NAME,
+    workload::{bound_node, is_finished},
 };
 
 #[derive(Debug, clap::Args)]
@@ -135,16 +136,7 @@ pub async fn explain_rebalance(
         fit::NodeRoom,
         plan::{self, History, Verdict, Workload},
     };
-    let nodes = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| api_error("list", "nodes".into(), e))?;
-    let virtual_nodes: std::collections::HashSet<String> = nodes
-        .items
-        .iter()
-        .filter(|node| is_virtual_node(node))
-        .filter_map(|node| node.metadata.name.clone())
-        .collect();
+    let (nodes, virtual_nodes) = nodes(client).await?;
     let pods = Api::<Pod>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -154,11 +146,7 @@ pub async fn explain_rebalance(
     }) else {
         return Err(Error::PodNotFound(namespace.into(), name.into()));
     };
-    let on_virtual = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| virtual_nodes.contains(n));
+    let on_virtual = bound_node(pod).is_some_and(|n| virtual_nodes.contains(n));
     if !on_virtual {
         return Ok(None);
     }
@@ -172,23 +160,14 @@ pub async fn explain_rebalance(
     };
     let is_virtual = |node: &str| virtual_nodes.contains(node);
     let mut rooms: HashMap<String, NodeRoom> = nodes
-        .items
         .iter()
         .filter(|n| !is_virtual_node(n))
         .filter_map(NodeRoom::of)
         .map(|room| (room.name.clone(), room))
         .collect();
     for other in &pods.items {
-        let finished = matches!(
-            other.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        );
-        if let Some(room) = other
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .and_then(|n| rooms.get_mut(n))
-            && !finished
+        if let Some(room) = bound_node(other).and_then(|n| rooms.get_mut(n))
+            && !is_finished(other)
         {
             room.bind(other);
         }
@@ -294,16 +273,7 @@ pub async fn explain_pod(
     let local_count = match controlling_owner(&pod) {
         None => 0,
         Some(owner) => {
-            let nodes = Api::<Node>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| api_error("list", "nodes".into(), e))?;
-            let virtual_nodes: std::collections::HashSet<String> = nodes
-                .items
-                .iter()
-                .filter(|node| is_virtual_node(node))
-                .filter_map(|node| node.metadata.name.clone())
-                .collect();
+            let (_, virtual_nodes) = nodes(client).await?;
             let siblings = pods
                 .list(&ListParams::default())
                 .await
@@ -325,6 +295,21 @@ pub async fn explain_pod(
     });
     explanation.warnings.extend(warnings);
     Ok(explanation)
+}
+
+/// Every node, and the names of the virtual ones.
+async fn nodes(client: &Client) -> Result<(Vec<Node>, std::collections::HashSet<String>), Error> {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| api_error("list", "nodes".into(), e))?
+        .items;
+    let virtual_nodes = nodes
+        .iter()
+        .filter(|node| is_virtual_node(node))
+        .filter_map(|node| node.metadata.name.clone())
+        .collect();
+    Ok((nodes, virtual_nodes))
 }
 
 /// The status of every claim the pod uses, explicit or generic ephemeral (`<pod>-<volume>`).
