@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed tools (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kubelet, kube-proxy, kwok, helm) from their Go modules under tools/, into a cache directory keyed by the
+# kubectl, kubelet, kube-proxy, kwok, helm, metrics-server, kube-state-metrics) from their Go modules under tools/, into a cache directory keyed by the
 # pinned version, the tool module's go.mod/go.sum and the Go version, and unpacks Prometheus (prometheus,
 # promtool) from Debian's package. Work already done is skipped.
-# Usage: hack/tools.sh [k8s|etcd|kwok|helm|metrics-server|prometheus|vk]...   (default: all but vk, the benchmark peer)
+# Usage: hack/tools.sh [k8s|etcd|kwok|helm|metrics-server|kube-state-metrics|prometheus|vk]...   (default: all but vk, the benchmark peer)
 # The last line printed on stdout is the directory that holds all the binaries.
 set -euo pipefail
 
@@ -126,7 +126,7 @@ all_key=$( { cat "$root/tools/versions.env" "$root"/tools/*/go.mod "$root"/tools
 out="$cache/bin-$all_key"
 mkdir -p "$out"
 
-[ $# -gt 0 ] || set -- k8s etcd kwok helm metrics-server prometheus
+[ $# -gt 0 ] || set -- k8s etcd kwok helm metrics-server kube-state-metrics prometheus
 for tool in "$@"; do
   case $tool in
     k8s) build k8s "$K8S_VERSION" "$(k8s_ldflags)" \
@@ -146,11 +146,15 @@ for tool in "$@"; do
     # eklet's virtual nodes included.
     metrics-server) build metrics-server "$METRICS_SERVER_VERSION" "$(metrics_server_ldflags)" \
           metrics-server=sigs.k8s.io/metrics-server/cmd/metrics-server ;;
+    # What the chart's alert rules and dashboard read about pods and nodes (kube_pod_*, kube_node_*).
+    kube-state-metrics) build kube-state-metrics "$KUBE_STATE_METRICS_VERSION" \
+          "-s -w -X github.com/prometheus/common/version.Version=${KUBE_STATE_METRICS_VERSION#v}" \
+          kube-state-metrics=k8s.io/kube-state-metrics/v2 ;;
     prometheus) prometheus ;;
     # The benchmark peer: virtual-kubelet with its mock provider. Not needed by the tests.
     vk) build vk "$VK_VERSION" "-s -w" \
           virtual-kubelet=github.com/virtual-kubelet/virtual-kubelet/cmd/virtual-kubelet ;;
-    *) echo "unknown tool: $tool (want k8s, etcd, kwok, helm, metrics-server, prometheus or vk)" >&2; exit 2 ;;
+    *) echo "unknown tool: $tool (want k8s, etcd, kwok, helm, metrics-server, kube-state-metrics, prometheus or vk)" >&2; exit 2 ;;
   esac
 done
 echo "$out"

@@ -1,10 +1,11 @@
 //! The chart's monitoring against a real Prometheus (Debian's 2.42, unpacked by `hack/tools.sh`):
 //! Prometheus scrapes eklet, eks-admission and the scheduler extender on loopback as the chart's
-//! ServiceMonitor says (honor_labels, the metrics path, the target's namespace label), a burst runs
+//! ServiceMonitor says (honor_labels, the metrics path, the target's namespace label), and
+//! kube-state-metrics (built from its Go module) watching the test's control plane; a burst runs
 //! on the virtual node, and then the usage counters in Prometheus match what the test ran, every
-//! expression of the dashboard and of the alert rules is one Prometheus evaluates (and returns data
-//! where our components are its source), `promtool check rules` accepts the rendered rules, and
-//! `tke-resilience report` prints the same figures.
+//! expression of the dashboard and of the alert rules is one Prometheus evaluates and returns
+//! data for (each rule's series, with its own matchers), `promtool check rules` accepts the
+//! rendered rules, and `tke-resilience report` prints the same figures.
 
 mod support;
 
@@ -32,7 +33,7 @@ use support::{
     chart::{NAMESPACE, ci_values, object, render, str_at},
     extender::{self, Extender},
 };
-use tke_testbed::{ControlPlane, Proc, wait};
+use tke_testbed::{ControlPlane, NodeSpec, Proc, wait};
 
 /// How often Prometheus scrapes and evaluates the rules here (the chart's default is 30s).
 const SCRAPE_INTERVAL: &str = "1s";
@@ -43,6 +44,8 @@ const RANGE: &str = "10m";
 /// eklet does, and Prometheus' increase() extrapolates a scrape interval's worth at each end.
 const TOLERANCE: f64 = 10.0;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+/// A kwok node: the dashboard counts pods on local nodes too.
+const LOCAL_NODE: &str = "idc-1";
 
 /// A Prometheus process of the test bed, supervised with the control plane.
 struct Prometheus {
@@ -132,6 +135,30 @@ impl Prometheus {
             .json()
             .await?)
     }
+}
+
+/// kube-state-metrics watching `cp`'s pods and nodes, on a free loopback port.
+async fn start_kube_state_metrics(cp: &ControlPlane) -> anyhow::Result<(Proc, SocketAddr)> {
+    let bin = tke_testbed::tools_dir()?.join("kube-state-metrics");
+    ensure!(
+        bin.exists(),
+        "{} is missing: run `hack/tools.sh kube-state-metrics`",
+        bin.display()
+    );
+    let [port, telemetry] = tke_testbed::free_ports::<2>()?;
+    let args = vec![
+        format!("--kubeconfig={}", cp.kubeconfig().display()),
+        "--host=127.0.0.1".to_owned(),
+        format!("--port={port}"),
+        "--telemetry-host=127.0.0.1".to_owned(),
+        format!("--telemetry-port={telemetry}"),
+        "--resources=pods,nodes".to_owned(),
+    ];
+    let mut proc = cp.spawn_process("kube-state-metrics", &bin, &args, &[])?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let metrics = format!("http://{addr}/metrics");
+    tke_testbed::components::wait_http(std::slice::from_mut(&mut proc), &metrics, PATIENCE).await?;
+    Ok((proc, addr))
 }
 
 /// The scrape configuration of one job, as the Prometheus Operator makes it from the chart's
@@ -338,7 +365,7 @@ async fn prometheus_sees_what_the_burst_used_and_every_dashboard_and_alert_query
     let dashboard: Value = serde_json::from_str(dashboard_text.as_str().context("dashboard text")?)?;
 
     // The stack: tke-scheduler's extender, eks-admission, eklet on cloudsim.
-    let (cp, extender_addr) = extender::control_plane(Vec::new()).await?;
+    let (cp, extender_addr) = extender::control_plane(vec![NodeSpec::new(LOCAL_NODE)]).await?;
     let _extender = Extender::start(&cp, extender_addr, &[]).await?;
     let admission = Admission::start(&cp, &[]).await?;
     let virtual_node = VirtualNode::start(&cp).await?;
@@ -361,21 +388,24 @@ async fn prometheus_sees_what_the_burst_used_and_every_dashboard_and_alert_query
         String::from_utf8_lossy(&promtool.stderr)
     );
 
+    // kube-state-metrics as kube-prometheus-stack scrapes it: its own labels kept.
+    let (_ksm, ksm_addr) = start_kube_state_metrics(&cp).await?;
     let config = format!(
-        "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\nscrape_configs:\n{}{}{}",
+        "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\nscrape_configs:\n{}{}{}  \
+         - job_name: kube-state-metrics\n    honor_labels: true\n    static_configs:\n      - targets: ['{ksm_addr}']\n",
         scrape_job("eklet", eklet.metrics, endpoint)?,
         scrape_job("eks-admission", admission.metrics, endpoint)?,
         scrape_job("tke-scheduler-extender", extender_addr, endpoint)?,
     );
     let prometheus = Prometheus::start(&cp, &config, Some(&rules)).await?;
     let url = prometheus.url();
-    wait::until(PATIENCE, "Prometheus to scrape all three targets", || async {
+    wait::until(PATIENCE, "Prometheus to scrape all four targets", || async {
         prometheus
             .scalar("sum(up)")
             .await
             .ok()
             .flatten()
-            .is_some_and(|up| up == 3.0)
+            .is_some_and(|up| up == 4.0)
     })
     .await?;
 
@@ -437,12 +467,18 @@ async fn prometheus_sees_what_the_burst_used_and_every_dashboard_and_alert_query
         "metadata": {"name": "held"},
         "spec": {
             "nodeName": node,
+            "tolerations": [{"key": "eks.tke.cloud.tencent.com/eklet", "operator": "Exists", "effect": "NoSchedule"}],
             "terminationGracePeriodSeconds": 0,
             "containers": [{"name": "app", "image": "nginx:1.27", "volumeMounts": [{"name": "config", "mountPath": "/etc/app"}]}],
             "volumes": [{"name": "config", "configMap": {"name": "app"}}],
         },
     }))?;
     lab_pods.create(&PostParams::default(), &held).await?;
+    let local: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "local"},
+        "spec": {"nodeName": LOCAL_NODE, "containers": [{"name": "app", "image": "nginx:1.27"}]},
+    }))?;
+    lab_pods.create(&PostParams::default(), &local).await?;
 
     // Let the three run for about a minute (180 core-seconds), as eklet counts them.
     wait::until(
@@ -643,19 +679,18 @@ async fn prometheus_sees_what_the_burst_used_and_every_dashboard_and_alert_query
         "{by_workload}"
     );
 
-    // Every dashboard query evaluates; those on our components' metrics return data. Those on
-    // kube-state-metrics (not run here) are only evaluated.
+    // Every dashboard query evaluates and returns data.
     let mut empty = Vec::new();
     for (title, expr) in dashboard_queries(&dashboard)? {
         let result = prometheus
             .query(&expr)
             .await
             .with_context(|| format!("panel {title}"))?;
-        if result.is_empty() && !expr.contains("kube_") {
+        if result.is_empty() {
             empty.push(format!("{title}: {expr}"));
         }
     }
-    // Every alert rule evaluates, and every series of our components that it reads exists with
+    // Every alert rule evaluates, and every series it reads exists with
     // the rule's own matchers (the namespace the chart filters on is the scrape target's).
     for group in rule["spec"]["groups"].as_array().context("groups")? {
         for r in group["rules"].as_array().context("rules")? {
@@ -664,7 +699,7 @@ async fn prometheus_sees_what_the_burst_used_and_every_dashboard_and_alert_query
                 .query(expr)
                 .await
                 .with_context(|| format!("alert {alert}"))?;
-            for selector in selectors(expr, &["eklet_", "eks_admission_"]) {
+            for selector in selectors(expr, &["eklet_", "eks_admission_", "kube_"]) {
                 if prometheus.query(&selector).await?.is_empty() {
                     empty.push(format!("alert {alert}: {selector}"));
                 }
@@ -672,20 +707,21 @@ async fn prometheus_sees_what_the_burst_used_and_every_dashboard_and_alert_query
         }
     }
     ensure!(empty.is_empty(), "queries without data:\n{}", empty.join("\n"));
-    // The pod eklet holds Pending is what TKEResilienceSandboxesNotRunning is about.
-    let not_running = rule["spec"]["groups"][0]["rules"]
-        .as_array()
-        .and_then(|rules| {
-            rules
-                .iter()
-                .find(|r| r["alert"] == "TKEResilienceSandboxesNotRunning")
-        })
-        .context("TKEResilienceSandboxesNotRunning")?;
-    let firing = prometheus.query(str_at(not_running, "/expr")?).await?;
-    ensure!(
-        firing.len() == 1,
-        "the held pod does not show in {not_running}: {firing:?}"
-    );
+    // The pod eklet holds Pending, with the burst toleration, is what two alerts are about.
+    for alert in [
+        "TKEResilienceSandboxesNotRunning",
+        "TKEResilienceBurstPodsStuckPending",
+    ] {
+        let found = rule["spec"]["groups"][0]["rules"]
+            .as_array()
+            .and_then(|rules| rules.iter().find(|r| r["alert"] == alert))
+            .context(alert)?;
+        let firing = prometheus.query(str_at(found, "/expr")?).await?;
+        ensure!(
+            firing.len() == 1,
+            "the held pod does not show in {alert}: {firing:?}"
+        );
+    }
 
     // Prometheus loaded the rules and evaluated each without an error.
     let loaded = prometheus.get("/api/v1/rules").await?;
