@@ -160,5 +160,6 @@ if [ -n "$prometheus_url" ]; then
   "$tke/debug/tke-resilience" report --prometheus "$prometheus_url" --since 1h --by workload --prices "$root/.stack/prices.yaml"
 else
   echo "== What the burst used: eklet's usage counters (no Prometheus here for tke-resilience report)"
-  show curl -fsS "http://$eklet_metrics/metrics" | grep '^eklet_cloud_' || true
+  printf '\n$ curl -sS http://%s/metrics | grep ^eklet_cloud_\n' "$eklet_metrics"
+  curl -fsS "http://$eklet_metrics/metrics" | grep '^eklet_cloud_' || true
 fi

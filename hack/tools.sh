@@ -108,8 +108,12 @@ prometheus() {
     log "prometheus $version: downloading Debian's package"
     if ! (cd "$tmp" && apt-get download -qq "prometheus=$version" >&2 2>/dev/null); then
       log "prometheus $version: not in apt's lists; apt-get update"
-      apt-get update -qq >&2
-      (cd "$tmp" && apt-get download -qq "prometheus=$version" >&2)
+      if ! { apt-get update -qq >&2 && (cd "$tmp" && apt-get download -qq "prometheus=$version" >&2); }; then
+        # Not fatal: every other test runs without it, and the Prometheus test names what is missing.
+        log "prometheus $version: cannot download it (not root, or the version left the archive); not unpacked"
+        rm -rf "$tmp"
+        return 0
+      fi
     fi
     deb=$(ls "$tmp"/prometheus_*.deb)
     dpkg-deb -x "$deb" "$tmp"
