@@ -514,23 +514,27 @@ async fn prometheus_sees_what_the_burst_used_and_every_dashboard_and_alert_query
         counted_before_end.elapsed().as_secs_f64()
     );
 
-    // Prometheus has the final values once its latest scrape equals what eklet shows now.
-    let text = eklet.metrics_text().await?;
-    let final_cpu = eklet_counter(&text, "eklet_cloud_cpu_core_seconds_total", &shop);
+    // Prometheus has the final values once its latest scrape equals what eklet shows now (both
+    // read again each time, in case eklet's last interval ends a moment after the pod is gone).
     let in_prometheus = format!("sum(eklet_cloud_cpu_core_seconds_total{{namespace=\"{shop}\"}})");
     wait::until(
         PATIENCE,
         "Prometheus to scrape eklet's final counters",
         || async {
-            prometheus
-                .scalar(&in_prometheus)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|v| (v - final_cpu).abs() < 1e-6)
+            let Ok(text) = eklet.metrics_text().await else {
+                return false;
+            };
+            let at_eklet = eklet_counter(&text, "eklet_cloud_cpu_core_seconds_total", &shop);
+            let in_prometheus = prometheus.scalar(&in_prometheus).await.ok().flatten();
+            in_prometheus.is_some_and(|v| (v - at_eklet).abs() < 1e-6)
         },
     )
     .await?;
+    let final_cpu = eklet_counter(
+        &eklet.metrics_text().await?,
+        "eklet_cloud_cpu_core_seconds_total",
+        &shop,
+    );
 
     // eklet's counters, and their increase() in Prometheus, against what the test measured.
     close("eklet's own CPU core-seconds", final_cpu, web_seconds, TOLERANCE)?;
@@ -746,7 +750,8 @@ async fn prometheus_sees_what_the_burst_used_and_every_dashboard_and_alert_query
     let extender_up = prometheus.scalar("up{job=\"tke-scheduler-extender\"}").await?;
     ensure!(extender_up == Some(1.0), "extender up = {extender_up:?}");
 
-    // Errors name what is wrong: a closed port, and something that is not Prometheus.
+    // Errors name what is wrong: a closed port, something that is not Prometheus, an error of
+    // Prometheus, a bad duration.
     let [closed] = tke_testbed::free_ports::<1>()?;
     let closed_url = format!("http://127.0.0.1:{closed}");
     let (ok, _, stderr) = report(&["--prometheus", &closed_url])?;
@@ -758,6 +763,13 @@ async fn prometheus_sees_what_the_burst_used_and_every_dashboard_and_alert_query
     let (ok, _, stderr) = report(&["--prometheus", &not_prometheus])?;
     ensure!(
         !ok && stderr.contains(&not_prometheus) && stderr.contains("is not a Prometheus query result"),
+        "{stderr}"
+    );
+    // Prometheus' own error: a range beyond what its durations hold (about 292 years).
+    let (ok, _, stderr) = report(&["--prometheus", &url, "--since", "300y"])?;
+    ensure!(
+        !ok && stderr.contains(&format!("Prometheus at {url} answered HTTP 400 with an error"))
+            && stderr.contains("bad_data"),
         "{stderr}"
     );
     let (ok, _, stderr) = report(&["--prometheus", &url, "--since", "30 days"])?;
