@@ -24,6 +24,7 @@
 mod agents;
 mod api;
 mod args;
+pub mod netns;
 pub mod clock;
 pub mod faults;
 pub mod instances;
@@ -66,9 +67,12 @@ pub enum Error {
     PrivateCidr(String),
     #[error(
         "sandbox agents run commands and open ports on this machine, so they listen on loopback \
-         addresses only: the private block {0} is not within 127.0.0.0/8"
+         addresses or in a VPC network namespace (--netns) only: the private block {0} is not within \
+         127.0.0.0/8"
     )]
     AgentsOffLoopback(String),
+    #[error("the VPC network namespace: {0}")]
+    Netns(std::io::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -104,6 +108,11 @@ pub struct Config {
     /// subnet, so the prefix is at most 16. `(10.0.0.0, 8)` by default; tests take a block of
     /// `127.0.0.0/8` so that the instances' agents are reachable on this machine.
     pub private_cidr: (Ipv4Addr, u8),
+    /// The VPC: a network namespace (e.g. `/run/netns/NAME`) whose addresses include the whole
+    /// [`private_cidr`](Self::private_cidr), routed from the IDC's namespaces. The agents and their
+    /// port responders listen inside it, so the sandboxes' private IPs need not be loopback (an
+    /// EndpointSlice refuses loopback addresses). `None`: agents listen in cloudsim's own namespace.
+    pub netns: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -127,6 +136,7 @@ impl Config {
                 instances::Ipv4Cidr::DEFAULT_PRIVATE.network(),
                 instances::Ipv4Cidr::DEFAULT_PRIVATE.prefix(),
             ),
+            netns: None,
         }
     }
 }
@@ -221,11 +231,15 @@ pub async fn serve(config: Config, listener: TcpListener) -> Result<Handle> {
     }
     let (network, prefix) = config.private_cidr;
     let private_cidr = instances::Ipv4Cidr::new(network, prefix).map_err(Error::PrivateCidr)?;
-    if config.agent_port.is_some() && !(network.is_loopback() && prefix >= 8) {
-        return Err(Error::AgentsOffLoopback(format!("{network}/{prefix}")));
-    }
+    let listeners = match &config.netns {
+        Some(path) => netns::Listeners::open(path).map_err(Error::Netns)?,
+        None if config.agent_port.is_some() && !(network.is_loopback() && prefix >= 8) => {
+            return Err(Error::AgentsOffLoopback(format!("{network}/{prefix}")));
+        }
+        None => netns::Listeners::Here,
+    };
     let addr = listener.local_addr()?;
-    let sim = Arc::new(api::Sim::new(config, private_cidr));
+    let sim = Arc::new(api::Sim::new(config, private_cidr, listeners));
     let (shutdown, stop) = oneshot::channel::<()>();
     let app = api::router(sim.clone());
     let task = tokio::spawn(async move {

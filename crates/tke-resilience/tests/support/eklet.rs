@@ -43,6 +43,20 @@ pub fn enable_agents(config: &mut tke_cloudsim::Config) -> anyhow::Result<String
     Ok(block.eklet_arg())
 }
 
+/// Gives every instance of `config` a sandbox agent in `vpc`, the VPC network namespace of the
+/// test's own: sandboxes get addresses of its block, routed from this namespace and from the real
+/// nodes connected to it. Returns the eklet flag that points the tencent provider at the agents.
+pub fn enable_agents_in(
+    config: &mut tke_cloudsim::Config,
+    vpc: &tke_testbed::realnode::vpc::Vpc,
+) -> anyhow::Result<String> {
+    let block = components::AgentBlock::in_vpc(vpc)?;
+    config.agent_port = Some(block.port);
+    config.private_cidr = (block.network, block.prefix);
+    config.netns.clone_from(&block.netns);
+    Ok(block.eklet_arg())
+}
+
 /// A tencent client of the test's own, to look at cloudsim as the cloud console would.
 pub fn cloud_client(cloud: &Handle) -> anyhow::Result<tke_tencent::Client> {
     Ok(tke_tencent::Client::new(
