@@ -17,9 +17,12 @@
 //! serves the containers' CPU and memory usage as Prometheus text on the instance's private IP
 //! (the contract `tke_tencent::agent` reads), and exec, attach and port-forward
 //! (`tke_tencent::agent_stream`: real processes on this machine). With [`Config::agent_port`] set, each instance gets a
-//! listener on `(PrivateIp, agent_port)` from create to delete; with the private IPs cut from a
-//! loopback block ([`Config::private_cidr`] `127.0.0.0/8`), a scraper on this machine reaches them
-//! as eklet reaches the real ones over the VPC. Off by default, so the benchmarks open no sockets.
+//! listener on `(PrivateIp, agent_port)` from create to delete. Those listeners live in the VPC: a
+//! network namespace ([`Config::netns`]) that holds the whole [`Config::private_cidr`] and is routed
+//! from the IDC's namespaces, so eklet, kube-proxy and pods reach sandboxes at ordinary VPC
+//! addresses as they reach the real ones over Direct Connect (see [`netns`]). Without a namespace
+//! the block must be loopback (`127.0.0.0/8`; tests on machines where namespaces cannot be made).
+//! Off by default, so the benchmarks open no sockets.
 
 mod agents;
 mod api;
