@@ -323,7 +323,13 @@ impl Sim {
                         };
                         let addr = SocketAddr::from((ip, port));
                         let containers = state.store.containers(id);
-                        match Agent::start(Arc::downgrade(self), &self.listeners, id.clone(), addr, containers) {
+                        match Agent::start(
+                            Arc::downgrade(self),
+                            &self.listeners,
+                            id.clone(),
+                            addr,
+                            containers,
+                        ) {
                             Ok(agent) => {
                                 state.agents.insert(id.clone(), agent);
                             }

@@ -27,10 +27,10 @@
 mod agents;
 mod api;
 mod args;
-pub mod netns;
 pub mod clock;
 pub mod faults;
 pub mod instances;
+pub mod netns;
 pub mod pty;
 mod streams;
 

@@ -29,8 +29,12 @@ impl Listeners {
     /// Opens the namespace at `path` (e.g. `/run/netns/NAME`), checking that this process may enter
     /// it by entering it once.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let netns = File::open(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("opening network namespace {}: {e}", path.display())))?;
+        let netns = File::open(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("opening network namespace {}: {e}", path.display()),
+            )
+        })?;
         let listeners = Self::In {
             path: path.to_owned(),
             netns,
@@ -63,7 +67,10 @@ fn bind_in(path: &Path, netns: &File, addr: SocketAddr) -> io::Result<std::net::
     // Back before anything else can happen on this thread, whether the bind worked or not. Staying
     // behind would put every later socket of this (runtime) thread in the VPC: abort rather.
     if let Err(e) = move_into_link_name_space(own.as_fd(), Some(LinkNameSpaceType::Network)) {
-        eprintln!("cloudsim: cannot return from network namespace {}: {e}", path.display());
+        eprintln!(
+            "cloudsim: cannot return from network namespace {}: {e}",
+            path.display()
+        );
         std::process::abort();
     }
     bound.map_err(|e| io::Error::new(e.kind(), format!("{addr} in {}: {e}", path.display())))

@@ -45,7 +45,8 @@ const PORT: u16 = 8080;
 const CLIENT: &str = "client";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_over_a_burst_workload_routes_to_every_ready_replica_local_and_cloud() -> anyhow::Result<()> {
+async fn a_service_over_a_burst_workload_routes_to_every_ready_replica_local_and_cloud() -> anyhow::Result<()>
+{
     if !realnode::available_or_skip() {
         return Ok(());
     }
@@ -88,7 +89,12 @@ async fn a_service_over_a_burst_workload_routes_to_every_ready_replica_local_and
     let expected = ready_addresses(&pods);
     let endpoints = wait_endpoints(&client, &ns, "4 endpoints", |ready| ready == &expected).await?;
     let in_vpc = endpoints.iter().filter(|ip| in_block(**ip, vpc.block)).count();
-    assert_eq!(in_vpc, 3, "cloud endpoints in the VPC {}: {endpoints:?}", vpc.block_text());
+    assert_eq!(
+        in_vpc,
+        3,
+        "cloud endpoints in the VPC {}: {endpoints:?}",
+        vpc.block_text()
+    );
 
     // Through kube-proxy from a pod on the real node, every replica answers.
     start_client(&client, &ns, &real.name).await?;
@@ -178,7 +184,10 @@ fn workload(replicas: i32) -> anyhow::Result<Deployment> {
 
 /// (local, cloud) replicas that are Ready and not being deleted; any other pod counts against both.
 fn placement(pods: &[Arc<Pod>], local_node: &str, virtual_node: &str) -> (usize, usize) {
-    let live: Vec<&Arc<Pod>> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    let live: Vec<&Arc<Pod>> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
     if live.len() != pods.len() || !live.iter().all(|p| is_ready(p)) {
         return (usize::MAX, usize::MAX);
     }
@@ -203,7 +212,10 @@ fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
 }
 
 fn ready_addresses(pods: &[Arc<Pod>]) -> BTreeSet<Ipv4Addr> {
-    pods.iter().filter(|p| is_ready(p)).filter_map(|p| pod_ip(p)).collect()
+    pods.iter()
+        .filter(|p| is_ready(p))
+        .filter_map(|p| pod_ip(p))
+        .collect()
 }
 
 fn in_block(ip: Ipv4Addr, (network, prefix): (Ipv4Addr, u8)) -> bool {
@@ -302,7 +314,11 @@ async fn call(cp: &tke_testbed::ControlPlane, ns: &str, ip: &str, count: u32) ->
     if code != 0 {
         bail!("kubectl exec exited {code}: {stderr}");
     }
-    Ok(stdout.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect())
+    Ok(stdout
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 /// Calls the Service until every replica in `replicas` has answered (at most five rounds of 40

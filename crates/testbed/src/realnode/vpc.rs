@@ -92,7 +92,17 @@ impl Vpc {
         let on_node = format!("tke-dc{node_idx}v{vpc_idx}");
         let in_vpc = format!("tke-dc{vpc_idx}n{node_idx}");
         ip(&[
-            "link", "add", &on_node, "netns", &node.netns, "type", "veth", "peer", "name", &in_vpc, "netns",
+            "link",
+            "add",
+            &on_node,
+            "netns",
+            &node.netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &in_vpc,
+            "netns",
             &self.netns,
         ])?;
         // Each end also holds its namespace's own address: ARP asks from an address of the
@@ -101,7 +111,10 @@ impl Vpc {
         // loopback), an address the VPC holds too and would refuse to answer.
         let node_ip = node.ip.to_string();
         let gateway = self.gateway.to_string();
-        for (ns, dev, own) in [(&node.netns, &on_node, &node_ip), (&self.netns, &in_vpc, &gateway)] {
+        for (ns, dev, own) in [
+            (&node.netns, &on_node, &node_ip),
+            (&self.netns, &in_vpc, &gateway),
+        ] {
             ip(&["-n", ns, "link", "set", dev, "addrgenmode", "none"])?;
             ip(&["-n", ns, "addr", "add", &format!("{own}/32"), "dev", dev])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
@@ -120,7 +133,15 @@ impl Vpc {
             "src",
             &node_ip,
         ])?;
-        ip(&["-n", &self.netns, "route", "add", &format!("{node_ip}/32"), "dev", &in_vpc])?;
+        ip(&[
+            "-n",
+            &self.netns,
+            "route",
+            "add",
+            &format!("{node_ip}/32"),
+            "dev",
+            &in_vpc,
+        ])?;
         let (pods, bits) = node.pod_cidr;
         ip(&[
             "-n",
@@ -140,10 +161,13 @@ impl Vpc {
 
 fn ip(args: &[&str]) -> Result<()> {
     let program = which("ip").unwrap_or_else(|| Path::new("ip").to_owned());
-    let out = Command::new(&program).args(args).output().map_err(|source| Error::Io {
-        path: program.clone(),
-        source,
-    })?;
+    let out = Command::new(&program)
+        .args(args)
+        .output()
+        .map_err(|source| Error::Io {
+            path: program.clone(),
+            source,
+        })?;
     if !out.status.success() {
         return Err(Error::RealNode(format!(
             "ip {}: {}",
