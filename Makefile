@@ -11,7 +11,7 @@ help:
 	@echo "make demo   - the seed's walkthrough on a local stack (control plane, kwok, cloudsim, eklet, ...)"
 	@echo "make test   - unit, integration and end-to-end tests against a real control plane"
 	@echo "make up     - start the local stack in the background; make down stops it"
-	@echo "make tools  - build the pinned test-bed tools (etcd, kube-*, kubectl, kubelet, kube-proxy, kwok, helm); prints their directory"
+	@echo "make tools  - build the pinned test-bed tools (etcd, kube-*, kubectl, kubelet, kube-proxy, kwok, helm, metrics-server, kube-state-metrics; Prometheus from Debian); prints their directory"
 	@echo "make bench  - eklet vs virtual-kubelet's mock provider on one control plane (PODS=500 ROUNDS=1)"
 	@echo "make bench-scale - eklet at 1k, 5k and 10k cloud pods (STEPS=1000,5000,10000): time, RSS per pod, CPU, API rates"
 	@echo "make lint   - rustfmt and clippy, as CI runs them"
