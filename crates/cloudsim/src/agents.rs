@@ -1,7 +1,8 @@
 //! The sandbox agents. With [`Config::agent_port`](crate::Config) set, every instance has, for its
 //! lifetime, a listener on `(PrivateIp, agent_port)` that answers as the agent in a real sandbox VM
 //! does: `GET /metrics` is Prometheus text with a CPU counter, a working set and a start time per
-//! running container (the contract `tke_tencent::agent` reads), `503` while the instance is not
+//! running container, and `container_ready` for each container with a readiness probe (run by
+//! `probes`; the contract `tke_tencent::agent` reads), `503` while the instance is not
 //! Running, `404` for any other path. The numbers come from the store's usage model at the sim
 //! clock's now and the timestamps from its wall time, so a manual clock makes every answer
 //! predictable.
@@ -18,7 +19,8 @@
 //! the instance must be Running; then the connection is upgraded to a WebSocket. Each agent owns a
 //! working directory for its execs (removed when it stops) and a listener on every port its
 //! containers declare in [`PORTS_ENV`](crate::PORTS_ENV), answering any HTTP request with
-//! `cloudsim <instance> <container> port <n>`, for port-forward to reach. Stopping an agent cancels
+//! `cloudsim <instance> <container> port <n>` (status 200 unless a test set another, see
+//! `probes`), for port-forward and the probes to reach. Stopping an agent cancels
 //! its sessions, which kills their processes.
 
 use std::fmt::Write;

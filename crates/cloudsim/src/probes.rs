@@ -303,11 +303,44 @@ fn check(
     }
 }
 
+/// Consecutive outcomes of one probe in one run, against its thresholds.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    success_threshold: u32,
+    failure_threshold: u32,
+    successes: u32,
+    failures: u32,
+}
+
+impl Tally {
+    fn new(check: &Check) -> Self {
+        Self {
+            success_threshold: check.success_threshold,
+            failure_threshold: check.failure_threshold,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    /// Counts an outcome; the result it settles, if it settles one: `Some(true)` after
+    /// `success_threshold` successes in a row, `Some(false)` after `failure_threshold` failures in
+    /// a row (and after every further one).
+    fn record(&mut self, passed: bool) -> Option<bool> {
+        if passed {
+            (self.successes, self.failures) = (self.successes.saturating_add(1), 0);
+            (self.successes >= self.success_threshold).then_some(true)
+        } else {
+            (self.successes, self.failures) = (0, self.failures.saturating_add(1));
+            (self.failures >= self.failure_threshold).then_some(false)
+        }
+    }
+}
+
 /// Runs one probe for as long as the instance exists.
 async fn watch(sim: Weak<Sim>, check: Check) {
     let (id, name) = (check.eks_ci_id.as_str(), check.container.as_str());
     let mut run: Option<Instant> = None;
-    let (mut successes, mut failures) = (0u32, 0u32);
+    let mut tally = Tally::new(&check);
     loop {
         let (now, since) = {
             let Some(sim) = sim.upgrade() else { return };
@@ -325,7 +358,7 @@ async fn watch(sim: Weak<Sim>, check: Check) {
         };
         if run != Some(started) {
             run = Some(started);
-            (successes, failures) = (0, 0);
+            tally = Tally::new(&check);
         }
         let age = now.saturating_duration_since(started);
         if age < check.initial_delay {
@@ -336,24 +369,20 @@ async fn watch(sim: Weak<Sim>, check: Check) {
             Ok(outcome) => outcome,
             Err(_) => Err(format!("timed out after {}s", check.timeout.as_secs())),
         };
-        match &outcome {
-            Ok(()) => (successes, failures) = (successes.saturating_add(1), 0),
-            Err(_) => (successes, failures) = (0, failures.saturating_add(1)),
-        }
+        let settled = tally.record(outcome.is_ok());
         {
             let Some(sim) = sim.upgrade() else { return };
-            match (check.kind, outcome) {
-                (Kind::Readiness, _) if successes >= check.success_threshold => {
-                    sim.set_ready(id, name, started, true);
-                }
-                (Kind::Readiness, Err(why)) if failures >= check.failure_threshold => {
+            match (check.kind, settled, outcome) {
+                (Kind::Readiness, Some(true), _) => sim.set_ready(id, name, started, true),
+                (Kind::Readiness, Some(false), Err(why)) => {
                     tracing::debug!(eks_ci_id = id, container = name, reason = %why, "readiness probe failed");
                     sim.set_ready(id, name, started, false);
                 }
-                (Kind::Liveness, Err(why)) if failures >= check.failure_threshold => {
+                (Kind::Liveness, Some(false), Err(why)) => {
                     tracing::debug!(eks_ci_id = id, container = name, reason = %why, "liveness probe failed; killing the container");
                     sim.kill_run(id, name, started, format!("Liveness probe failed: {why}"));
-                    failures = 0;
+                    // The next run counts afresh (as it would anyway: a new run start).
+                    tally = Tally::new(&check);
                 }
                 _ => {}
             }
@@ -435,6 +464,58 @@ mod tests {
         assert_eq!(board.status("i", 80, "/healthz"), 503);
         board.forget("i");
         assert_eq!(board.status("i", 80, "/"), 200);
+    }
+
+    #[test]
+    fn thresholds_count_consecutive_outcomes_only() {
+        let mut tally = Tally {
+            success_threshold: 2,
+            failure_threshold: 3,
+            successes: 0,
+            failures: 0,
+        };
+        assert_eq!(tally.record(true), None, "one success of two");
+        assert_eq!(tally.record(true), Some(true));
+        assert_eq!(tally.record(false), None);
+        assert_eq!(tally.record(false), None);
+        assert_eq!(tally.record(true), None, "a success breaks the failures' run");
+        assert_eq!(tally.record(false), None);
+        assert_eq!(tally.record(false), None);
+        assert_eq!(tally.record(false), Some(false), "three failures in a row");
+        assert_eq!(tally.record(false), Some(false));
+        assert_eq!(tally.record(true), None);
+        assert_eq!(tally.record(true), Some(true));
+    }
+
+    #[test]
+    fn kubelet_defaults_apply_to_unset_or_invalid_settings() {
+        let container = Container {
+            name: "web".into(),
+            ..Container::default()
+        };
+        let probe = LivenessOrReadinessProbe {
+            probe: tke_tencent::model::Probe {
+                period_seconds: Some(0),
+                success_threshold: Some(5),
+                failure_threshold: Some(-1),
+                ..Default::default()
+            },
+            tcp_socket: Some(tke_tencent::model::TcpSocket { port: 70_000 }),
+            ..Default::default()
+        };
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let liveness = check("i", &container, Kind::Liveness, &probe, ip, Path::new("/"));
+        assert_eq!(
+            (liveness.period, liveness.timeout, liveness.initial_delay),
+            (DEFAULT_PERIOD, DEFAULT_TIMEOUT, Duration::ZERO)
+        );
+        assert_eq!((liveness.success_threshold, liveness.failure_threshold), (1, 3));
+        assert!(matches!(&liveness.action, Action::Invalid(why) if why.contains("70000")));
+        let readiness = check("i", &container, Kind::Readiness, &probe, ip, Path::new("/"));
+        assert_eq!(readiness.success_threshold, 5);
+        let empty = LivenessOrReadinessProbe::default();
+        let none = check("i", &container, Kind::Readiness, &empty, ip, Path::new("/"));
+        assert!(matches!(none.action, Action::Invalid(_)));
     }
 
     #[test]
