@@ -2,16 +2,18 @@
 //! EKSCI API of `tke-tencent` (CreateEKSContainerInstances, DescribeEKSContainerInstances,
 //! DeleteEKSContainerInstances, DescribeEKSContainerInstanceEvent,
 //! DescribeEksContainerInstanceLog). The API mounts only NFS and CBS volumes, which its
-//! [`Capabilities`] say, and reports no container readiness: the sandbox's agent does
-//! (`container_ready`, see `tke_tencent::agent`). Every describe and list reads it from the agents
-//! of the Running sandboxes that have a container with a readiness probe, at most
-//! [`AGENT_CONCURRENCY`] at once and [`READINESS_TIMEOUT`] each; such a container is ready only
-//! when its agent says so (an agent that does not answer makes it not ready), any other container
-//! when it runs. A pod's readiness thus lags its probes by at most one probe period ×
-//! threshold (the agent's side) plus one `--status-sync-interval` and the agent's answer (ours).
-//! An instance's name is the sandbox name,
-//! the API's only free-form field, so adoption lists the VPC and keeps the names this cluster
-//! gave. `kubectl exec`, `attach` and `port-forward` go to each sandbox's agent ([`streams`]).
+//! [`Capabilities`] say; an instance's name is the sandbox name, the API's only free-form field,
+//! so adoption lists the VPC and keeps the names this cluster gave. `kubectl exec`, `attach` and
+//! `port-forward` go to each sandbox's agent ([`streams`]).
+//!
+//! Readiness: the API reports none, the sandbox's agent does (`container_ready`, see
+//! `tke_tencent::agent`). Every describe and list reads it from the agents of the Running
+//! sandboxes that have a container with a readiness probe (at `--sandbox-metrics-port`: the call
+//! has no pod, so no per-pod annotation applies), 16 at once and 1 s each (`AGENT_CONCURRENCY`,
+//! `READINESS_TIMEOUT`). Such a container is ready only when its agent says so (an agent that does
+//! not answer makes it not ready); any other container is ready when it runs. A pod's readiness
+//! thus follows its probe within period × threshold (+ the probe's timeout) on the agent's side,
+//! plus one `--status-sync-interval` and at most one agent timeout on ours.
 
 mod streams;
 
