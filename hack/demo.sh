@@ -51,6 +51,39 @@ echo "== 1 replica on a local (IDC) node, 3 on the virtual node eklet-subnet-...
 show kubectl get pod -owide
 
 cloud_pod=$(kubectl get pod -l app=nginx -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName}{"\n"}{end}' | awk '$2 ~ /^eklet-/ {print $1; exit}')
+
+# Waits until the Service's EndpointSlices list `want` ready addresses.
+wait_endpoints() {
+  local want=$1 deadline=$((SECONDS + 120)) ready
+  while :; do
+    ready=$(kubectl get endpointslices -l kubernetes.io/service-name=nginx-deployment \
+      -o jsonpath='{range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]}{"\n"}{end}' 2>/dev/null | grep -c . || true)
+    [ "$ready" -eq "$want" ] && return 0
+    if [ $SECONDS -gt $deadline ]; then
+      echo "timed out waiting for $want ready endpoints:" >&2
+      kubectl get endpointslices -o wide >&2
+      exit 1
+    fi
+    sleep 1
+  done
+}
+
+echo
+echo "== A Service over the burst workload: one endpoint per Ready replica, local and cloud alike;"
+echo "   the cloud pods' addresses are in the local stack's VPC (a network namespace, see the README)"
+show kubectl expose deployment nginx-deployment --port 80
+wait_endpoints 4
+show kubectl get endpointslices -l kubernetes.io/service-name=nginx-deployment
+cloud_ips=$(kubectl get pod -l app=nginx -o jsonpath='{range .items[*]}{.status.podIP} {.spec.nodeName}{"\n"}{end}' | awk '$2 ~ /^eklet-/ {print $1}')
+if curl -s --max-time 2 -o /dev/null "http://$(echo "$cloud_ips" | head -n 1)/"; then
+  echo
+  echo "== One request per cloud replica, from this machine over the VPC's route (the local replica"
+  echo "   runs on a simulated kwok node: nothing listens at its address)"
+  for ip in $cloud_ips; do show curl -sS --max-time 5 "http://$ip/"; done
+else
+  echo
+  echo "(the cloud pods' addresses are not reachable here: the stack has no VPC network namespace)"
+fi
 echo
 echo "== kubectl logs reaches the cloud pod through the virtual node's kubelet API"
 show kubectl logs "$cloud_pod" --tail=3
@@ -113,6 +146,8 @@ echo "== Scale in: cloud replicas go first (eklet sets controller.kubernetes.io/
 show kubectl scale deployment nginx-deployment --replicas=3
 wait_pods 3
 show kubectl get pod -owide
+wait_endpoints 3
+show kubectl get endpointslices -l kubernetes.io/service-name=nginx-deployment
 
 local_pods=$(kubectl get pod -l app=nginx -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | grep -vc '^eklet-' || true)
 cloud_pods=$(kubectl get pod -l app=nginx -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | grep -c '^eklet-' || true)

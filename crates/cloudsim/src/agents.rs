@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::Sim;
 use crate::clock::SimClock;
 use crate::instances::ContainerSample;
+use crate::netns::Listeners;
 use crate::probes;
 use crate::streams::{self, ExecSpec};
 
@@ -89,13 +90,12 @@ impl Agent {
     /// runtime.
     pub fn start(
         sim: Weak<Sim>,
+        listeners: &Listeners,
         eks_ci_id: String,
         addr: SocketAddr,
         containers: Vec<Container>,
     ) -> io::Result<Self> {
-        let listener = std::net::TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(listener)?;
+        let listener = TcpListener::from_std(listeners.bind(addr)?)?;
         let workdir = tempfile::Builder::new()
             .prefix(&format!("cloudsim-{eks_ci_id}-"))
             .tempdir()?;
@@ -108,7 +108,7 @@ impl Agent {
                     .filter_map(|port| {
                         let body = format!("cloudsim {eks_ci_id} {} port {port}\n", container.name);
                         let app = probes::responder(sim.clone(), eks_ci_id.clone(), port, body);
-                        respond(SocketAddr::new(addr.ip(), port), app)
+                        respond(listeners, SocketAddr::new(addr.ip(), port), app)
                             .inspect_err(|err| {
                                 tracing::warn!(eks_ci_id = %eks_ci_id, port, error = %err, "cannot serve a declared port");
                             })
@@ -178,10 +178,8 @@ fn declared_ports(container: &Container) -> Vec<u16> {
 }
 
 /// Serves `app` (a responder, see `probes::responder`) on `addr`.
-fn respond(addr: SocketAddr, app: Router) -> io::Result<JoinHandle<()>> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let listener = TcpListener::from_std(listener)?;
+fn respond(listeners: &Listeners, addr: SocketAddr, app: Router) -> io::Result<JoinHandle<()>> {
+    let listener = TcpListener::from_std(listeners.bind(addr)?)?;
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     }))
