@@ -166,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         let kubelet = eklet.kubelet_addr();
         address.forward(kubelet.port(), kubelet)?;
     }
+    let eklet_metrics = eklet.metrics_addr();
     let client = cp.client().await?;
     tke_testbed::nodes::wait_ready(&client, &node_name, PATIENCE)
         .await
@@ -202,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         state.join("env"),
         format!(
-            "CLOUDSIM_ENDPOINT={cloudsim_url}\nTENCENTCLOUD_SECRET_ID={secret_id}\nTENCENTCLOUD_SECRET_KEY={secret_key}\nTENCENTCLOUD_REGION={REGION}\n"
+            "CLOUDSIM_ENDPOINT={cloudsim_url}\nTENCENTCLOUD_SECRET_ID={secret_id}\nTENCENTCLOUD_SECRET_KEY={secret_key}\nTENCENTCLOUD_REGION={REGION}\nEKLET_METRICS={eklet_metrics}\n"
         ),
     )?;
     let logs = state.join("logs");
