@@ -1,7 +1,8 @@
 //! The sandbox agents. With [`Config::agent_port`](crate::Config) set, every instance has, for its
 //! lifetime, a listener on `(PrivateIp, agent_port)` that answers as the agent in a real sandbox VM
 //! does: `GET /metrics` is Prometheus text with a CPU counter, a working set and a start time per
-//! running container (the contract `tke_tencent::agent` reads), `503` while the instance is not
+//! running container, and `container_ready` for each container with a readiness probe (run by
+//! `probes`; the contract `tke_tencent::agent` reads), `503` while the instance is not
 //! Running, `404` for any other path. The numbers come from the store's usage model at the sim
 //! clock's now and the timestamps from its wall time, so a manual clock makes every answer
 //! predictable.
@@ -18,7 +19,8 @@
 //! the instance must be Running; then the connection is upgraded to a WebSocket. Each agent owns a
 //! working directory for its execs (removed when it stops) and a listener on every port its
 //! containers declare in [`PORTS_ENV`](crate::PORTS_ENV), answering any HTTP request with
-//! `cloudsim <instance> <container> port <n>`, for port-forward to reach. Stopping an agent cancels
+//! `cloudsim <instance> <container> port <n>` (status 200 unless a test set another, see
+//! `probes`), for port-forward and the probes to reach. Stopping an agent cancels
 //! its sessions, which kills their processes.
 
 use std::fmt::Write;
@@ -46,6 +48,7 @@ use crate::api::Sim;
 use crate::clock::SimClock;
 use crate::instances::ContainerSample;
 use crate::netns::Listeners;
+use crate::probes;
 use crate::streams::{self, ExecSpec};
 
 /// The Prometheus text format the agent serves.
@@ -104,7 +107,8 @@ impl Agent {
                     .filter(|port| *port != addr.port())
                     .filter_map(|port| {
                         let body = format!("cloudsim {eks_ci_id} {} port {port}\n", container.name);
-                        respond(listeners, SocketAddr::new(addr.ip(), port), body)
+                        let app = probes::responder(sim.clone(), eks_ci_id.clone(), port, body);
+                        respond(listeners, SocketAddr::new(addr.ip(), port), app)
                             .inspect_err(|err| {
                                 tracing::warn!(eks_ci_id = %eks_ci_id, port, error = %err, "cannot serve a declared port");
                             })
@@ -154,6 +158,13 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// The execs' working directory, which the exec probes share (see `probes`).
+    pub fn workdir(&self) -> &std::path::Path {
+        self._workdir.path()
+    }
+}
+
 /// The ports a container declares in [`PORTS_ENV`](crate::PORTS_ENV): comma-separated numbers,
 /// others ignored.
 fn declared_ports(container: &Container) -> Vec<u16> {
@@ -166,13 +177,9 @@ fn declared_ports(container: &Container) -> Vec<u16> {
         .collect()
 }
 
-/// Answers every HTTP request on `addr` with `body`.
-fn respond(listeners: &Listeners, addr: SocketAddr, body: String) -> io::Result<JoinHandle<()>> {
+/// Serves `app` (a responder, see `probes::responder`) on `addr`.
+fn respond(listeners: &Listeners, addr: SocketAddr, app: Router) -> io::Result<JoinHandle<()>> {
     let listener = TcpListener::from_std(listeners.bind(addr)?)?;
-    let app = Router::new().fallback(move || {
-        let body = body.clone();
-        async move { ([(CONTENT_TYPE, "text/plain; charset=utf-8")], body) }
-    });
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     }))
@@ -480,7 +487,7 @@ async fn metrics(State(agent): State<Arc<AgentState>>) -> Response {
         Ok(samples) => (
             StatusCode::OK,
             [(CONTENT_TYPE, EXPOSITION)],
-            render(&samples.containers, now, &sim.clock),
+            render(&samples.containers, &sim.readiness(id, now), now, &sim.clock),
         )
             .into_response(),
     }
@@ -504,8 +511,14 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-/// The exposition text of the running containers' samples taken at `now`.
-pub fn render(containers: &[ContainerSample], now: Instant, clock: &SimClock) -> String {
+/// The exposition text of the running containers' samples taken at `now`, and the readiness of
+/// the containers with a readiness probe (`probes`).
+pub fn render(
+    containers: &[ContainerSample],
+    ready: &[(String, bool)],
+    now: Instant,
+    clock: &SimClock,
+) -> String {
     let millis = clock.wall(now).as_millisecond();
     let mut text = String::new();
     let family = |text: &mut String, name: &str, kind: &str, help: &str| {
@@ -555,6 +568,22 @@ pub fn render(containers: &[ContainerSample], now: Instant, clock: &SimClock) ->
             seconds(clock.wall(sample.started))
         );
     }
+    if !ready.is_empty() {
+        family(
+            &mut text,
+            "container_ready",
+            "gauge",
+            "Whether the container's readiness probe passes in its current run (1) or not (0)",
+        );
+    }
+    for (name, ready) in ready {
+        let _ = writeln!(
+            text,
+            "container_ready{{container=\"{}\"}} {}",
+            escape(name),
+            u8::from(*ready)
+        );
+    }
     text
 }
 
@@ -601,7 +630,12 @@ mod tests {
                 memory_working_set_bytes: 1,
             },
         ];
-        let text = render(&containers, now, &clock);
+        let ready = [("web".to_owned(), true), ("odd\"name\\".to_owned(), false)];
+        let text = render(&containers, &ready, now, &clock);
+        assert!(
+            text.contains("\ncontainer_ready{container=\"web\"} 1\n"),
+            "{text}"
+        );
         let millis = clock.wall(now).as_millisecond();
         assert!(text.contains(&format!(
             "\ncontainer_cpu_usage_seconds_total{{container=\"web\"}} 12.345678000 {millis}\n"

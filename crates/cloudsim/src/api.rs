@@ -1,7 +1,8 @@
 //! The HTTP face of the simulator: `POST /` speaks API 3.0 (headers `X-TC-*`, TC3 signature, the
 //! `{"Response": ...}` envelope, errors with HTTP 200 as the real API answers them), and `/admin/*`
-//! is the unauthenticated control surface for tests and demos (faults, crashes, usage, clock, stats).
-//! Creates and deletes also start and stop the instances' sandbox agents (see `agents`).
+//! is the unauthenticated control surface for tests and demos (faults, crashes, usage, responder
+//! statuses, clock, stats). Creates and deletes also start and stop the instances' sandbox agents
+//! (see `agents`) and their probers (see `probes`).
 //!
 //! Order of checks for an API call, each failing with the API's own code: action header
 //! (`MissingParameter`), signature (`AuthFailure.*`, verified by `tke_tencent::sign`), version
@@ -42,6 +43,7 @@ use crate::clock::SimClock;
 use crate::faults::{Faults, Stats};
 use crate::instances::{Ipv4Cidr, Lifecycle, Refusal, Samples, Store, UsageChange, refuse};
 use crate::netns::Listeners;
+use crate::probes::{Board, Prober};
 
 const CREATE: &str = CreateEksContainerInstancesRequest::NAME;
 const DESCRIBE: &str = DescribeEksContainerInstancesRequest::NAME;
@@ -81,6 +83,10 @@ struct SimState {
     errors: BTreeMap<String, u64>,
     /// By instance id; instances whose agent could not bind have none.
     agents: HashMap<String, Agent>,
+    /// By instance id, for instances with an agent and at least one probe.
+    probers: HashMap<String, Prober>,
+    /// The probes' results and the responders' statuses.
+    board: Board,
 }
 
 impl Sim {
@@ -120,6 +126,8 @@ impl Sim {
                 requests: BTreeMap::new(),
                 errors: BTreeMap::new(),
                 agents: HashMap::new(),
+                probers: HashMap::new(),
+                board: Board::default(),
             }),
         }
     }
@@ -182,6 +190,95 @@ impl Sim {
         self.lock().store.samples(eks_ci_id, now)
     }
 
+    /// The start of the current run of `container` if it is running now (see `probes`).
+    pub fn running_since(
+        &self,
+        eks_ci_id: &str,
+        container: &str,
+        now: tokio::time::Instant,
+    ) -> Result<Option<tokio::time::Instant>, Refusal> {
+        self.lock().store.running_since(eks_ci_id, container, now)
+    }
+
+    /// Records a readiness result for the run of `container` that started at `run`.
+    pub fn set_ready(&self, eks_ci_id: &str, container: &str, run: tokio::time::Instant, ready: bool) {
+        self.lock().board.set_ready(eks_ci_id, container, run, ready);
+    }
+
+    /// Kills the run of `container` that started at `run` for a failed liveness probe, unless that
+    /// run already ended.
+    pub fn kill_run(&self, eks_ci_id: &str, container: &str, run: tokio::time::Instant, message: String) {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        if let Ok(Some(since)) = state.store.running_since(eks_ci_id, container, now)
+            && since == run
+            && let Err(refusal) = state.store.kill(eks_ci_id, container, message, now)
+        {
+            tracing::debug!(eks_ci_id, container, error = %refusal, "cannot kill the container");
+        }
+    }
+
+    /// Whether each container of the instance that has a readiness probe is ready at `now`, in the
+    /// order of the request.
+    pub fn readiness(&self, eks_ci_id: &str, now: tokio::time::Instant) -> Vec<(String, bool)> {
+        let state = self.lock();
+        state
+            .store
+            .containers(eks_ci_id)
+            .into_iter()
+            .filter(|container| container.readiness_probe.is_some())
+            .map(|container| {
+                let since = state
+                    .store
+                    .running_since(eks_ci_id, &container.name, now)
+                    .ok()
+                    .flatten();
+                let ready = state.board.ready(eks_ci_id, &container.name, since);
+                (container.name, ready)
+            })
+            .collect()
+    }
+
+    /// The status the responder on `port` of the instance answers for `path`.
+    pub fn responder_status(&self, eks_ci_id: &str, port: u16, path: &str) -> u16 {
+        self.lock().board.status(eks_ci_id, port, path)
+    }
+
+    /// Sets the status the responder on `port` of the instance answers (for `path` only, when
+    /// given); 200 restores the default.
+    pub fn set_responder_status(
+        &self,
+        eks_ci_id: &str,
+        port: u16,
+        path: Option<String>,
+        status: u16,
+    ) -> Result<(), Refusal> {
+        if port == 0 {
+            return Err(refuse("InvalidParameterValue", "port must be 1-65535"));
+        }
+        if !(200..=599).contains(&status) {
+            return Err(refuse(
+                "InvalidParameterValue",
+                format!("status {status} is not a final HTTP status (200-599)"),
+            ));
+        }
+        if let Some(path) = path.as_deref().filter(|path| !path.starts_with('/')) {
+            return Err(refuse(
+                "InvalidParameterValue",
+                format!("path {path:?} must start with /"),
+            ));
+        }
+        let mut state = self.lock();
+        if state.store.private_ip(eks_ci_id).is_none() {
+            return Err(refuse(
+                "ResourceNotFound",
+                format!("Container instance {eks_ci_id} does not exist."),
+            ));
+        }
+        state.board.set_status(eks_ci_id, port, path, status);
+        Ok(())
+    }
+
     /// The SecretKey of an accepted SecretId, for the agents' request signatures.
     pub fn secret_key(&self, secret_id: &str) -> Option<&str> {
         self.credentials.get(secret_id).map(|c| c.secret_key.expose())
@@ -205,7 +302,11 @@ impl Sim {
 
     /// Stops every sandbox agent and waits until their listeners are closed.
     pub async fn stop_agents(&self) {
-        let stopping: Vec<Agent> = self.lock().agents.drain().map(|(_, agent)| agent).collect();
+        let stopping: Vec<Agent> = {
+            let mut state = self.lock();
+            state.probers.clear();
+            state.agents.drain().map(|(_, agent)| agent).collect()
+        };
         agents::stop(stopping).await;
     }
 
@@ -328,9 +429,19 @@ impl Sim {
                             &self.listeners,
                             id.clone(),
                             addr,
-                            containers,
+                            containers.clone(),
                         ) {
                             Ok(agent) => {
+                                let prober = Prober::start(
+                                    Arc::downgrade(self),
+                                    id,
+                                    ip.into(),
+                                    &containers,
+                                    agent.workdir(),
+                                );
+                                if let Some(prober) = prober {
+                                    state.probers.insert(id.clone(), prober);
+                                }
                                 state.agents.insert(id.clone(), agent);
                             }
                             // The instance runs as it would in the cloud; only its metrics are missing.
@@ -361,6 +472,11 @@ impl Sim {
                 let request: DeleteEksContainerInstancesRequest = parse(body)?;
                 state.store.delete(&request.eks_ci_ids)?;
                 stopping.extend(request.eks_ci_ids.iter().filter_map(|id| state.agents.remove(id)));
+                for id in &request.eks_ci_ids {
+                    // Dropped: the probe tasks are aborted, an exec probe's process killed.
+                    state.probers.remove(id);
+                    state.board.forget(id);
+                }
                 to_json(DeleteEksContainerInstancesResponse {
                     request_id: String::new(),
                 })
@@ -531,6 +647,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/admin/faults", get(admin_faults).post(admin_set_faults))
         .route("/admin/crash", post(admin_crash))
         .route("/admin/usage", post(admin_usage))
+        .route("/admin/responders", post(admin_responders))
         .route("/admin/clock", post(admin_clock))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(sim)
@@ -635,6 +752,32 @@ async fn admin_usage(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
             admin_error(StatusCode::NOT_FOUND, refusal.message)
         }
         Err(refusal) => admin_error(StatusCode::CONFLICT, refusal.message),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RespondersRequest {
+    #[serde(alias = "eks_ci_id", alias = "id")]
+    eks_ci_id: String,
+    port: u16,
+    /// Every path when absent.
+    #[serde(default)]
+    path: Option<String>,
+    status: u16,
+}
+
+async fn admin_responders(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    let request: RespondersRequest = match admin_body(&body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    match sim.set_responder_status(&request.eks_ci_id, request.port, request.path, request.status) {
+        Ok(()) => axum::Json(json!({})).into_response(),
+        Err(refusal) if refusal.code.ends_with("NotFound") => {
+            admin_error(StatusCode::NOT_FOUND, refusal.message)
+        }
+        Err(refusal) => admin_error(StatusCode::BAD_REQUEST, refusal.message),
     }
 }
 

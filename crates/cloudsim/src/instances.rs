@@ -11,7 +11,9 @@
 //!   as `<RFC 3339 time> <container> read: <line>` among those, at the time it was typed;
 //! - env `CLOUDSIM_EXIT_AFTER=<seconds>` (with optional `CLOUDSIM_EXIT_CODE=<n>`, default 0) on a
 //!   container makes every run of it exit after that long with that code;
-//! - [`Store::crash`] ends the current run now with a given exit code;
+//! - [`Store::crash`] ends the current run now with a given exit code; [`Store::kill`] does so with
+//!   exit code 137 and a message, as a kubelet does for a failed liveness probe (`probes`): the
+//!   message shows on the ended run (`CurrentState.Message`) until the next run starts;
 //! - env `CLOUDSIM_CPU_MILLICORES=<n>` and `CLOUDSIM_MEMORY_BYTES=<n>` on a container set the usage its
 //!   sandbox agent reports ([`Store::samples`]); unset, a container uses 10% of its `Cpu` and 25% of
 //!   its `Memory` (or of its share of the instance's), at least 1 millicore and 1 MiB. The CPU counter
@@ -40,6 +42,8 @@ pub const EXIT_AFTER_ENV: &str = "CLOUDSIM_EXIT_AFTER";
 pub const EXIT_CODE_ENV: &str = "CLOUDSIM_EXIT_CODE";
 pub const CPU_MILLICORES_ENV: &str = "CLOUDSIM_CPU_MILLICORES";
 pub const MEMORY_BYTES_ENV: &str = "CLOUDSIM_MEMORY_BYTES";
+/// 128 + SIGKILL, what a runtime reports for a container killed after a failed liveness probe.
+pub const KILLED_EXIT_CODE: i64 = 137;
 
 /// Go's zero time, which the API shows for times that have not happened.
 const ZERO_TIME: &str = "0001-01-01 00:00:00 +0000 UTC";
@@ -295,6 +299,8 @@ struct ContainerSim {
     last_crash: Option<Run>,
     /// Set when a crash ended the container for good.
     terminated: Option<(Run, u32, Option<Run>)>,
+    /// Why the run a kill ended was killed, shown with that run.
+    killed: Option<(Run, String)>,
     /// Lines typed into the process, when; the last [`LOG_TAIL_MAX`].
     typed: VecDeque<(Instant, String)>,
 }
@@ -686,8 +692,9 @@ impl Instance {
             .request
             .containers
             .iter()
+            .zip(&self.containers)
             .zip(&views)
-            .map(|(container, view)| {
+            .map(|((container, sim), view)| {
                 let state = match *view {
                     ContainerView::Creating => ContainerState {
                         state: ContainerStateName::Created,
@@ -709,10 +716,15 @@ impl Instance {
                         state: ContainerStateName::Exited,
                         exit_code: run.code,
                         reason: if run.code == 0 { "Completed" } else { "Error" }.into(),
+                        message: sim
+                            .killed
+                            .as_ref()
+                            .filter(|(killed, _)| *killed == run)
+                            .map(|(_, message)| message.clone())
+                            .unwrap_or_default(),
                         start_time: wall(run.started),
                         finish_time: wall(run.finished),
                         restart_count: i64::from(restarts),
-                        ..Default::default()
                     },
                 };
                 Container {
@@ -909,6 +921,7 @@ impl Store {
                     epoch_restarts: 0,
                     last_crash: None,
                     terminated: None,
+                    killed: None,
                     typed: VecDeque::new(),
                 })
                 .collect();
@@ -1346,6 +1359,23 @@ impl Store {
 
     /// Ends the current run of a container (the first one when `container` is `None`) with `code`.
     pub fn crash(&mut self, id: &str, container: Option<&str>, code: i64, now: Instant) -> Result<()> {
+        self.end_run(id, container, code, None, now)
+    }
+
+    /// Kills the current run of `container` as a kubelet kills a container whose liveness probe
+    /// failed: exit code 137, `message` on the ended run, and a restart under the restart policy.
+    pub fn kill(&mut self, id: &str, container: &str, message: String, now: Instant) -> Result<()> {
+        self.end_run(id, Some(container), KILLED_EXIT_CODE, Some(message), now)
+    }
+
+    fn end_run(
+        &mut self,
+        id: &str,
+        container: Option<&str>,
+        code: i64,
+        message: Option<String>,
+        now: Instant,
+    ) -> Result<()> {
         let lifecycle = self.lifecycle;
         let instance = self
             .instances
@@ -1383,6 +1413,7 @@ impl Store {
             finished: now,
             code,
         };
+        sim.killed = message.map(|message| (run, message));
         if restarts_after(&policy, code) {
             sim.last_crash = Some(run);
             sim.epoch = now + lifecycle.restart_delay;
@@ -1401,6 +1432,34 @@ impl Store {
             .get(id)
             .map(|instance| instance.request.containers.clone())
             .unwrap_or_default()
+    }
+
+    /// The start of the current run of `container` if it is running at `now`, `None` if it is not
+    /// (creating, exited, waiting to restart); an error if the instance or container is unknown.
+    pub fn running_since(&self, id: &str, container: &str, now: Instant) -> Result<Option<Instant>> {
+        let instance = self.instance(id)?;
+        let index = instance
+            .request
+            .containers
+            .iter()
+            .position(|c| c.name == container)
+            .ok_or_else(|| {
+                refuse(
+                    "InternalError.ContainerNotFound",
+                    format!("no container {container} in {id}"),
+                )
+            })?;
+        Ok(
+            match instance.containers[index].view(
+                now,
+                instance.started,
+                &instance.restart_policy,
+                &self.lifecycle,
+            ) {
+                ContainerView::Running { started, .. } => Some(started),
+                _ => None,
+            },
+        )
     }
 
     pub fn private_ip(&self, id: &str) -> Option<Ipv4Addr> {
@@ -1904,6 +1963,53 @@ mod tests {
         let events = f.store.events(&id, None, f.clock.now(), &f.clock).unwrap();
         assert_eq!(events[0].reason, "BackOff");
         assert_eq!(events.iter().find(|e| e.reason == "Started").unwrap().count, 2);
+    }
+
+    #[test]
+    fn a_liveness_kill_of_a_scripted_container_shows_why_and_the_script_goes_on() {
+        let mut f = fixture();
+        let id = f
+            .create(request("k", RestartPolicy::Always, &[(EXIT_AFTER_ENV, "5")]))
+            .unwrap();
+        f.clock.advance(12 * SECOND);
+        let run = f.store.running_since(&id, "web", f.clock.now()).unwrap();
+        assert_eq!(run, Some(f.clock.now() - 2 * SECOND));
+        f.store
+            .kill(&id, "web", "Liveness probe failed: boom".into(), f.clock.now())
+            .unwrap();
+        let state = f.state(&id);
+        assert_eq!(
+            (
+                state.state,
+                state.exit_code,
+                state.reason.as_str(),
+                state.message.as_str()
+            ),
+            (
+                ContainerStateName::Exited,
+                KILLED_EXIT_CODE,
+                "Error",
+                "Liveness probe failed: boom"
+            )
+        );
+        assert_eq!(f.store.running_since(&id, "web", f.clock.now()).unwrap(), None);
+        f.clock.advance(2 * SECOND);
+        let state = f.state(&id);
+        assert_eq!(
+            (state.state, state.restart_count),
+            (ContainerStateName::Running, 1)
+        );
+        assert_eq!(state.message, "");
+        // The script runs again from the restart: exit after 5 s, back 2 s later.
+        f.clock.advance(5 * SECOND);
+        let state = f.state(&id);
+        assert_eq!(
+            (state.state, state.exit_code, state.message.as_str()),
+            (ContainerStateName::Exited, 0, "")
+        );
+        f.clock.advance(2 * SECOND);
+        assert_eq!(f.state(&id).restart_count, 2);
+        assert!(f.store.running_since(&id, "db", f.clock.now()).is_err());
     }
 
     #[test]

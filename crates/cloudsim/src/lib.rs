@@ -5,7 +5,8 @@
 //!
 //! `tke-resilience cloudsim` runs it ([`Args`], [`run`]); tests start it in-process with [`serve`] on
 //! `127.0.0.1:0` and steer it through the returned [`Handle`] (or over HTTP: `GET /admin/stats`,
-//! `GET`/`POST /admin/faults`, `POST /admin/crash`, `POST /admin/usage`, `POST /admin/clock`).
+//! `GET`/`POST /admin/faults`, `POST /admin/crash`, `POST /admin/usage`, `POST /admin/responders`,
+//! `POST /admin/clock`).
 //!
 //! What it supports of the real API: the five EKSCI actions eklet uses plus
 //! DescribeEKSContainerInstanceRegions; the Describe filters `eks-ci-name`, `status`, `private-ip`,
@@ -23,6 +24,14 @@
 //! addresses as they reach the real ones over Direct Connect (see [`netns`]). Without a namespace
 //! the block must be loopback (`127.0.0.0/8`; tests on machines where namespaces cannot be made).
 //! Off by default, so the benchmarks open no sockets.
+//!
+//! With agents on, cloudsim also runs the containers' readiness and liveness probes as a kubelet
+//! would (`probes`): the agent reports readiness (`container_ready`, which the API lacks) and a
+//! failed liveness probe restarts the container. A test makes a probe fail by setting the status a
+//! responder answers ([`Handle::set_responder_status`], or `POST /admin/responders` with
+//! `{"eksCiId": "eksci-…", "port": 80, "path": "/healthz", "status": 500}`; `path` is optional,
+//! every path when absent; status 200 restores the default). The probes connect from cloudsim's
+//! own namespace, over the route into the VPC, as port-forward does.
 
 mod agents;
 mod api;
@@ -31,6 +40,7 @@ pub mod clock;
 pub mod faults;
 pub mod instances;
 pub mod netns;
+mod probes;
 pub mod pty;
 mod streams;
 
@@ -198,6 +208,21 @@ impl Handle {
         change: UsageChange,
     ) -> Result<(), Refusal> {
         self.sim.set_usage(eks_ci_id, container, change)
+    }
+
+    /// Makes the responder on `port` of an instance answer `status` (200-599) from now on, for
+    /// requests for `path` only when given (a path's status wins over the port's); 200 restores
+    /// the default. Readiness and liveness probes against it see the new status at their next
+    /// period.
+    pub fn set_responder_status(
+        &self,
+        eks_ci_id: &str,
+        port: u16,
+        path: Option<&str>,
+        status: u16,
+    ) -> Result<(), Refusal> {
+        self.sim
+            .set_responder_status(eks_ci_id, port, path.map(str::to_owned), status)
     }
 
     /// Moves the simulator's clock forward (the only way a manual clock moves).

@@ -63,6 +63,33 @@ fn frame(channel: u8, data: &[u8]) -> Message {
     Message::binary(bytes)
 }
 
+/// Runs `spec`'s command to its end without a stream, as an exec probe does: stdin closed, stdout
+/// and stderr captured. The exit code (127 or 126 when it cannot start, as for an exec) and the
+/// output; the process is killed if the future is dropped (a probe's timeout).
+pub async fn run_to_end(spec: &ExecSpec) -> (i32, Vec<u8>) {
+    let Some((program, args)) = spec.request.command.split_first() else {
+        return (126, b"no command given".to_vec());
+    };
+    let mut command = tokio::process::Command::new(program);
+    command_env(spec, &mut command);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    match command.output().await {
+        Ok(output) => {
+            let mut text = output.stdout;
+            text.extend_from_slice(&output.stderr);
+            // Killed by a signal: what a shell would report.
+            let code = output.status.code().unwrap_or(128 + 9);
+            (code, text)
+        }
+        Err(err) => (spawn_failure_code(&err), format!("{program}: {err}").into_bytes()),
+    }
+}
+
 /// The exit code a container runtime reports for a command that could not be started.
 fn spawn_failure_code(err: &io::Error) -> i32 {
     match err.kind() {

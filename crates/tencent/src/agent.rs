@@ -6,7 +6,14 @@
 //! `container_cpu_usage_seconds_total`, `container_memory_working_set_bytes` and
 //! `container_start_time_seconds`, one series per running container, labelled `container`.
 //!
-//! [`parse`] reads the exposition text, [`AgentClient`] fetches it, [`metrics_port`] picks the port.
+//! Readiness, which the API does not report either: the agent runs the containers' readiness probes
+//! and serves the gauge `container_ready{container="web"} 1` (or `0`) for every container that has
+//! a readiness probe, running or not: 1 when the probe passes in the container's current run, 0
+//! otherwise (not yet passed, failing, or not running). A container without a readiness probe has
+//! no series; it is ready when it runs. Any value but 0 or 1 is malformed.
+//!
+//! [`parse`] reads the usage of the exposition text and [`parse_page`] its readiness too,
+//! [`AgentClient`] fetches it, [`metrics_port`] picks the port.
 //! Like the rest of this crate it knows nothing of Kubernetes: it hands back container names and
 //! numbers.
 
@@ -22,6 +29,7 @@ pub const DEFAULT_METRICS_PORT: u16 = 9100;
 const CPU_FAMILY: &str = "container_cpu_usage_seconds_total";
 const MEMORY_FAMILY: &str = "container_memory_working_set_bytes";
 const START_FAMILY: &str = "container_start_time_seconds";
+const READY_FAMILY: &str = "container_ready";
 /// cAdvisor's pause-container and pod-cgroup series carry these; they are no container's usage.
 const NOT_CONTAINERS: [&str; 2] = ["", "POD"];
 /// A sandbox runs a handful of containers: a few kilobytes of text. Anything near this is not an agent.
@@ -43,6 +51,15 @@ pub struct ContainerUsage {
     /// The sample's timestamp, if the series carried one (else None): the CPU series' timestamp, or
     /// the memory series' when only that one has one (a CPU rate is computed over the CPU sample).
     pub time: Option<Timestamp>,
+}
+
+/// Everything a page of the agent says: the running containers' usage, and the readiness of the
+/// containers that have a readiness probe.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentPage {
+    pub usage: Vec<ContainerUsage>,
+    /// By container name.
+    pub ready: BTreeMap<String, bool>,
 }
 
 /// Why a scrape gave no usage. Transport failures name the address; the caller knows which pod it is.
@@ -90,6 +107,12 @@ pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 /// Containers come in the order their first series appears. Two series of one family for the same
 /// container are an error: summing or picking one could report usage that never happened.
 pub fn parse(text: &str) -> Result<Vec<ContainerUsage>> {
+    parse_page(text).map(|page| page.usage)
+}
+
+/// [`parse`], and the `container_ready` series: a container with one reports its readiness, with
+/// or without usage. Its value must be 0 or 1; a second series for one container is an error.
+pub fn parse_page(text: &str) -> Result<AgentPage> {
     let mut containers: Vec<Partial> = Vec::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();
     for (index, raw) in text.lines().enumerate() {
@@ -112,7 +135,14 @@ pub fn parse(text: &str) -> Result<Vec<ContainerUsage>> {
         });
         containers[slot].add(sample, number).map_err(malformed)?;
     }
-    Ok(containers.into_iter().filter_map(Partial::finish).collect())
+    let ready = containers
+        .iter()
+        .filter_map(|partial| Some((partial.name.clone(), partial.ready?.0)))
+        .collect();
+    Ok(AgentPage {
+        usage: containers.into_iter().filter_map(Partial::finish).collect(),
+        ready,
+    })
 }
 
 /// The port to scrape for a pod: the annotation's value if it is a valid port number (1..=65535),
@@ -168,6 +198,11 @@ impl AgentClient {
 
     /// Fetches and parses one sandbox's metrics.
     pub async fn scrape(&self, addr: SocketAddr) -> Result<Vec<ContainerUsage>> {
+        self.scrape_page(addr).await.map(|page| page.usage)
+    }
+
+    /// Fetches and parses one sandbox's metrics and readiness.
+    pub async fn scrape_page(&self, addr: SocketAddr) -> Result<AgentPage> {
         let transport = |source: reqwest::Error| {
             if source.is_timeout() {
                 AgentError::Timeout {
@@ -235,7 +270,7 @@ impl AgentClient {
                 ),
             }
         })?;
-        parse(&text)
+        parse_page(&text)
     }
 }
 
@@ -265,6 +300,7 @@ enum Family {
     Cpu,
     Memory,
     Start,
+    Ready,
 }
 
 impl Family {
@@ -273,6 +309,7 @@ impl Family {
             Family::Cpu => CPU_FAMILY,
             Family::Memory => MEMORY_FAMILY,
             Family::Start => START_FAMILY,
+            Family::Ready => READY_FAMILY,
         }
     }
 }
@@ -295,6 +332,7 @@ struct Partial {
     cpu: Option<(u64, Option<Timestamp>, usize)>,
     memory: Option<(u64, Option<Timestamp>, usize)>,
     start: Option<(Timestamp, usize)>,
+    ready: Option<(bool, usize)>,
 }
 
 impl Partial {
@@ -304,6 +342,7 @@ impl Partial {
             cpu: None,
             memory: None,
             start: None,
+            ready: None,
         }
     }
 
@@ -312,6 +351,7 @@ impl Partial {
             Family::Cpu => self.cpu.map(|(_, _, line)| line),
             Family::Memory => self.memory.map(|(_, _, line)| line),
             Family::Start => self.start.map(|(_, line)| line),
+            Family::Ready => self.ready.map(|(_, line)| line),
         };
         if let Some(first) = first {
             return Err(format!(
@@ -328,6 +368,7 @@ impl Partial {
                     .map_err(|_| format!("start time {} s is out of range", sample.value / 1_000_000_000))?;
                 self.start = Some((start, line));
             }
+            Family::Ready => self.ready = Some((sample.value == 1, line)),
         }
         Ok(())
     }
@@ -362,6 +403,7 @@ fn parse_line(line: &str) -> Result<Option<Sample>, String> {
         CPU_FAMILY => Family::Cpu,
         MEMORY_FAMILY => Family::Memory,
         START_FAMILY => Family::Start,
+        READY_FAMILY => Family::Ready,
         _ => return Ok(None),
     };
     let (labels, rest) = match rest.strip_prefix('{') {
@@ -383,6 +425,12 @@ fn parse_line(line: &str) -> Result<Option<Sample>, String> {
     let value = match family {
         Family::Cpu | Family::Start => scaled(value, 9),
         Family::Memory => scaled(value, 0),
+        // Exactly 0 or 1, so 0.6 is not rounded into a readiness.
+        Family::Ready => scaled(value, 9).and_then(|nanos| match nanos {
+            0 => Ok(0),
+            1_000_000_000 => Ok(1),
+            _ => Err(format!("{} is not 0 or 1", excerpt(value, 24))),
+        }),
     }
     .map_err(|reason| format!("{name}: {reason}"))?;
     Ok(Some(Sample {
@@ -631,6 +679,46 @@ machine_cpu_cores{boot_id="x",machine_id="y",system_uuid="z"} 4
             ],
             "the pod cgroup, the pause container, the node and a memory-only container are left out"
         );
+    }
+
+    #[test]
+    fn readiness_is_read_per_container_with_or_without_usage() {
+        let text = "\
+container_cpu_usage_seconds_total{container=\"web\"} 1
+container_memory_working_set_bytes{container=\"web\"} 2
+# HELP container_ready Whether the container's readiness probe passes
+# TYPE container_ready gauge
+container_ready{container=\"web\"} 1
+container_ready{container=\"sidecar\"} 0
+container_ready{container=\"POD\"} 1
+container_ready{container=\"init\"} 1.0e0
+";
+        let page = parse_page(text).unwrap();
+        assert_eq!(page.usage.len(), 1, "readiness adds no usage");
+        assert_eq!(
+            page.ready,
+            BTreeMap::from([
+                ("web".to_owned(), true),
+                ("sidecar".to_owned(), false),
+                ("init".to_owned(), true),
+            ])
+        );
+        assert_eq!(parse(text).unwrap(), page.usage);
+        assert!(parse_page(CADVISOR).unwrap().ready.is_empty());
+    }
+
+    #[test]
+    fn a_readiness_other_than_0_or_1_is_malformed() {
+        for value in ["2", "0.6", "-1", "NaN", "+Inf", "yes"] {
+            let (line, reason, _) =
+                malformed(&format!("# ready\ncontainer_ready{{container=\"web\"}} {value}"));
+            assert_eq!(line, 2, "{value}");
+            assert!(reason.starts_with("container_ready: "), "{value}: {reason}");
+        }
+        let (line, reason, _) =
+            malformed("container_ready{container=\"web\"} 1\ncontainer_ready{container=\"web\"} 0");
+        assert_eq!(line, 2);
+        assert!(reason.contains("a second container_ready series"), "{reason}");
     }
 
     #[test]

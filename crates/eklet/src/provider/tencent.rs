@@ -1,10 +1,19 @@
 //! The `tencent` provider: sandboxes are EKS container instances, driven through the signed
 //! EKSCI API of `tke-tencent` (CreateEKSContainerInstances, DescribeEKSContainerInstances,
 //! DeleteEKSContainerInstances, DescribeEKSContainerInstanceEvent,
-//! DescribeEksContainerInstanceLog). The API mounts only NFS and CBS volumes and reports no
-//! container readiness, which its [`Capabilities`] say; an instance's name is the sandbox name,
-//! the API's only free-form field, so adoption lists the VPC and keeps the names this cluster
-//! gave. `kubectl exec`, `attach` and `port-forward` go to each sandbox's agent ([`streams`]).
+//! DescribeEksContainerInstanceLog). The API mounts only NFS and CBS volumes, which its
+//! [`Capabilities`] say; an instance's name is the sandbox name, the API's only free-form field,
+//! so adoption lists the VPC and keeps the names this cluster gave. `kubectl exec`, `attach` and
+//! `port-forward` go to each sandbox's agent ([`streams`]).
+//!
+//! Readiness: the API reports none, the sandbox's agent does (`container_ready`, see
+//! `tke_tencent::agent`). Every describe and list reads it from the agents of the Running
+//! sandboxes that have a container with a readiness probe (at `--sandbox-metrics-port`: the call
+//! has no pod, so no per-pod annotation applies), 16 at once and 1 s each (`AGENT_CONCURRENCY`,
+//! `READINESS_TIMEOUT`). Such a container is ready only when its agent says so (an agent that does
+//! not answer makes it not ready); any other container is ready when it runs. A pod's readiness
+//! thus follows its probe within period × threshold (+ the probe's timeout) on the agent's side,
+//! plus one `--status-sync-interval` and at most one agent timeout on ours.
 
 mod streams;
 
@@ -54,8 +63,11 @@ const GIB: f64 = (1u64 << 30) as f64;
 /// How long one sandbox agent may take to answer a scrape; metrics-server's own timeout is
 /// longer, so one slow sandbox costs its pod's usage, not the node's.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Sandbox agents scraped at once for one stats call.
+/// Sandbox agents scraped at once for one stats call, or read at once for one describe.
 const AGENT_CONCURRENCY: usize = 16;
+/// How long a describe waits for one sandbox's agent to say which containers are ready: short, as
+/// it delays the status of the whole batch; the next sync asks again.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(1);
 /// The shortest span a CPU rate is computed over.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// A container's last counter reading older than this is forgotten (its pod is gone or no longer
@@ -69,6 +81,8 @@ pub struct TencentProvider {
     security_group_ids: Vec<String>,
     capabilities: Capabilities,
     agents: AgentClient,
+    /// The same, with [`READINESS_TIMEOUT`].
+    readiness: AgentClient,
     metrics_port: u16,
     /// CPU counter readings per (sandbox, container), to turn the agents' counters into rates.
     readings: Mutex<HashMap<(String, String), Readings>>,
@@ -234,7 +248,8 @@ impl TencentProvider {
                 service_account_token: false,
                 probes: vec![ProbeKind::Exec, ProbeKind::HttpGet, ProbeKind::TcpSocket],
                 startup_probe: false,
-                reports_readiness: false,
+                // From each sandbox's agent, which runs the readiness probes.
+                reports_readiness: true,
                 logs: true,
                 // From each sandbox's agent, not the API (it has no metrics action).
                 stats: true,
@@ -246,6 +261,7 @@ impl TencentProvider {
                 port_forward: true,
             },
             agents: AgentClient::new(AGENT_TIMEOUT),
+            readiness: AgentClient::new(READINESS_TIMEOUT),
             metrics_port: agent::DEFAULT_METRICS_PORT,
             readings: Mutex::new(HashMap::new()),
         }
@@ -290,6 +306,47 @@ impl TencentProvider {
             addr: SocketAddr::new(ip, self.metrics_port),
             instance_id: id.to_owned(),
         })
+    }
+
+    /// The sandboxes of `instances`, with the readiness of probed containers read from the agents
+    /// (see the module doc).
+    async fn sandboxes(&self, instances: &[EksCi]) -> Vec<Sandbox> {
+        let mut sandboxes: Vec<Sandbox> = instances.iter().map(sandbox).collect();
+        let asks: Vec<_> = instances
+            .iter()
+            .enumerate()
+            .filter(|(_, instance)| {
+                instance.status == InstanceStatus::Running
+                    && instance.containers.iter().any(|c| c.readiness_probe.is_some())
+            })
+            .filter_map(|(index, instance)| {
+                let ip: IpAddr = instance.private_ip.parse().ok()?;
+                let addr = SocketAddr::new(ip, self.metrics_port);
+                Some(async move { (index, addr, self.readiness.scrape_page(addr).await) })
+            })
+            .collect();
+        let pages: Vec<_> = futures::stream::iter(asks)
+            .buffer_unordered(AGENT_CONCURRENCY)
+            .collect()
+            .await;
+        for (index, addr, page) in pages {
+            let (instance, sandbox) = (&instances[index], &mut sandboxes[index]);
+            let page = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    // The probed containers stay not ready; the next sync asks again.
+                    tracing::debug!(sandbox = %instance.eks_ci_id, %addr, %error, "no readiness from the sandbox agent");
+                    continue;
+                }
+            };
+            for (status, container) in sandbox.containers.iter_mut().zip(&instance.containers) {
+                if container.readiness_probe.is_some() {
+                    let running = matches!(status.state, ContainerState::Running { .. });
+                    status.ready = Some(running && page.ready.get(&container.name) == Some(&true));
+                }
+            }
+        }
+        sandboxes
     }
 
     /// One sandbox's usage from its agent, with rates from the previous reading (or, the first
@@ -632,12 +689,15 @@ fn container_status(container: &Container) -> ContainerStatus {
         .restart_count
         .or_else(|| current.map(|s| u64::try_from(s.restart_count).unwrap_or(0)))
         .unwrap_or(0);
+    // Without a readiness probe a running container is ready; with one, only when its agent says
+    // so (`TencentProvider::sandboxes`).
+    let ready = container.readiness_probe.is_none() && matches!(state, ContainerState::Running { .. });
     ContainerStatus {
         name: container.name.clone(),
         image: container.image.clone(),
         state,
         restart_count: u32::try_from(restart_count).unwrap_or(u32::MAX),
-        ready: None,
+        ready: Some(ready),
     }
 }
 
@@ -700,7 +760,7 @@ impl Provider for TencentProvider {
             .describe_instances_by_id(ids)
             .await
             .map_err(|e| cloud_error("DescribeEKSContainerInstances", e))?;
-        Ok(instances.iter().map(sandbox).collect())
+        Ok(self.sandboxes(&instances).await)
     }
 
     async fn find(&self, name: &SandboxName) -> Result<Option<Sandbox>> {
@@ -722,11 +782,11 @@ impl Provider for TencentProvider {
             .list_instances(vec![Filter::new(filter_names::VPC_ID, [self.vpc_id.as_str()])])
             .await
             .map_err(|e| cloud_error("DescribeEKSContainerInstances", e))?;
-        Ok(instances
-            .iter()
+        let ours: Vec<EksCi> = instances
+            .into_iter()
             .filter(|i| i.eks_ci_name.starts_with(&prefix))
-            .map(sandbox)
-            .collect())
+            .collect();
+        Ok(self.sandboxes(&ours).await)
     }
 
     async fn refresh_files(&self, _id: &str, _volume: &VolumeSpec) -> Result<()> {
@@ -1004,11 +1064,21 @@ mod tests {
         octet: u8,
         env: impl FnOnce(u16) -> Vec<EnvVar>,
     ) -> (tke_cloudsim::Handle, TencentProvider, String, u16) {
+        sandbox_with_container(octet, |container, port| container.env = env(port)).await
+    }
+
+    /// [`sandbox_with_agent`], with the container shaped by `shape` (given the free port).
+    async fn sandbox_with_container(
+        octet: u8,
+        shape: impl FnOnce(&mut ContainerSpec, u16),
+    ) -> (tke_cloudsim::Handle, TencentProvider, String, u16) {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let credentials = Credentials::new("AKIDEXAMPLE", "key");
         let mut config = tke_cloudsim::Config::new(credentials.clone());
         config.manual_clock = true;
         config.start_delay = Duration::ZERO;
+        // The manual clock never refills a rate limit's bucket, and tests poll.
+        config.rate_limit_per_second = 0;
         let free = || {
             std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, octet, 0, 1), 0))
                 .unwrap()
@@ -1027,10 +1097,96 @@ mod tests {
         let mut spec = spec();
         spec.volumes.clear();
         spec.containers[0].mounts.clear();
-        spec.containers[0].env = env(free_port);
+        shape(&mut spec.containers[0], free_port);
         let created = provider.create(&spec).await.unwrap();
         cloud.advance_clock(Duration::from_secs(10));
         (cloud, provider, created.id, free_port)
+    }
+
+    /// Readiness comes from the sandbox's agent, which runs the readiness probe: not ready until it
+    /// passes, not ready while it fails, and a container without a probe is ready when it runs.
+    #[tokio::test]
+    async fn readiness_of_a_probed_container_comes_from_the_sandbox_agent() {
+        let (cloud, provider, id, web_port) = sandbox_with_container(233, |container, port| {
+            container.env = vec![EnvVar {
+                name: tke_cloudsim::PORTS_ENV.into(),
+                value: port.to_string(),
+            }];
+            container.readiness_probe = Some(ProbeSpec {
+                action: ProbeAction::HttpGet {
+                    path: "/ready".into(),
+                    port,
+                    scheme: "HTTP".into(),
+                },
+                initial_delay_seconds: 0,
+                period_seconds: 1,
+                timeout_seconds: 1,
+                success_threshold: 1,
+                failure_threshold: 1,
+            });
+        })
+        .await;
+        assert!(provider.capabilities().reports_readiness);
+        let ready = || async {
+            let sandbox = provider
+                .describe(std::slice::from_ref(&id))
+                .await
+                .unwrap()
+                .remove(0);
+            assert_eq!(sandbox.phase, SandboxPhase::Running);
+            sandbox.containers[0].ready
+        };
+        let until = |want: bool| async move {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                while ready().await != Some(want) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("never ready={want}"));
+        };
+        until(true).await;
+        cloud
+            .set_responder_status(&id, web_port, Some("/ready"), 503)
+            .unwrap();
+        until(false).await;
+        cloud.set_responder_status(&id, web_port, None, 200).unwrap();
+        cloud
+            .set_responder_status(&id, web_port, Some("/ready"), 200)
+            .unwrap();
+        until(true).await;
+
+        // An agent that does not answer (nothing listens where this provider looks): not ready,
+        // and the describe still succeeds.
+        let client =
+            tke_tencent::Client::new(cloud.client_config(Credentials::new("AKIDEXAMPLE", "key"))).unwrap();
+        // Free on the sandbox's address: neither its agent nor a responder.
+        let closed = std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 233, 0, 1), 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let misdirected =
+            TencentProvider::new(client, "vpc-1", vec!["sg-1".into()]).with_metrics_port(closed);
+        let sandbox = misdirected
+            .describe(std::slice::from_ref(&id))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (sandbox.phase, sandbox.containers[0].ready),
+            (SandboxPhase::Running, Some(false))
+        );
+        let unprobed = Container {
+            name: "plain".into(),
+            current_state: Some(model::ContainerState {
+                state: model::ContainerStateName::Running,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(container_status(&unprobed).ready, Some(true));
+        cloud.shutdown().await.unwrap();
     }
 
     /// exec and port-forward through the provider to cloudsim's agents: a real process with the
