@@ -195,21 +195,29 @@ fn rates(by_action: &BTreeMap<String, f64>) -> String {
     }
 }
 
-/// A client certificate for eklet (a user of its own, cluster-admin through `system:masters`) and
-/// a FlowSchema matching that user, so the apiserver counts eklet's requests apart.
+/// A client certificate for eklet (a user of its own, bound to cluster-admin: `system:masters`
+/// would put it under the `exempt` FlowSchema, which no other may precede) and a FlowSchema
+/// matching that user, so the apiserver counts eklet's requests apart.
 async fn eklet_identity(cp: &ControlPlane, client: &Client) -> anyhow::Result<PathBuf> {
-    let pair = cp
-        .pki()
-        .issue_client("tke-bench-eklet", EKLET_USER, Some("system:masters"))?;
+    let pair = cp.pki().issue_client("tke-bench-eklet", EKLET_USER, None)?;
     let path = cp.run_dir().join("tke-bench-eklet.kubeconfig");
     cp.write_client_kubeconfig(&path, &pair)?;
+    let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": FLOW_SCHEMA},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": EKLET_USER}],
+    }))?;
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .context("binding the benchmark's eklet user to cluster-admin")?;
     let schema: serde_json::Value = json!({
         "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
         "kind": "FlowSchema",
         "metadata": {"name": FLOW_SCHEMA},
         "spec": {
-            // Before `exempt` (also 1; ties go to the smaller name): system:masters would match it.
-            "matchingPrecedence": 1,
+            // Ahead of every suggested schema but `exempt` (1) and `probes` (2).
+            "matchingPrecedence": 3,
             "priorityLevelConfiguration": {"name": "exempt"},
             "rules": [{
                 "subjects": [{"kind": "User", "user": {"name": EKLET_USER}}],
