@@ -8,9 +8,13 @@
 //! Running, what metrics-server does each resolution: a scrape of the node's `/metrics/resource`
 //! (median of several, and how many pods it reported usage for). virtual-kubelet's mock provider
 //! makes its numbers up in memory; eklet reads each sandbox's agent (cloudsim's, on loopback).
+//! Last, what Prometheus costs eklet with every pod Running: the size of its own `/metrics`, the
+//! time of a scrape (p50 and max of [`METRICS_SCRAPES`]) and eklet's CPU time per scrape (its
+//! `/proc/PID/stat` CPU time over the scrapes, less that of an idle interval as long).
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -26,6 +30,9 @@ use kube::{
 };
 use serde_json::json;
 use tke_testbed::{ControlPlane, Options, Proc, components, free_ports, random_suffix};
+
+/// Back-to-back scrapes of eklet's `/metrics` after a warm-up one.
+const METRICS_SCRAPES: usize = 1000;
 
 struct Args {
     binary: PathBuf,
@@ -77,6 +84,18 @@ struct Result_ {
     /// Median time of a `/metrics/resource` scrape with every pod Running, and the pods it gave
     /// usage for; `None` when the agent died first or never answered.
     scrape: Option<(Duration, usize)>,
+    /// What a scrape of the agent's own `/metrics` costs (eklet only).
+    self_metrics: Option<SelfMetrics>,
+}
+
+/// The cost of scraping an agent's own Prometheus `/metrics`.
+struct SelfMetrics {
+    bytes: usize,
+    series: usize,
+    p50: Duration,
+    max: Duration,
+    /// The agent's CPU time per scrape, its idle CPU time subtracted.
+    cpu_per_scrape: Duration,
 }
 
 impl Result_ {
@@ -140,6 +159,26 @@ async fn main() -> anyhow::Result<()> {
             r.peak_rss_kib / 1024,
             r.cpu.as_secs_f64()
         );
+    }
+    if results.iter().any(|r| r.self_metrics.is_some()) {
+        println!();
+        println!("| agent | pods | /metrics bytes | series | scrape p50 | scrape max | CPU per scrape |");
+        println!("|---|---|---|---|---|---|---|");
+        for r in &results {
+            if let Some(m) = &r.self_metrics {
+                println!(
+                    "| {} | {} | {} ({:.1} KiB) | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+                    r.agent,
+                    r.latencies.len(),
+                    m.bytes,
+                    m.bytes as f64 / 1024.0,
+                    m.series,
+                    m.p50.as_secs_f64() * 1000.0,
+                    m.max.as_secs_f64() * 1000.0,
+                    m.cpu_per_scrape.as_secs_f64() * 1000.0
+                );
+            }
+        }
     }
     let mean = |agent: &str, f: &dyn Fn(&Result_) -> f64| {
         let xs: Vec<f64> = results.iter().filter(|r| r.agent == agent).map(f).collect();
@@ -218,7 +257,7 @@ async fn run_vk(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::Resu
         ],
     )?;
     tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
-    measure("virtual-kubelet", cp, client, &node, port, proc, args.pods).await
+    measure("virtual-kubelet", cp, client, &node, port, None, proc, args.pods).await
 }
 
 async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::Result<Result_> {
@@ -255,18 +294,22 @@ async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::R
     let proc = eklet.spawn(cp)?;
     let kubelet = eklet.kubelet_addr().port();
     tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
-    let result = measure("eklet", cp, client, &node, kubelet, proc, args.pods).await;
+    let metrics = Some(eklet.metrics_addr());
+    let result = measure("eklet", cp, client, &node, kubelet, metrics, proc, args.pods).await;
     drop(cloudsim_proc);
     result
 }
 
-/// Creates `pods` pods bound to `node` and measures until all are Running.
+/// Creates `pods` pods bound to `node` and measures until all are Running; then the cost of a
+/// `/metrics/resource` scrape and, given the agent's own `metrics` address, of a `/metrics` one.
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     agent: &'static str,
     cp: &ControlPlane,
     client: &Client,
     node: &str,
     kubelet_port: u16,
+    metrics: Option<SocketAddr>,
     mut proc: Proc,
     pods: usize,
 ) -> anyhow::Result<Result_> {
@@ -356,6 +399,10 @@ async fn measure(
         None => scrape_resource_metrics(cp, kubelet_port).await,
         Some(_) => None,
     };
+    let self_metrics = match (metrics, &crashed) {
+        (Some(addr), None) => scrape_self_metrics(addr, proc.pid()).await,
+        _ => None,
+    };
     let created = created.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let running = running.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let latencies: Vec<Duration> = created
@@ -377,6 +424,52 @@ async fn measure(
         cpu,
         crashed,
         scrape,
+        self_metrics,
+    })
+}
+
+/// Scrapes the agent's own `/metrics` as Prometheus does, [`METRICS_SCRAPES`] times back to back
+/// after a warm-up one, and takes its CPU time over them less its CPU time over an idle interval
+/// as long just before (its background work: status loops, lease renewals).
+async fn scrape_self_metrics(addr: SocketAddr, pid: u32) -> Option<SelfMetrics> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .ok()?;
+    let url = format!("http://{addr}/metrics");
+    let get = || async {
+        match http.get(&url).send().await.and_then(|r| r.error_for_status()) {
+            Ok(response) => response.text().await.ok(),
+            Err(error) => {
+                println!("[bench] scraping {url}: {error}");
+                None
+            }
+        }
+    };
+    get().await?;
+    let mut times = Vec::with_capacity(METRICS_SCRAPES);
+    let mut text = String::new();
+    let (begun, cpu_begun) = (Instant::now(), cpu_time(pid));
+    for _ in 0..METRICS_SCRAPES {
+        let sent = Instant::now();
+        text = get().await?;
+        times.push(sent.elapsed());
+    }
+    let scraping = begun.elapsed();
+    let scrapes_cpu = cpu_time(pid).saturating_sub(cpu_begun);
+    let idle_begun = cpu_time(pid);
+    tokio::time::sleep(scraping).await;
+    let idle_cpu = cpu_time(pid).saturating_sub(idle_begun);
+    times.sort();
+    Some(SelfMetrics {
+        bytes: text.len(),
+        series: text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count(),
+        p50: times[times.len() / 2],
+        max: times[times.len() - 1],
+        cpu_per_scrape: scrapes_cpu.saturating_sub(idle_cpu) / METRICS_SCRAPES as u32,
     })
 }
 
