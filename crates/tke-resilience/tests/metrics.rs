@@ -198,3 +198,80 @@ fn every_component_follows_the_one_naming_scheme() {
         );
     }
 }
+
+/// The aim for a scrape at 1000 cloud pods is under 1 MiB. The pods themselves add no
+/// series (no label names a pod); what grows is the usage counters, one series per namespace and
+/// workload each. The worst case for 1000 pods is 1000 workloads, each with GPUs, beside every
+/// refusal reason, every cloud action failing with a few codes and ten virtual nodes.
+#[test]
+fn a_thousand_cloud_pods_of_a_thousand_workloads_make_a_scrape_under_one_mebibyte() {
+    use tke_eklet::{metrics::*, usage::UsageLabels};
+    let metrics = Metrics::new();
+    for node in 0..10 {
+        for phase in ["Pending", "Running", "Succeeded", "Failed", "Unknown"] {
+            let labels = PodLabels {
+                node: format!("eklet-subnet-{node:08x}"),
+                phase: phase.into(),
+            };
+            metrics.pods.get_or_create(&labels).set(100);
+        }
+    }
+    for action in [
+        "create",
+        "delete",
+        "describe",
+        "find",
+        "list",
+        "refresh_files",
+        "logs",
+        "events",
+        "stats",
+        "exec",
+        "attach",
+        "port_forward",
+    ] {
+        for code in [
+            "InternalError",
+            "RequestLimitExceeded",
+            "ResourcesSoldOut",
+            "InvalidParameter",
+        ] {
+            let labels = ErrorLabels {
+                action: action.into(),
+                code: code.into(),
+            };
+            metrics.cloud_errors.get_or_create(&labels).inc();
+        }
+    }
+    for reason in tke_policy::Reason::ELIGIBILITY_RULES {
+        metrics.refused(reason.as_str());
+    }
+    for reason in [
+        "SubnetCordoned",
+        "InvalidResolvConf",
+        "UnsupportedByProvider",
+        "ResourcesSoldOut",
+    ] {
+        metrics.refused(reason);
+    }
+    for workload in 0..1000 {
+        let labels = UsageLabels {
+            namespace: format!("team-{:02}-production", workload % 40),
+            workload_kind: "Deployment".into(),
+            workload: format!("service-{workload:04}-frontend-api"),
+        };
+        for family in [
+            &metrics.usage.cpu_core_seconds,
+            &metrics.usage.memory_byte_seconds,
+            &metrics.usage.gpu_seconds,
+            &metrics.usage.pod_seconds,
+        ] {
+            family.get_or_create(&labels).inc_by(123_456.789);
+        }
+    }
+    let text = metrics.render();
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    println!("{} bytes, {series} series", text.len());
+    assert!(series > 4000, "every workload's usage is in the exposition");
+    assert!(text.len() < 1 << 20, "{} bytes, {series} series", text.len());
+}
