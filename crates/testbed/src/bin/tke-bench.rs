@@ -11,6 +11,9 @@
 //! Last, what Prometheus costs eklet with every pod Running: the size of its own `/metrics`, the
 //! time of a scrape (p50 and max of [`METRICS_SCRAPES`]) and eklet's CPU time per scrape (its
 //! `/proc/PID/stat` CPU time over the scrapes, less that of an idle interval as long).
+//! `--workloads N` spreads the pods over N controlling owners, so eklet's usage counters (a series
+//! per namespace and workload) have N workloads to report; the owners are ConfigMaps, which no
+//! controller acts on, so the pods stay exactly as created.
 
 use std::{
     collections::HashMap,
@@ -38,6 +41,8 @@ struct Args {
     binary: PathBuf,
     vk: PathBuf,
     pods: usize,
+    /// Controlling owners the pods are spread over; 0 = none (bare pods).
+    workloads: usize,
     rounds: usize,
     /// Requests per second per cloud API action, in cloudsim and in eklet's client; 0 = unlimited.
     cloud_rate_limit: u32,
@@ -47,16 +52,18 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() != Some("eklet") {
         bail!(
-            "usage: tke-bench eklet --binary PATH --vk PATH [--pods N] [--rounds R] [--cloud-rate-limit N]"
+            "usage: tke-bench eklet --binary PATH --vk PATH [--pods N] [--workloads N] [--rounds R] [--cloud-rate-limit N]"
         );
     }
     let (mut binary, mut vk, mut pods, mut rounds, mut cloud_rate_limit) = (None, None, 500, 1, 20);
+    let mut workloads = 0;
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--binary" => binary = Some(PathBuf::from(value()?)),
             "--vk" => vk = Some(PathBuf::from(value()?)),
             "--pods" => pods = value()?.parse()?,
+            "--workloads" => workloads = value()?.parse()?,
             "--rounds" => rounds = value()?.parse()?,
             "--cloud-rate-limit" => cloud_rate_limit = value()?.parse()?,
             other => bail!("unknown argument {other:?}"),
@@ -67,6 +74,7 @@ fn parse_args() -> anyhow::Result<Args> {
         binary: canonical(binary.context("--binary PATH (tke-resilience) is required")?)?,
         vk: canonical(vk.context("--vk PATH (virtual-kubelet) is required")?)?,
         pods,
+        workloads,
         rounds,
         cloud_rate_limit,
     })
@@ -121,9 +129,10 @@ async fn main() -> anyhow::Result<()> {
         args.cloud_rate_limit
     );
     println!(
-        "[bench] control plane up in {:.1}s; {} pods per run, {} round(s)",
+        "[bench] control plane up in {:.1}s; {} pods per run over {} workloads, {} round(s)",
         cp.started_in.as_secs_f64(),
         args.pods,
+        args.workloads,
         args.rounds
     );
 
@@ -257,7 +266,7 @@ async fn run_vk(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::Resu
         ],
     )?;
     tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
-    measure("virtual-kubelet", cp, client, &node, port, None, proc, args.pods).await
+    measure("virtual-kubelet", cp, client, &node, port, None, proc, args).await
 }
 
 async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::Result<Result_> {
@@ -295,13 +304,14 @@ async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::R
     let kubelet = eklet.kubelet_addr().port();
     tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
     let metrics = Some(eklet.metrics_addr());
-    let result = measure("eklet", cp, client, &node, kubelet, metrics, proc, args.pods).await;
+    let result = measure("eklet", cp, client, &node, kubelet, metrics, proc, args).await;
     drop(cloudsim_proc);
     result
 }
 
-/// Creates `pods` pods bound to `node` and measures until all are Running; then the cost of a
-/// `/metrics/resource` scrape and, given the agent's own `metrics` address, of a `/metrics` one.
+/// Creates `args.pods` pods bound to `node` (over `args.workloads` owners) and measures until all
+/// are Running; then the cost of a `/metrics/resource` scrape and, given the agent's own `metrics`
+/// address, of a `/metrics` one.
 #[allow(clippy::too_many_arguments)]
 async fn measure(
     agent: &'static str,
@@ -311,12 +321,14 @@ async fn measure(
     kubelet_port: u16,
     metrics: Option<SocketAddr>,
     mut proc: Proc,
-    pods: usize,
+    args: &Args,
 ) -> anyhow::Result<Result_> {
+    let pods = args.pods;
     let ns = cp
         .namespace(&format!("bench-{}", agent.split('-').next().unwrap_or(agent)))
         .await?;
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let owners = create_owners(client, &ns, args.workloads).await?;
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let running: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
 
@@ -347,10 +359,12 @@ async fn measure(
         .map(|i| {
             let (api, created) = (api.clone(), created.clone());
             let node = node.to_owned();
+            let owner = (!owners.is_empty()).then(|| owners[i % owners.len()].clone());
             async move {
                 let name = format!("p-{i:05}");
                 let pod: Pod = serde_json::from_value(json!({
-                    "metadata": {"name": name, "labels": {"app": "bench"}},
+                    "metadata": {"name": name, "labels": {"app": "bench"},
+                                 "ownerReferences": owner.map(|o| vec![o]).unwrap_or_default()},
                     "spec": {
                         "nodeName": node,
                         "automountServiceAccountToken": false,
@@ -426,6 +440,31 @@ async fn measure(
         scrape,
         self_metrics,
     })
+}
+
+/// `count` ConfigMaps in `ns`, as the controlling owner references of the pods spread over them:
+/// a workload each for eklet's usage counters, and nothing any controller acts on.
+async fn create_owners(client: &Client, ns: &str, count: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), ns);
+    stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("workload-{i:05}");
+                let map = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+                let map = api.create(&PostParams::default(), &map).await?;
+                anyhow::Ok(json!({
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "name": name,
+                    "uid": map.metadata.uid.context("a created ConfigMap has a uid")?,
+                    "controller": true,
+                }))
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect()
+        .await
 }
 
 /// Scrapes the agent's own `/metrics` as Prometheus does, [`METRICS_SCRAPES`] times back to back
