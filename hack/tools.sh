@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed tools (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kubelet, kube-proxy, kwok, helm) from their Go modules under tools/, into a cache directory keyed by the
-# pinned version, the tool module's go.mod/go.sum and the Go version. Work already done is skipped.
-# Usage: hack/tools.sh [k8s|etcd|kwok|helm|metrics-server|vk]...   (default: all but vk, the benchmark peer)
+# kubectl, kubelet, kube-proxy, kwok, helm, metrics-server, kube-state-metrics) from their Go modules under tools/, into a cache directory keyed by the
+# pinned version, the tool module's go.mod/go.sum and the Go version, and unpacks Prometheus (prometheus,
+# promtool) from Debian's package. Work already done is skipped.
+# Usage: hack/tools.sh [k8s|etcd|kwok|helm|metrics-server|kube-state-metrics|prometheus|vk]...   (default: all but vk, the benchmark peer)
 # The last line printed on stdout is the directory that holds all the binaries.
 set -euo pipefail
 
@@ -87,12 +88,49 @@ kwok_stages() {
   mv "$dest.tmp" "$dest"
 }
 
+# Prometheus and promtool from Debian's package, unpacked into the cache (not installed: no
+# service, no user, nothing under /etc). Debian's build, not one from the Go module: Prometheus'
+# web UI assets are built with npm, which the test bed does not need and will not run; Debian
+# builds the server and promtool from source without them (the UI is absent, the API is whole).
+# `apt-get download` fetches the pinned version with apt's verification; lists are updated once
+# when the version is not known yet. Without apt-get, the Prometheus test says it is missing.
+prometheus() {
+  local version=$PROMETHEUS_DEB_VERSION dir deb
+  dir="$cache/prometheus-$version"
+  if [ -x "$dir/usr/bin/prometheus" ] && [ -x "$dir/usr/bin/promtool" ]; then
+    log "prometheus $version: cached ($dir)"
+  elif ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
+    log "prometheus $version: no apt-get/dpkg-deb here; not unpacked (the Prometheus test will say so)"
+    return 0
+  else
+    local start=$SECONDS tmp="$dir.tmp.$$"
+    rm -rf "$tmp"; mkdir -p "$tmp"
+    log "prometheus $version: downloading Debian's package"
+    if ! (cd "$tmp" && apt-get download -qq "prometheus=$version" >&2 2>/dev/null); then
+      log "prometheus $version: not in apt's lists; apt-get update"
+      if ! { apt-get update -qq >&2 && (cd "$tmp" && apt-get download -qq "prometheus=$version" >&2); }; then
+        # Not fatal: every other test runs without it, and the Prometheus test names what is missing.
+        log "prometheus $version: cannot download it (not root, or the version left the archive); not unpacked"
+        rm -rf "$tmp"
+        return 0
+      fi
+    fi
+    deb=$(ls "$tmp"/prometheus_*.deb)
+    dpkg-deb -x "$deb" "$tmp"
+    rm -f "$deb"
+    rm -rf "$dir"; mv "$tmp" "$dir"
+    log "prometheus $version: unpacked in $((SECONDS - start))s"
+  fi
+  ln -sfn "$dir/usr/bin/prometheus" "$out/prometheus"
+  ln -sfn "$dir/usr/bin/promtool" "$out/promtool"
+}
+
 all_key=$( { cat "$root/tools/versions.env" "$root"/tools/*/go.mod "$root"/tools/*/go.sum; echo "$go_version"; } \
   | sha256sum | cut -c1-12)
 out="$cache/bin-$all_key"
 mkdir -p "$out"
 
-[ $# -gt 0 ] || set -- k8s etcd kwok helm metrics-server
+[ $# -gt 0 ] || set -- k8s etcd kwok helm metrics-server kube-state-metrics prometheus
 for tool in "$@"; do
   case $tool in
     k8s) build k8s "$K8S_VERSION" "$(k8s_ldflags)" \
@@ -112,10 +150,15 @@ for tool in "$@"; do
     # eklet's virtual nodes included.
     metrics-server) build metrics-server "$METRICS_SERVER_VERSION" "$(metrics_server_ldflags)" \
           metrics-server=sigs.k8s.io/metrics-server/cmd/metrics-server ;;
+    # What the chart's alert rules and dashboard read about pods and nodes (kube_pod_*, kube_node_*).
+    kube-state-metrics) build kube-state-metrics "$KUBE_STATE_METRICS_VERSION" \
+          "-s -w -X github.com/prometheus/common/version.Version=${KUBE_STATE_METRICS_VERSION#v}" \
+          kube-state-metrics=k8s.io/kube-state-metrics/v2 ;;
+    prometheus) prometheus ;;
     # The benchmark peer: virtual-kubelet with its mock provider. Not needed by the tests.
     vk) build vk "$VK_VERSION" "-s -w" \
           virtual-kubelet=github.com/virtual-kubelet/virtual-kubelet/cmd/virtual-kubelet ;;
-    *) echo "unknown tool: $tool (want k8s, etcd, kwok, helm, metrics-server or vk)" >&2; exit 2 ;;
+    *) echo "unknown tool: $tool (want k8s, etcd, kwok, helm, metrics-server, kube-state-metrics, prometheus or vk)" >&2; exit 2 ;;
   esac
 done
 echo "$out"

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::Sim;
 use crate::clock::SimClock;
 use crate::instances::ContainerSample;
+use crate::netns::Listeners;
 use crate::streams::{self, ExecSpec};
 
 /// The Prometheus text format the agent serves.
@@ -86,13 +87,12 @@ impl Agent {
     /// runtime.
     pub fn start(
         sim: Weak<Sim>,
+        listeners: &Listeners,
         eks_ci_id: String,
         addr: SocketAddr,
         containers: Vec<Container>,
     ) -> io::Result<Self> {
-        let listener = std::net::TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(listener)?;
+        let listener = TcpListener::from_std(listeners.bind(addr)?)?;
         let workdir = tempfile::Builder::new()
             .prefix(&format!("cloudsim-{eks_ci_id}-"))
             .tempdir()?;
@@ -104,7 +104,7 @@ impl Agent {
                     .filter(|port| *port != addr.port())
                     .filter_map(|port| {
                         let body = format!("cloudsim {eks_ci_id} {} port {port}\n", container.name);
-                        respond(SocketAddr::new(addr.ip(), port), body)
+                        respond(listeners, SocketAddr::new(addr.ip(), port), body)
                             .inspect_err(|err| {
                                 tracing::warn!(eks_ci_id = %eks_ci_id, port, error = %err, "cannot serve a declared port");
                             })
@@ -167,10 +167,8 @@ fn declared_ports(container: &Container) -> Vec<u16> {
 }
 
 /// Answers every HTTP request on `addr` with `body`.
-fn respond(addr: SocketAddr, body: String) -> io::Result<JoinHandle<()>> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let listener = TcpListener::from_std(listener)?;
+fn respond(listeners: &Listeners, addr: SocketAddr, body: String) -> io::Result<JoinHandle<()>> {
+    let listener = TcpListener::from_std(listeners.bind(addr)?)?;
     let app = Router::new().fallback(move || {
         let body = body.clone();
         async move { ([(CONTENT_TYPE, "text/plain; charset=utf-8")], body) }

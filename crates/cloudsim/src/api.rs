@@ -41,6 +41,7 @@ use crate::agents::{self, Agent};
 use crate::clock::SimClock;
 use crate::faults::{Faults, Stats};
 use crate::instances::{Ipv4Cidr, Lifecycle, Refusal, Samples, Store, UsageChange, refuse};
+use crate::netns::Listeners;
 
 const CREATE: &str = CreateEksContainerInstancesRequest::NAME;
 const DESCRIBE: &str = DescribeEksContainerInstancesRequest::NAME;
@@ -64,6 +65,8 @@ pub struct Sim {
     max_clock_skew: Duration,
     /// Where each instance's sandbox agent listens, on its private IP; `None` for no agents.
     agent_port: Option<u16>,
+    /// Where the agents' listeners are made: here, or in the VPC's network namespace.
+    listeners: Listeners,
     pub clock: SimClock,
     state: Mutex<SimState>,
 }
@@ -81,7 +84,7 @@ struct SimState {
 }
 
 impl Sim {
-    pub fn new(config: Config, private_cidr: Ipv4Cidr) -> Self {
+    pub fn new(config: Config, private_cidr: Ipv4Cidr, listeners: Listeners) -> Self {
         // Bounded so that instant arithmetic cannot overflow on any input.
         let bounded = |delay: Duration| delay.min(MAX_DELAY);
         let lifecycle = Lifecycle {
@@ -103,6 +106,7 @@ impl Sim {
             rate_limit_per_second: config.rate_limit_per_second,
             max_clock_skew: config.max_clock_skew,
             agent_port: config.agent_port,
+            listeners,
             clock: if config.manual_clock {
                 SimClock::manual()
             } else {
@@ -319,7 +323,13 @@ impl Sim {
                         };
                         let addr = SocketAddr::from((ip, port));
                         let containers = state.store.containers(id);
-                        match Agent::start(Arc::downgrade(self), id.clone(), addr, containers) {
+                        match Agent::start(
+                            Arc::downgrade(self),
+                            &self.listeners,
+                            id.clone(),
+                            addr,
+                            containers,
+                        ) {
                             Ok(agent) => {
                                 state.agents.insert(id.clone(), agent);
                             }

@@ -58,9 +58,13 @@ pub struct Args {
     pub seed: Option<u64>,
     /// Serve a sandbox agent (GET /metrics, the containers' usage; exec, attach and port-forward
     /// for signed callers, running real processes here) for every instance on PrivateIp:PORT.
-    /// Needs a loopback --private-cidr (within 127.0.0.0/8); any other is refused.
+    /// Needs a loopback --private-cidr (within 127.0.0.0/8) or --netns.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub agent_port: Option<u16>,
+    /// The VPC: a network namespace (e.g. /run/netns/NAME) holding the whole --private-cidr and
+    /// routed from the IDC, where the sandbox agents listen (as root).
+    #[arg(long, value_name = "PATH", requires = "agent_port")]
+    pub netns: Option<PathBuf>,
     /// The block private IPs come from, a /16 per subnet (so at most a /16).
     #[arg(long, value_name = "CIDR", default_value = "10.0.0.0/8", value_parser = parse_cidr)]
     pub private_cidr: (Ipv4Addr, u8),
@@ -91,6 +95,7 @@ impl Args {
             seed: self.seed,
             agent_port: self.agent_port,
             private_cidr: self.private_cidr,
+            netns: self.netns.clone(),
             ..Config::new(credentials)
         }
     }
@@ -142,6 +147,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rate_limit = args.rate_limit,
         private_cidr = %format_args!("{}/{}", args.private_cidr.0, args.private_cidr.1),
         agent_port = ?args.agent_port,
+        netns = ?args.netns,
         "cloudsim listening"
     );
     tke_runtime::process::shutdown_signal().await;

@@ -17,9 +17,12 @@
 //! serves the containers' CPU and memory usage as Prometheus text on the instance's private IP
 //! (the contract `tke_tencent::agent` reads), and exec, attach and port-forward
 //! (`tke_tencent::agent_stream`: real processes on this machine). With [`Config::agent_port`] set, each instance gets a
-//! listener on `(PrivateIp, agent_port)` from create to delete; with the private IPs cut from a
-//! loopback block ([`Config::private_cidr`] `127.0.0.0/8`), a scraper on this machine reaches them
-//! as eklet reaches the real ones over the VPC. Off by default, so the benchmarks open no sockets.
+//! listener on `(PrivateIp, agent_port)` from create to delete. Those listeners live in the VPC: a
+//! network namespace ([`Config::netns`]) that holds the whole [`Config::private_cidr`] and is routed
+//! from the IDC's namespaces, so eklet, kube-proxy and pods reach sandboxes at ordinary VPC
+//! addresses as they reach the real ones over Direct Connect (see [`netns`]). Without a namespace
+//! the block must be loopback (`127.0.0.0/8`; tests on machines where namespaces cannot be made).
+//! Off by default, so the benchmarks open no sockets.
 
 mod agents;
 mod api;
@@ -27,6 +30,7 @@ mod args;
 pub mod clock;
 pub mod faults;
 pub mod instances;
+pub mod netns;
 pub mod pty;
 mod streams;
 
@@ -66,9 +70,12 @@ pub enum Error {
     PrivateCidr(String),
     #[error(
         "sandbox agents run commands and open ports on this machine, so they listen on loopback \
-         addresses only: the private block {0} is not within 127.0.0.0/8"
+         addresses or in a VPC network namespace (--netns) only: the private block {0} is not within \
+         127.0.0.0/8"
     )]
     AgentsOffLoopback(String),
+    #[error("the VPC network namespace: {0}")]
+    Netns(std::io::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -104,6 +111,11 @@ pub struct Config {
     /// subnet, so the prefix is at most 16. `(10.0.0.0, 8)` by default; tests take a block of
     /// `127.0.0.0/8` so that the instances' agents are reachable on this machine.
     pub private_cidr: (Ipv4Addr, u8),
+    /// The VPC: a network namespace (e.g. `/run/netns/NAME`) whose addresses include the whole
+    /// [`private_cidr`](Self::private_cidr), routed from the IDC's namespaces. The agents and their
+    /// port responders listen inside it, so the sandboxes' private IPs need not be loopback (an
+    /// EndpointSlice refuses loopback addresses). `None`: agents listen in cloudsim's own namespace.
+    pub netns: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -127,6 +139,7 @@ impl Config {
                 instances::Ipv4Cidr::DEFAULT_PRIVATE.network(),
                 instances::Ipv4Cidr::DEFAULT_PRIVATE.prefix(),
             ),
+            netns: None,
         }
     }
 }
@@ -221,11 +234,15 @@ pub async fn serve(config: Config, listener: TcpListener) -> Result<Handle> {
     }
     let (network, prefix) = config.private_cidr;
     let private_cidr = instances::Ipv4Cidr::new(network, prefix).map_err(Error::PrivateCidr)?;
-    if config.agent_port.is_some() && !(network.is_loopback() && prefix >= 8) {
-        return Err(Error::AgentsOffLoopback(format!("{network}/{prefix}")));
-    }
+    let listeners = match &config.netns {
+        Some(path) => netns::Listeners::open(path).map_err(Error::Netns)?,
+        None if config.agent_port.is_some() && !(network.is_loopback() && prefix >= 8) => {
+            return Err(Error::AgentsOffLoopback(format!("{network}/{prefix}")));
+        }
+        None => netns::Listeners::Here,
+    };
     let addr = listener.local_addr()?;
-    let sim = Arc::new(api::Sim::new(config, private_cidr));
+    let sim = Arc::new(api::Sim::new(config, private_cidr, listeners));
     let (shutdown, stop) = oneshot::channel::<()>();
     let app = api::router(sim.clone());
     let task = tokio::spawn(async move {

@@ -26,16 +26,38 @@ const DESCRIBE_CONCURRENCY: usize = 4;
 /// Describes every live sandbox every `--status-sync-interval` and wakes the pods whose sandbox
 /// changed, unless the provider pushes changes. Also refreshes the pods-by-phase gauge. Never
 /// returns.
+///
+/// The describes share the cloud's per-action budget (the client's limiter, 20/s for the real API)
+/// with everything else that describes: the orphan sweep's list and the one describe after a
+/// sandbox is tracked. Creates and deletes have budgets of their own, so no sweep delays them. When
+/// a sweep takes longer than half the interval (10,000 sandboxes are 100 batches, 5 s at 20/s),
+/// the next one waits as long as this one took ([`next_sweep_in`]): the loop never takes more
+/// than half the describe budget, and a sandbox's change reaches its pod within two sweeps.
 pub async fn sync_statuses<P: Provider>(ctx: Arc<Context<P>>) {
-    let mut ticker = tokio::time::interval(ctx.config.status_sync_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let interval = ctx.config.status_sync_interval;
     loop {
-        ticker.tick().await;
+        let begun = tokio::time::Instant::now();
         if !ctx.pushed {
             sync_once(&ctx).await;
         }
         ctx.count_pods_by_phase();
+        let took = begun.elapsed();
+        let wait = next_sweep_in(interval, took);
+        if took * 2 > interval {
+            tracing::debug!(
+                ?took,
+                ?wait,
+                "a status sweep took over half the interval; the next waits longer"
+            );
+        }
+        tokio::time::sleep(wait).await;
     }
+}
+
+/// How long after a sweep that took `took` the next begins: the interval from this one's start, or
+/// as long again as it took when that is later.
+pub fn next_sweep_in(interval: Duration, took: Duration) -> Duration {
+    interval.saturating_sub(took).max(took)
 }
 
 /// Applies the changes a watching provider pushes, as they come. Returns when the provider drops
@@ -213,5 +235,24 @@ pub async fn sweep_periodically<P: Provider>(ctx: Arc<Context<P>>) {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "sandbox sweep failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_loop_keeps_its_interval_and_never_sweeps_more_than_half_the_time() {
+        let s = Duration::from_secs;
+        // Quick sweeps: one per interval, from start to start.
+        assert_eq!(next_sweep_in(s(10), s(1)), s(9));
+        assert_eq!(next_sweep_in(s(10), s(5)), s(5));
+        // Long ones (10,000 sandboxes at 20 describes/s take 5 s of a 5 s interval): as long again,
+        // so half the describe budget stays for the orphan sweep and new sandboxes.
+        assert_eq!(next_sweep_in(s(5), s(5)), s(5));
+        assert_eq!(next_sweep_in(s(10), s(8)), s(8));
+        assert_eq!(next_sweep_in(s(10), s(30)), s(30));
+        assert_eq!(next_sweep_in(s(10), Duration::ZERO), s(10));
     }
 }

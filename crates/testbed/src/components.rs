@@ -52,11 +52,13 @@ pub fn write_credentials(path: &Path, secret_id: &str, secret_key: &str) -> Resu
 /// Where cloudsim's sandbox agents listen, so that eklet reads their usage as it would over Direct
 /// Connect: a loopback block of this process's own (cloudsim cuts a /16 per subnet from it) and
 /// one port.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct AgentBlock {
     pub network: Ipv4Addr,
     pub prefix: u8,
     pub port: u16,
+    /// The VPC namespace the block lives in (cloudsim's `--netns`); `None` for a loopback block.
+    pub netns: Option<PathBuf>,
 }
 
 impl AgentBlock {
@@ -71,15 +73,31 @@ impl AgentBlock {
             network: Ipv4Addr::new(127, second, 0, 0),
             prefix: 16,
             port,
+            netns: None,
         })
     }
 
-    /// cloudsim's `--agent-port` and `--private-cidr`.
-    pub fn cloudsim_args(&self) -> [String; 2] {
-        [
+    /// The block of `vpc` and a free port: sandboxes get VPC addresses, their agents listen in it.
+    pub fn in_vpc(vpc: &crate::realnode::vpc::Vpc) -> Result<AgentBlock> {
+        let [port] = free_ports::<1>()?;
+        Ok(AgentBlock {
+            network: vpc.block.0,
+            prefix: vpc.block.1,
+            port,
+            netns: Some(vpc.netns_path()),
+        })
+    }
+
+    /// cloudsim's `--agent-port`, `--private-cidr` and (in a VPC) `--netns`.
+    pub fn cloudsim_args(&self) -> Vec<String> {
+        let mut args = vec![
             format!("--agent-port={}", self.port),
             format!("--private-cidr={}/{}", self.network, self.prefix),
-        ]
+        ];
+        if let Some(netns) = &self.netns {
+            args.push(format!("--netns={}", netns.display()));
+        }
+        args
     }
 
     /// eklet's flag that points the tencent provider at the agents' port.

@@ -1,6 +1,7 @@
 //! `tke-resilience`: one binary, one subcommand per component.
 
 mod explain;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,9 @@ enum LogFormat {
 enum Command {
     /// Explain, rule by rule, whether a pod may burst to the cloud and where it would go.
     Explain(explain::Args),
+    /// What the burst used and cost: cloud pod-hours, CPU core-hours, memory GiB-hours, GPU-hours
+    /// and an estimated cost, per namespace or workload, from the Prometheus that scrapes eklet.
+    Report(report::Args),
     /// Print the version of this binary.
     Version,
     /// The tke-scheduler extender: kube-scheduler asks it whether a pod stays local or goes to the cloud.
@@ -68,6 +72,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Explain(args) => {
             if let Err(error) = explain::run(args).await {
+                eprintln!("error: {error}");
+                std::process::exit(1);
+            }
+        }
+        Command::Report(args) => {
+            if let Err(error) = report::run(args).await {
                 eprintln!("error: {error}");
                 std::process::exit(1);
             }

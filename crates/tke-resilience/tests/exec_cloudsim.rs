@@ -92,11 +92,12 @@ impl CloudPod {
 }
 
 /// A cloudsim whose instances have agents; the eklet flag that points the provider at them.
-async fn cloud_with_agents() -> anyhow::Result<(Handle, String)> {
+async fn cloud_with_agents() -> anyhow::Result<(Handle, Agents)> {
     tke_testbed::install_crypto();
-    let mut agents = Ok(String::new());
-    let cloud = start_cloudsim(|config| agents = enable_agents(config)).await?;
-    Ok((cloud, agents?))
+    let cp = ControlPlane::shared().await?;
+    let mut agents = None;
+    let cloud = start_cloudsim(|config| agents = Some(enable_agents(&cp, config))).await?;
+    Ok((cloud, agents.context("cloudsim was not configured")??))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

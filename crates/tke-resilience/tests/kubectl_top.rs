@@ -86,6 +86,7 @@ struct MeteredCloud {
     _cloud: tke_cloudsim::Handle,
     _eklet: Eklet,
     _metrics_server: metrics_server::MetricsServer,
+    _agents: Agents,
 }
 
 impl MeteredCloud {
@@ -94,10 +95,11 @@ impl MeteredCloud {
         let cp = ControlPlane::start(Options::default()).await?;
         let namespace = cp.namespace(prefix).await?;
         let id = Identity::unique();
-        let mut agents = Ok(String::new());
-        let cloud = start_cloudsim(|config| agents = enable_agents(config)).await?;
+        let mut agents = None;
+        let cloud = start_cloudsim(|config| agents = Some(enable_agents(&cp, config))).await?;
+        let agents = agents.context("cloudsim was not configured")??;
         let mut flags = serving_flags(&cp, &id)?;
-        flags.push(agents?);
+        flags.push(agents.eklet_arg.clone());
         let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
         let eklet = Eklet::start(&cp, &cloud, &id, &extra).await?;
         let metrics_server = start_metrics_server(&cp, &id).await?;
@@ -108,6 +110,7 @@ impl MeteredCloud {
             _cloud: cloud,
             _eklet: eklet,
             _metrics_server: metrics_server,
+            _agents: agents,
         })
     }
 }

@@ -40,6 +40,7 @@ struct CloudPod {
     pod: Arc<Pod>,
     eklet: Eklet,
     _cloud: tke_cloudsim::Handle,
+    _agents: Agents,
 }
 
 impl CloudPod {
@@ -47,14 +48,15 @@ impl CloudPod {
         let cp = ControlPlane::shared().await?;
         let client = cp.client().await?;
         let namespace = cp.namespace(prefix).await?;
-        let mut agents = Ok(String::new());
+        let mut agents = None;
         let cloud = start_cloudsim(|config| {
             config.log_interval = LOG_INTERVAL;
-            agents = enable_agents(config);
+            agents = Some(enable_agents(&cp, config));
         })
         .await?;
+        let agents = agents.context("cloudsim was not configured")??;
         let id = Identity::unique();
-        let eklet = Eklet::start(&cp, &cloud, &id, &[agents?.as_str()]).await?;
+        let eklet = Eklet::start(&cp, &cloud, &id, &[agents.as_str()]).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "web-0"},
@@ -82,6 +84,7 @@ impl CloudPod {
             pod,
             eklet,
             _cloud: cloud,
+            _agents: agents,
         })
     }
 
@@ -633,16 +636,17 @@ async fn the_apiserver_node_proxy_reaches_the_virtual_nodes_kubelet_api() -> any
     let cp = ControlPlane::shared().await?;
     let client = cp.client().await?;
     let namespace = cp.namespace("node-proxy").await?;
-    let mut agents = Ok(String::new());
+    let mut agents = None;
     let cloud = start_cloudsim(|config| {
         config.log_interval = LOG_INTERVAL;
-        agents = enable_agents(config);
+        agents = Some(enable_agents(&cp, config));
     })
     .await?;
+    let agents = agents.context("cloudsim was not configured")??;
     let mut address = cp.add_node_address("proxy")?;
     let id = Identity::unique();
     let node_ip = format!("--node-ip={}", address.ip);
-    let eklet = Eklet::start(&cp, &cloud, &id, &[agents?.as_str(), node_ip.as_str()]).await?;
+    let eklet = Eklet::start(&cp, &cloud, &id, &[agents.as_str(), node_ip.as_str()]).await?;
     address.forward(eklet.kubelet.port(), eklet.kubelet)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let pod: Pod = serde_json::from_value(json!({

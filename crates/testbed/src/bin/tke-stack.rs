@@ -97,22 +97,47 @@ async fn main() -> anyhow::Result<()> {
             .take(8)
             .collect::<String>()
     );
-    // Sandbox agents on loopback addresses, so eklet can read usage as it would over Direct
-    // Connect; the block is the stack's own.
-    let agents = components::AgentBlock::new()?;
+    // The VPC: a network namespace holding the sandboxes' addresses, routed from this namespace
+    // like Direct Connect, where cloudsim's sandbox agents listen (usage, exec, port-forward, the
+    // ports pods declare). Without one, sandboxes get addresses nothing answers on.
+    let vpc = match tke_testbed::realnode::address::unavailable() {
+        None => Some(cp.add_vpc("vpc").context("creating the VPC network namespace")?),
+        Some(why) => {
+            eprintln!(
+                "    (no VPC network namespace: {why}; cloud pods get addresses nothing serves, so \
+                 no exec, port-forward, kubectl top or Service traffic to them)"
+            );
+            None
+        }
+    };
+    let agents = vpc.as_ref().map(components::AgentBlock::in_vpc).transpose()?;
 
-    step(2, "cloudsim, the local Tencent Cloud EKS container-instance API");
-    let cloudsim = components::Cloudsim::new(&args.binary, &credentials)?
-        .region(REGION)
-        .agents(&agents);
+    step(
+        2,
+        &match &vpc {
+            Some(vpc) => format!(
+                "cloudsim, the local Tencent Cloud EKS container-instance API; VPC {} in network namespace {}",
+                vpc.block_text(),
+                vpc.netns
+            ),
+            None => "cloudsim, the local Tencent Cloud EKS container-instance API".to_owned(),
+        },
+    );
+    let mut cloudsim = components::Cloudsim::new(&args.binary, &credentials)?.region(REGION);
+    if let Some(agents) = &agents {
+        cloudsim = cloudsim.agents(agents);
+    }
     let cloudsim_url = cloudsim.endpoint();
     let mut procs: Vec<Proc> = vec![cloudsim.spawn(&cp)?];
     components::wait_http(&mut procs, &cloudsim.stats_url(), PATIENCE).await?;
 
     let eklet = components::Eklet::new(&args.binary, "cls-local", &subnet, ZONE)?
         .tencent(&cloudsim_url, REGION, "vpc-local", "sg-local")
-        .arg(format!("--credentials-file={}", credentials.display()))
-        .agents(&agents);
+        .arg(format!("--credentials-file={}", credentials.display()));
+    let eklet = match &agents {
+        Some(agents) => eklet.agents(agents),
+        None => eklet,
+    };
     let node_name = eklet.node_name();
     step(3, &format!("eklet: virtual node {node_name}"));
     // kube-apiserver will not proxy to a loopback node address (`kubectl get --raw
@@ -141,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         let kubelet = eklet.kubelet_addr();
         address.forward(kubelet.port(), kubelet)?;
     }
+    let eklet_metrics = eklet.metrics_addr();
     let client = cp.client().await?;
     tke_testbed::nodes::wait_ready(&client, &node_name, PATIENCE)
         .await
@@ -177,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         state.join("env"),
         format!(
-            "CLOUDSIM_ENDPOINT={cloudsim_url}\nTENCENTCLOUD_SECRET_ID={secret_id}\nTENCENTCLOUD_SECRET_KEY={secret_key}\nTENCENTCLOUD_REGION={REGION}\n"
+            "CLOUDSIM_ENDPOINT={cloudsim_url}\nTENCENTCLOUD_SECRET_ID={secret_id}\nTENCENTCLOUD_SECRET_KEY={secret_key}\nTENCENTCLOUD_REGION={REGION}\nEKLET_METRICS={eklet_metrics}\n"
         ),
     )?;
     let logs = state.join("logs");
@@ -196,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
     println!("[stack] stopping");
     drop(procs);
     drop(node_address);
+    drop(vpc);
     drop(cp);
     for file in ["ready", "kubeconfig", "env", "logs", "pid"] {
         let _ = std::fs::remove_file(state.join(file));

@@ -25,6 +25,7 @@
 
 pub mod address;
 pub mod forward;
+pub mod vpc;
 
 use std::{
     net::{Ipv4Addr, SocketAddr},

@@ -33,13 +33,54 @@ pub async fn start_cloudsim(configure: impl FnOnce(&mut tke_cloudsim::Config)) -
     Ok(tke_cloudsim::serve(config, listener).await?)
 }
 
-/// Gives every instance of `config` a sandbox agent this machine can reach: a loopback block of
-/// the test's own (cloudsim cuts a /16 per subnet from it) and a free port. Returns the eklet flag
-/// that points the tencent provider at that port.
-pub fn enable_agents(config: &mut tke_cloudsim::Config) -> anyhow::Result<String> {
-    let block = components::AgentBlock::new()?;
+/// Sandbox agents for a cloudsim, and the VPC they listen in. Keep it as long as the cloudsim runs.
+/// Derefs to the eklet flag that points the tencent provider at the agents.
+pub struct Agents {
+    pub eklet_arg: String,
+    /// `None` where network namespaces cannot be made (not root): the block is then loopback.
+    pub vpc: Option<tke_testbed::realnode::vpc::Vpc>,
+}
+
+impl std::ops::Deref for Agents {
+    type Target = String;
+
+    fn deref(&self) -> &String {
+        &self.eklet_arg
+    }
+}
+
+/// Gives every instance of `config` a sandbox agent this machine reaches as eklet reaches the real
+/// ones over Direct Connect: in a VPC network namespace of the test's own (on `cp`'s run
+/// directory) where this machine can make one, else on a loopback block of the test's own.
+pub fn enable_agents(cp: &ControlPlane, config: &mut tke_cloudsim::Config) -> anyhow::Result<Agents> {
+    if tke_testbed::realnode::address::unavailable().is_some() {
+        let block = components::AgentBlock::new()?;
+        config.agent_port = Some(block.port);
+        config.private_cidr = (block.network, block.prefix);
+        return Ok(Agents {
+            eklet_arg: block.eklet_arg(),
+            vpc: None,
+        });
+    }
+    let vpc = cp.add_vpc(&format!("vpc-{}", random_suffix()))?;
+    let eklet_arg = enable_agents_in(config, &vpc)?;
+    Ok(Agents {
+        eklet_arg,
+        vpc: Some(vpc),
+    })
+}
+
+/// Gives every instance of `config` a sandbox agent in `vpc`, the VPC network namespace of the
+/// test's own: sandboxes get addresses of its block, routed from this namespace and from the real
+/// nodes connected to it. Returns the eklet flag that points the tencent provider at the agents.
+pub fn enable_agents_in(
+    config: &mut tke_cloudsim::Config,
+    vpc: &tke_testbed::realnode::vpc::Vpc,
+) -> anyhow::Result<String> {
+    let block = components::AgentBlock::in_vpc(vpc)?;
     config.agent_port = Some(block.port);
     config.private_cidr = (block.network, block.prefix);
+    config.netns.clone_from(&block.netns);
     Ok(block.eklet_arg())
 }
 

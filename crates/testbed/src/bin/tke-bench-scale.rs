@@ -1,0 +1,498 @@
+//! `tke-bench-scale` (`make bench-scale`): eklet at 1k, 5k and 10k cloud pods on one control plane,
+//! a benchmark command, not a test. Each step starts a fresh cloudsim and eklet (tencent provider,
+//! one virtual node advertising room for the step), binds N pods to the virtual node at once and
+//! measures, until they are all Running and then until they are all gone:
+//! - time to all Running and to all gone, next to the bound the real API's 20 requests/s per action
+//!   would set (one create per pod; deletes in batches of 20);
+//! - eklet's resident memory idle (node Ready, no pods), at its peak, and steady with N pods (after
+//!   a settle), and the difference per pod;
+//! - eklet's CPU share while it holds N pods and nothing changes;
+//! - cloud calls per second by action (cloudsim's own counts) while pods start, and idle;
+//! - requests per second eklet made to the apiserver, from the apiserver's own metrics: eklet runs
+//!   as a user of its own that a FlowSchema of the benchmark's matches, so
+//!   `apiserver_flowcontrol_dispatched_requests_total{flow_schema=...}` counts its requests alone.
+//!
+//! cloudsim's rate limit is off for these scaling figures (`--cloud-rate-limit 0`, eklet's own
+//! limiter too), so what is measured is eklet and the apiserver; `make bench` measures against the
+//! 20/s bound.
+//!
+//! Usage: `tke-bench-scale --binary target/release/tke-resilience [--steps 1000,5000,10000]
+//!         [--cloud-rate-limit 0]`
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use tke_testbed::{ControlPlane, Options, Proc, components, random_suffix};
+
+/// The FlowSchema that singles out eklet's requests in the apiserver's metrics.
+const FLOW_SCHEMA: &str = "tke-bench-eklet";
+const EKLET_USER: &str = "tke-bench-eklet";
+/// The real API's limit per action, for the bounds.
+const API_RATE: f64 = 20.0;
+/// Sandboxes one DeleteEKSContainerInstances call may name.
+const DELETE_BATCH: f64 = 20.0;
+/// How long the steady state is watched for CPU and call rates.
+const IDLE_WINDOW: Duration = Duration::from_secs(20);
+/// Between the last pod Running and the steady measurements: the status loop's first sweeps.
+const SETTLE: Duration = Duration::from_secs(10);
+
+struct Args {
+    binary: PathBuf,
+    steps: Vec<usize>,
+    cloud_rate_limit: u32,
+    /// Extra environment for eklet (`--eklet-env K=V`, repeatable), to compare allocator settings.
+    eklet_env: Vec<(String, String)>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut binary = None;
+    let mut steps = vec![1000, 5000, 10000];
+    let mut cloud_rate_limit = 0;
+    let mut eklet_env = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--binary" => binary = Some(PathBuf::from(value("--binary")?)),
+            "--steps" => {
+                steps = value("--steps")?
+                    .split(',')
+                    .map(|s| {
+                        s.trim()
+                            .parse()
+                            .with_context(|| format!("--steps: {s:?} is not a number"))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            "--cloud-rate-limit" => cloud_rate_limit = value("--cloud-rate-limit")?.parse()?,
+            "--eklet-env" => {
+                let pair = value("--eklet-env")?;
+                let (k, v) = pair.split_once('=').context("--eklet-env takes KEY=VALUE")?;
+                eklet_env.push((k.to_owned(), v.to_owned()));
+            }
+            other => bail!(
+                "unknown argument {other:?}; usage: tke-bench-scale --binary PATH [--steps 1000,5000,10000] [--cloud-rate-limit 0]"
+            ),
+        }
+    }
+    let binary = binary.context("--binary PATH (the tke-resilience binary) is required")?;
+    Ok(Args {
+        binary: std::fs::canonicalize(&binary).with_context(|| binary.display().to_string())?,
+        steps,
+        cloud_rate_limit,
+        eklet_env,
+    })
+}
+
+#[derive(Default)]
+struct Step {
+    pods: usize,
+    to_running: Duration,
+    to_gone: Duration,
+    idle_rss_kib: u64,
+    peak_rss_kib: u64,
+    steady_rss_kib: u64,
+    idle_cpu_share: f64,
+    /// Calls per second by action while the pods started.
+    ramp_calls: BTreeMap<String, f64>,
+    idle_calls: BTreeMap<String, f64>,
+    ramp_apiserver: f64,
+    idle_apiserver: f64,
+}
+
+impl Step {
+    fn rss_per_pod_kib(&self) -> f64 {
+        self.steady_rss_kib.saturating_sub(self.idle_rss_kib) as f64 / self.pods.max(1) as f64
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let cp = ControlPlane::start(Options::default()).await?;
+    let client = cp.client().await?;
+    let kubeconfig = eklet_identity(&cp, &client).await?;
+    println!(
+        "[bench-scale] control plane up in {:.1}s; steps {:?}; cloud rate limit {} (0 = none)",
+        cp.started_in.as_secs_f64(),
+        args.steps,
+        args.cloud_rate_limit
+    );
+    let mut steps = Vec::new();
+    for &pods in &args.steps {
+        println!("[bench-scale] {pods} pods");
+        let step = run_step(&cp, &client, &args, &kubeconfig, pods).await?;
+        println!(
+            "[bench-scale]   Running in {:.1}s, gone in {:.1}s; RSS idle {} MiB, peak {} MiB, steady {} MiB ({:.1} KiB per pod)",
+            step.to_running.as_secs_f64(),
+            step.to_gone.as_secs_f64(),
+            step.idle_rss_kib / 1024,
+            step.peak_rss_kib / 1024,
+            step.steady_rss_kib / 1024,
+            step.rss_per_pod_kib()
+        );
+        steps.push(step);
+    }
+    println!();
+    println!(
+        "| pods | all Running | bound (20/s) | all gone | bound (20/s) | RSS idle | RSS peak | RSS steady | per pod | idle CPU | cloud calls/s starting | cloud calls/s idle | apiserver req/s starting | apiserver req/s idle |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for s in &steps {
+        let n = s.pods as f64;
+        println!(
+            "| {} | {:.1}s | {:.0}s | {:.1}s | {:.1}s | {} MiB | {} MiB | {} MiB | {:.1} KiB | {:.3} | {} | {} | {:.0} | {:.1} |",
+            s.pods,
+            s.to_running.as_secs_f64(),
+            n / API_RATE,
+            s.to_gone.as_secs_f64(),
+            (n / DELETE_BATCH).ceil() / API_RATE,
+            s.idle_rss_kib / 1024,
+            s.peak_rss_kib / 1024,
+            s.steady_rss_kib / 1024,
+            s.rss_per_pod_kib(),
+            s.idle_cpu_share,
+            rates(&s.ramp_calls),
+            rates(&s.idle_calls),
+            s.ramp_apiserver,
+            s.idle_apiserver,
+        );
+    }
+    Ok(())
+}
+
+fn rates(by_action: &BTreeMap<String, f64>) -> String {
+    let parts: Vec<String> = by_action
+        .iter()
+        .filter(|(_, rate)| **rate >= 0.05)
+        .map(|(action, rate)| {
+            let short = action
+                .replace("EKSContainerInstances", "")
+                .replace("EKSContainerInstance", "");
+            format!("{short} {rate:.1}")
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A client certificate for eklet (a user of its own, cluster-admin through `system:masters`) and
+/// a FlowSchema matching that user, so the apiserver counts eklet's requests apart.
+async fn eklet_identity(cp: &ControlPlane, client: &Client) -> anyhow::Result<PathBuf> {
+    let pair = cp
+        .pki()
+        .issue_client("tke-bench-eklet", EKLET_USER, Some("system:masters"))?;
+    let path = cp.run_dir().join("tke-bench-eklet.kubeconfig");
+    cp.write_client_kubeconfig(&path, &pair)?;
+    let schema: serde_json::Value = json!({
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+        "kind": "FlowSchema",
+        "metadata": {"name": FLOW_SCHEMA},
+        "spec": {
+            // Before `exempt` (also 1; ties go to the smaller name): system:masters would match it.
+            "matchingPrecedence": 1,
+            "priorityLevelConfiguration": {"name": "exempt"},
+            "rules": [{
+                "subjects": [{"kind": "User", "user": {"name": EKLET_USER}}],
+                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                                   "namespaces": ["*"], "clusterScope": true}],
+                "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+            }],
+        },
+    });
+    let api: Api<kube::api::DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource {
+            group: "flowcontrol.apiserver.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "flowcontrol.apiserver.k8s.io/v1".into(),
+            kind: "FlowSchema".into(),
+            plural: "flowschemas".into(),
+        },
+    );
+    api.create(&PostParams::default(), &serde_json::from_value(schema)?)
+        .await
+        .context("creating the benchmark's FlowSchema")?;
+    Ok(path)
+}
+
+/// Requests the apiserver dispatched for eklet's FlowSchema so far.
+async fn apiserver_requests(client: &Client) -> anyhow::Result<f64> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_flowcontrol_dispatched_requests_total{"))
+        .filter(|l| l.contains(&format!("flow_schema=\"{FLOW_SCHEMA}\"")))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum())
+}
+
+/// cloudsim's calls so far, by action (`GET /admin/stats`).
+async fn cloud_calls(stats_url: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let stats: serde_json::Value = reqwest::get(stats_url).await?.error_for_status()?.json().await?;
+    let requests = stats
+        .get("requests")
+        .and_then(|r| r.as_object())
+        .context("cloudsim's stats have no requests")?;
+    Ok(requests
+        .iter()
+        .filter_map(|(action, n)| Some((action.clone(), n.as_f64()?)))
+        .collect())
+}
+
+fn per_second(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    took: Duration,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(action, n)| {
+            let delta = n - before.get(action).copied().unwrap_or(0.0);
+            (action.clone(), delta / took.as_secs_f64().max(0.001))
+        })
+        .collect()
+}
+
+async fn run_step(
+    cp: &ControlPlane,
+    client: &Client,
+    args: &Args,
+    kubeconfig: &Path,
+    pods: usize,
+) -> anyhow::Result<Step> {
+    let suffix = random_suffix();
+    let dir = cp.run_dir().join(format!("scale-{suffix}"));
+    std::fs::create_dir_all(&dir)?;
+    let credentials = dir.join("cloud-credentials");
+    components::write_credentials(&credentials, "AKIDscale", "scale-secret-key")?;
+    let cloudsim = components::Cloudsim::new(&args.binary, &credentials)?
+        .name(format!("cloudsim-{suffix}"))
+        .arg(format!("--rate-limit={}", args.cloud_rate_limit));
+    let mut procs: Vec<Proc> = vec![cloudsim.spawn(cp)?];
+    components::wait_http(&mut procs, &cloudsim.stats_url(), Duration::from_secs(60)).await?;
+    let eklet = components::Eklet::new(
+        &args.binary,
+        &format!("scale{suffix}"),
+        &format!("subnet-{suffix}s"),
+        "ap-guangzhou-3",
+    )?
+    .tencent(&cloudsim.endpoint(), "ap-guangzhou", "vpc-scale", "sg-scale")
+    .kubeconfig(kubeconfig)
+    .arg(format!("--credentials-file={}", credentials.display()))
+    .args([
+        format!("--node-pods={}", pods + 100),
+        format!("--cloud-rate-limit={}", args.cloud_rate_limit),
+    ])
+    .env("RUST_LOG", "warn");
+    let eklet = args.eklet_env.iter().fold(eklet, |eklet, (k, v)| eklet.env(k, v));
+    let node = eklet.node_name();
+    let eklet = eklet.name(&node);
+    let mut proc = eklet.spawn(cp)?;
+    tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = proc.pid();
+    let mut step = Step {
+        pods,
+        idle_rss_kib: rss(pid),
+        ..Step::default()
+    };
+
+    let ns = cp.namespace("scale").await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let running = Arc::new(AtomicUsize::new(0));
+    let watch = {
+        let (api, running) = (api.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(pod)) = events.next().await {
+                if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && let Some(name) = pod.metadata.name
+                    && seen.insert(name)
+                {
+                    running.store(seen.len(), Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let calls_before = cloud_calls(&cloudsim.stats_url()).await?;
+    let api_before = apiserver_requests(client).await?;
+    let start = Instant::now();
+    let creating = {
+        let (api, node) = (api.clone(), node.clone());
+        tokio::spawn(async move {
+            stream::iter(0..pods)
+                .map(|i| {
+                    let (api, node) = (api.clone(), node.clone());
+                    async move {
+                        let pod: Pod = serde_json::from_value(json!({
+                            "metadata": {"name": format!("p-{i:05}"), "labels": {"app": "scale"}},
+                            "spec": {
+                                "nodeName": node,
+                                "automountServiceAccountToken": false,
+                                "tolerations": [{"operator": "Exists"}],
+                                "containers": [{"name": "app", "image": "nginx",
+                                                "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}}]
+                            }
+                        }))?;
+                        api.create(&PostParams::default(), &pod).await?;
+                        anyhow::Ok(())
+                    }
+                })
+                .buffer_unordered(32)
+                .try_collect::<Vec<()>>()
+                .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut last_report = Instant::now();
+    loop {
+        step.peak_rss_kib = step.peak_rss_kib.max(peak_rss(pid));
+        let done = running.load(Ordering::Relaxed);
+        if done >= pods {
+            break;
+        }
+        if let Some(status) = proc.exited() {
+            bail!(
+                "eklet exited ({status}) with {done} of {pods} pods Running; log {}",
+                proc.log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{done} of {pods} pods Running after 1800 s; log {}",
+                proc.log.display()
+            );
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            println!(
+                "[bench-scale]   {done}/{pods} Running after {:.0}s",
+                start.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    step.to_running = start.elapsed();
+    creating.await??;
+    step.ramp_calls = per_second(
+        &calls_before,
+        &cloud_calls(&cloudsim.stats_url()).await?,
+        step.to_running,
+    );
+    step.ramp_apiserver = (apiserver_requests(client).await? - api_before) / step.to_running.as_secs_f64();
+    watch.abort();
+
+    // Steady: N pods, nothing changing.
+    tokio::time::sleep(SETTLE).await;
+    step.peak_rss_kib = step.peak_rss_kib.max(peak_rss(pid));
+    let (cpu_before, calls_before, api_before, begun) = (
+        cpu_time(pid),
+        cloud_calls(&cloudsim.stats_url()).await?,
+        apiserver_requests(client).await?,
+        Instant::now(),
+    );
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let took = begun.elapsed();
+    step.idle_cpu_share = cpu_time(pid).saturating_sub(cpu_before).as_secs_f64() / took.as_secs_f64();
+    step.idle_calls = per_second(&calls_before, &cloud_calls(&cloudsim.stats_url()).await?, took);
+    step.idle_apiserver = (apiserver_requests(client).await? - api_before) / took.as_secs_f64();
+    step.steady_rss_kib = rss(pid);
+    step.peak_rss_kib = step.peak_rss_kib.max(peak_rss(pid));
+
+    // All gone: deleted together, finished by eklet once their sandboxes are.
+    let start = Instant::now();
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    loop {
+        let left = api.list_metadata(&ListParams::default().limit(1)).await?;
+        let remaining = left.items.len() + left.metadata.remaining_item_count.unwrap_or(0).max(0) as usize;
+        if remaining == 0 {
+            break;
+        }
+        if let Some(status) = proc.exited() {
+            bail!(
+                "eklet exited ({status}) with {remaining} pods left; log {}",
+                proc.log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{remaining} of {pods} pods left after 1800 s; log {}",
+                proc.log.display()
+            );
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            println!(
+                "[bench-scale]   {remaining} pods left after {:.0}s",
+                start.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    step.to_gone = start.elapsed();
+    step.peak_rss_kib = step.peak_rss_kib.max(peak_rss(pid));
+    proc.kill();
+    drop(procs);
+    Ok(step)
+}
+
+fn proc_file(pid: u32, file: &str) -> String {
+    std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join(file)).unwrap_or_default()
+}
+
+/// utime + stime, in clock ticks of 10 ms (USER_HZ is 100 on Linux).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = proc_file(pid, "stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    proc_file(pid, "status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn peak_rss(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn rss(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
