@@ -12,7 +12,7 @@ help:
 	@echo "make test   - unit, integration and end-to-end tests against a real control plane"
 	@echo "make up     - start the local stack in the background; make down stops it"
 	@echo "make tools  - build the pinned test-bed tools (etcd, kube-*, kubectl, kubelet, kube-proxy, kwok, helm, metrics-server, kube-state-metrics; Prometheus from Debian); prints their directory"
-	@echo "make bench  - eklet vs virtual-kubelet's mock provider on one control plane (PODS=500 ROUNDS=1)"
+	@echo "make bench  - eklet vs virtual-kubelet's mock provider on one control plane (PODS=500 WORKLOADS=0 ROUNDS=1)"
 	@echo "make bench-scale - eklet at 1k, 5k and 10k cloud pods (STEPS=1000,5000,10000): time, RSS per pod, CPU, API rates"
 	@echo "make lint   - rustfmt and clippy, as CI runs them"
 	@echo "make image  - the tke-resilience OCI image archive, reproducibly, without Docker; prints its path last"
@@ -39,13 +39,14 @@ demo:
 
 # Benchmarks, side by side in one run (not tests): eklet against virtual-kubelet's mock provider.
 PODS ?= 500
+WORKLOADS ?= 0
 ROUNDS ?= 1
 CLOUD_RATE_LIMIT ?= 20
 bench:
 	@bin=$$(hack/tools.sh k8s etcd kwok helm vk | tail -n 1) && target=$${CARGO_TARGET_DIR:-target} && \
 	  $(CARGO) build --release -q -p tke-resilience --bin tke-resilience -p tke-testbed --bin tke-bench && \
 	  TKE_TESTBED_BIN=$$bin $$target/release/tke-bench eklet --binary $$target/release/tke-resilience \
-	    --vk $$bin/virtual-kubelet --pods $(PODS) --rounds $(ROUNDS) --cloud-rate-limit $(CLOUD_RATE_LIMIT)
+	    --vk $$bin/virtual-kubelet --pods $(PODS) --workloads $(WORKLOADS) --rounds $(ROUNDS) --cloud-rate-limit $(CLOUD_RATE_LIMIT)
 
 # eklet at 1k, 5k and 10k cloud pods on one control plane (STEPS=...): time to Running and gone,
 # RSS per pod, idle CPU, cloud calls and apiserver requests per second (not a test).

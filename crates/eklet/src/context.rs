@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     config::{ApiServerAddress, Config},
     events::Events,
-    metrics::{Metrics, PhaseLabels},
+    metrics::{Metrics, PodLabels},
     node::NodeViews,
     provider::{DESCRIBE_BATCH, Provider},
     registry::{Record, Registry},
@@ -67,11 +67,11 @@ impl<P: Provider> Context<P> {
     }
 
     pub fn count_pods_by_phase(&self) {
-        let mut counts: BTreeMap<String, i64> = ["Pending", "Running", "Succeeded", "Failed", "Unknown"]
-            .iter()
-            .map(|p| ((*p).to_owned(), 0))
-            .collect();
-        for (_, store) in &self.stores {
+        for (node, store) in &self.stores {
+            let mut counts: BTreeMap<String, i64> = ["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+                .iter()
+                .map(|p| ((*p).to_owned(), 0))
+                .collect();
             for pod in store.state() {
                 let phase = pod
                     .status
@@ -80,9 +80,13 @@ impl<P: Provider> Context<P> {
                     .unwrap_or_else(|| "Pending".into());
                 *counts.entry(phase).or_default() += 1;
             }
-        }
-        for (phase, count) in counts {
-            self.metrics.pods.get_or_create(&PhaseLabels { phase }).set(count);
+            for (phase, count) in counts {
+                let labels = PodLabels {
+                    node: node.clone(),
+                    phase,
+                };
+                self.metrics.pods.get_or_create(&labels).set(count);
+            }
         }
     }
 

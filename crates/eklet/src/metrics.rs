@@ -20,7 +20,9 @@ use crate::{
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PhaseLabels {
+pub struct PodLabels {
+    /// The virtual node (one per subnet), so a bounded set.
+    pub node: String,
     pub phase: String,
 }
 
@@ -41,15 +43,10 @@ pub struct ReasonLabels {
 }
 
 /// Every metric eklet exports, under the `eklet_` prefix.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VersionLabels {
-    pub version: String,
-}
-
 pub struct Metrics {
     registry: Registry,
-    /// Pods bound to this eklet's virtual nodes, by phase.
-    pub pods: Family<PhaseLabels, Gauge>,
+    /// Pods bound to this eklet's virtual nodes, by node and phase.
+    pub pods: Family<PodLabels, Gauge>,
     /// From sandbox creation to the sandbox first seen Running.
     pub create_to_running: Histogram,
     pub cloud_calls: Family<ActionLabels, Counter>,
@@ -76,10 +73,10 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("eklet");
-        let pods = Family::<PhaseLabels, Gauge>::default();
+        let pods = Family::<PodLabels, Gauge>::default();
         registry.register(
             "pods",
-            "Pods bound to this eklet's virtual nodes, by phase",
+            "Pods bound to this eklet's virtual nodes, by node and phase",
             pods.clone(),
         );
         // 0.1 s to ~30 min: cloudsim starts in milliseconds, real sandboxes in tens of seconds.
@@ -141,17 +138,7 @@ impl Metrics {
             "1 while this eklet is the active leader",
             leader.clone(),
         );
-        let build_info = Family::<VersionLabels, Gauge>::default();
-        build_info
-            .get_or_create(&VersionLabels {
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-            })
-            .set(1);
-        registry.register(
-            "build_info",
-            "Always 1; the version of this eklet as a label",
-            build_info,
-        );
+        tke_runtime::metrics::register_build_info(&mut registry, "eklet");
         let usage = Arc::new(Meter::default());
         registry.register(
             "cloud_cpu_core_seconds",
@@ -342,141 +329,27 @@ impl<P: Provider> Provider for Measured<P> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
+    // The chart README's table of these metrics is checked against this registry by
+    // crates/tke-resilience/tests/metrics.rs, with the other components'.
     use super::*;
-    use crate::usage::UsageLabels;
-
-    /// The chart README's table of eklet's metrics: name → (type, labels).
-    fn documented() -> BTreeMap<String, (String, Vec<String>)> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../charts/tke-resilience/README.md"
-        );
-        let readme = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let table = readme
-            .split_once("<!-- eklet-metrics: begin -->")
-            .and_then(|(_, rest)| rest.split_once("<!-- eklet-metrics: end -->"))
-            .map(|(table, _)| table)
-            .unwrap_or_else(|| panic!("{path} has no eklet-metrics table"));
-        let cell = |text: &str| text.trim().trim_matches('`').to_owned();
-        table
-            .lines()
-            .filter_map(|line| {
-                let cells: Vec<&str> = line.trim().strip_prefix('|')?.split('|').collect();
-                let name = cell(cells.first()?);
-                if !name.starts_with("eklet_") {
-                    return None;
-                }
-                let labels = cells
-                    .get(2)?
-                    .split(',')
-                    .map(cell)
-                    .filter(|l| !l.is_empty())
-                    .collect();
-                Some((name, (cell(cells.get(1)?), labels)))
-            })
-            .collect()
-    }
-
-    /// What eklet's registry exports, every labelled family with one sample so its labels show:
-    /// name as queried (counters with `_total`) → (type, labels).
-    fn registered() -> BTreeMap<String, (String, Vec<String>)> {
-        let metrics = Metrics::new();
-        metrics
-            .pods
-            .get_or_create(&PhaseLabels {
-                phase: "Running".into(),
-            })
-            .set(1);
-        metrics
-            .cloud_calls
-            .get_or_create(&ActionLabels {
-                action: "create".into(),
-            })
-            .inc();
-        metrics
-            .cloud_errors
-            .get_or_create(&ErrorLabels {
-                action: "create".into(),
-                code: "InternalError".into(),
-            })
-            .inc();
-        metrics.refused("SubnetCordoned");
-        let usage = UsageLabels::default();
-        for family in [
-            &metrics.usage.cpu_core_seconds,
-            &metrics.usage.memory_byte_seconds,
-            &metrics.usage.gpu_seconds,
-            &metrics.usage.pod_seconds,
-        ] {
-            family.get_or_create(&usage).inc_by(1.0);
-        }
-        let text = metrics.render();
-        text.lines()
-            .filter_map(|line| {
-                let mut words = line.strip_prefix("# TYPE ")?.split(' ');
-                let (family, kind) = (words.next()?, words.next()?);
-                let name = match kind {
-                    "counter" => format!("{family}_total"),
-                    _ => family.to_owned(),
-                };
-                // Histograms' own label (`le`) is not the family's.
-                let labels = match kind {
-                    "histogram" => Vec::new(),
-                    _ => text
-                        .lines()
-                        .find_map(|l| l.strip_prefix(&name)?.strip_prefix('{'))
-                        .map(|labels| {
-                            labels
-                                .split(',')
-                                .filter_map(|pair| pair.split_once('=').map(|(k, _)| k.to_owned()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                };
-                Some((name, (kind.to_owned(), labels)))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn the_chart_readme_lists_every_metric_eklet_exports_with_its_type_and_labels() {
-        let (documented, registered) = (documented(), registered());
-        let undocumented: Vec<_> = registered
-            .keys()
-            .filter(|name| !documented.contains_key(*name))
-            .collect();
-        let gone: Vec<_> = documented
-            .keys()
-            .filter(|name| !registered.contains_key(*name))
-            .collect();
-        assert!(
-            undocumented.is_empty() && gone.is_empty(),
-            "exported but not in the README: {undocumented:?}; in the README but not exported: {gone:?}"
-        );
-        for (name, exported) in &registered {
-            assert_eq!(
-                documented.get(name),
-                Some(exported),
-                "{name}: the README's (type, labels) against the exported ones"
-            );
-        }
-    }
 
     #[test]
     fn the_exposition_names_every_family_with_the_eklet_prefix() {
         let metrics = Metrics::new();
         metrics
             .pods
-            .get_or_create(&PhaseLabels {
+            .get_or_create(&PodLabels {
+                node: "eklet-subnet-a".into(),
                 phase: "Running".into(),
             })
             .set(3);
         metrics.create_to_running.observe(1.5);
         metrics.call::<()>("create", &Err(provider::Error::unsupported("create", "x")));
         let text = metrics.render();
-        assert!(text.contains("eklet_pods{phase=\"Running\"} 3"), "{text}");
+        assert!(
+            text.contains("eklet_pods{node=\"eklet-subnet-a\",phase=\"Running\"} 3"),
+            "{text}"
+        );
         assert!(
             text.contains("eklet_sandbox_create_to_running_seconds_count 1"),
             "{text}"

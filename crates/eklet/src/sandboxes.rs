@@ -44,7 +44,11 @@ pub async fn sync_statuses<P: Provider>(ctx: Arc<Context<P>>) {
         let took = begun.elapsed();
         let wait = next_sweep_in(interval, took);
         if took * 2 > interval {
-            tracing::debug!(?took, ?wait, "a status sweep took over half the interval; the next waits longer");
+            tracing::debug!(
+                ?took,
+                ?wait,
+                "a status sweep took over half the interval; the next waits longer"
+            );
         }
         tokio::time::sleep(wait).await;
     }

@@ -14,12 +14,17 @@
 //! extender on any cluster event, kubernetes#122022).
 
 pub mod filter;
+pub mod metrics;
 pub mod server;
 pub mod view;
 pub mod watch;
 pub mod wire;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use tke_policy::PolicyArgs;
 use tke_runtime::events::{Recorder, Reporter};
@@ -48,6 +53,8 @@ pub enum Error {
     },
     #[error("serving: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] tke_runtime::metrics::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -81,6 +88,13 @@ pub struct Args {
     /// LOCAL_REPLICAS when binding is slow (volume provisioning in PreBind).
     #[arg(long, default_value = "60s", value_parser = tke_runtime::duration::flag)]
     pub pending_decision_ttl: Duration,
+    /// Also serve /metrics and /healthz (no filter) on this plain-HTTP port, for Prometheus to
+    /// scrape while --listen stays on loopback. Without it, /metrics is only on --listen.
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+    /// Address the metrics port listens on.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    pub metrics_bind_address: IpAddr,
 }
 
 impl Args {
@@ -114,6 +128,15 @@ pub async fn run(args: Args) -> Result<()> {
         &args.policy.eks_config_namespace,
     );
     let listener = bind(args.listen)?;
+    let metrics = match args.metrics_port {
+        Some(port) => {
+            let addr = SocketAddr::new(args.metrics_bind_address, port);
+            let listener = tke_runtime::metrics::bind(addr).await?;
+            let metrics = extender.metrics();
+            Some(tke_runtime::metrics::serve(listener, move || metrics.render()))
+        }
+        None => None,
+    };
     let tls = match (&args.tls_cert_file, &args.tls_private_key_file) {
         (Some(cert), Some(key)) => Some(Tls {
             cert: cert.clone(),
@@ -128,7 +151,14 @@ pub async fn run(args: Args) -> Result<()> {
         info!("shutting down");
         shutdown.graceful_shutdown(Some(Duration::from_secs(5)));
     });
-    serve(router(extender), listener, tls, handle).await
+    let filter = serve(router(extender), listener, tls, handle);
+    match metrics {
+        Some(metrics) => tokio::select! {
+            result = filter => result,
+            result = metrics => result.map_err(Error::from),
+        },
+        None => filter.await,
+    }
 }
 
 /// The certificate and key files to serve HTTPS with.
@@ -205,6 +235,7 @@ mod tests {
         let args = parse(&[]).expect("no flags parse");
         assert!(args.listen.ip().is_loopback());
         assert_eq!(args.pending_decision_ttl, Duration::from_secs(60));
+        assert_eq!(args.metrics_port, None, "/metrics only on the filter port");
         let policy = args.policy_config();
         assert_eq!(policy.mode, SwitchMode::Seed);
         assert_eq!(policy.eligibility, EligibilityConfig::default());

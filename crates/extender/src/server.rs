@@ -18,11 +18,6 @@ use axum::{
     routing::{get, post},
 };
 use k8s_openapi::api::core::v1::ObjectReference;
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::Registry,
-};
 use tke_policy::BurstDecision;
 use tke_runtime::events::{Event, EventType, Recorder};
 use tokio::{sync::watch, time::Instant};
@@ -30,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     filter::{FilterOutcome, PolicyConfig, filter},
+    metrics::Metrics,
     view::ClusterView,
     wire::{ExtenderFilterResult, decode_filter_args},
 };
@@ -54,7 +50,7 @@ pub struct Extender {
     view: Mutex<ClusterView>,
     policy: PolicyConfig,
     ready: watch::Sender<bool>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     recorder: Option<Recorder>,
     warned: Mutex<HashSet<String>>,
 }
@@ -68,7 +64,7 @@ impl Extender {
             view: Mutex::new(view),
             policy,
             ready: watch::Sender::new(ready),
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::new()),
             recorder,
             warned: Mutex::new(HashSet::new()),
         })
@@ -98,27 +94,22 @@ impl Extender {
     }
 
     fn record(&self, outcome: &FilterOutcome, pending: usize, started: Instant) {
-        self.metrics
-            .decisions
-            .get_or_create(&DecisionLabels {
-                decision: outcome.decision.as_str().to_owned(),
-            })
-            .inc();
+        self.metrics.decided(outcome.decision.as_str());
         self.metrics
             .pending_local
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
         self.metrics
-            .filter_seconds
+            .filter_duration
             .observe(started.elapsed().as_secs_f64());
     }
 
     fn reject(&self, reason: &str) {
-        self.metrics
-            .rejected
-            .get_or_create(&RejectLabels {
-                reason: reason.to_owned(),
-            })
-            .inc();
+        self.metrics.rejected(reason);
+    }
+
+    /// The extender's metrics, to serve on a port of their own.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Publishes each distinct annotation warning once per workload.
@@ -171,63 +162,6 @@ impl Extender {
             });
         }
     }
-
-    /// The metrics as OpenMetrics text.
-    fn encode_metrics(&self) -> String {
-        let mut registry = Registry::with_prefix("tke_extender");
-        let m = &self.metrics;
-        registry.register("decisions", "Filter decisions by placement", m.decisions.clone());
-        registry.register(
-            "rejected_requests",
-            "Filter requests answered with an error",
-            m.rejected.clone(),
-        );
-        registry.register(
-            "pending_local_decisions",
-            "Pods decided local, not yet seen bound",
-            m.pending_local.clone(),
-        );
-        registry.register(
-            "filter_seconds",
-            "Time to answer a filter call",
-            m.filter_seconds.clone(),
-        );
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
-        text
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DecisionLabels {
-    decision: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RejectLabels {
-    reason: String,
-}
-
-#[derive(Clone)]
-struct Metrics {
-    decisions: Family<DecisionLabels, Counter>,
-    rejected: Family<RejectLabels, Counter>,
-    pending_local: Gauge,
-    filter_seconds: Histogram,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            decisions: Family::default(),
-            rejected: Family::default(),
-            pending_local: Gauge::default(),
-            filter_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.0001, 4.0, 9,
-            )),
-        }
-    }
 }
 
 /// The routes: `POST /scheduler/filter`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
@@ -236,7 +170,7 @@ pub fn router(extender: Arc<Extender>) -> Router {
     Router::new()
         .route(&format!("{URL_PATH_PREFIX}/{FILTER_VERB}"), post(filter_handler))
         .route("/readyz", get(readyz))
-        .merge(tke_runtime::metrics::routes(move || measured.encode_metrics()))
+        .merge(tke_runtime::metrics::routes(move || measured.metrics.render()))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -468,14 +402,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn metrics_count_decisions_by_placement() {
+    async fn metrics_count_decisions_by_outcome() {
         let extender = Extender::new(synced_view(), PolicyConfig::default(), None);
         let app = router(extender.clone());
         let body = json!({"Pod": {"metadata": {"name": "p", "uid": "u"}}, "NodeNames": ["idc-1"]});
         call(app.clone(), "POST", FILTER, body.to_string()).await;
-        let text = extender.encode_metrics();
+        let text = extender.metrics().render();
         assert!(
-            text.contains(r#"tke_extender_decisions_total{decision="Local"} 1"#),
+            text.contains(r#"tke_extender_decisions_total{outcome="Local"} 1"#),
             "{text}"
         );
     }

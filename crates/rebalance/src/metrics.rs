@@ -68,6 +68,7 @@ impl Metrics {
             "1 while this process holds the leader lease",
             leader.clone(),
         );
+        tke_runtime::metrics::register_build_info(&mut registry, "tke-rebalance");
         Metrics {
             registry,
             moves,

@@ -1,11 +1,17 @@
 //! The plain-HTTP port every component serves next to its work: `/metrics`, the component's
 //! registry as OpenMetrics text for Prometheus, and `/healthz`, `ok` while the process serves. One
 //! implementation, so the paths, the content type and the bind-before-start rule are the same in
-//! eklet, eks-admission and the scheduler extender (which serves them on its filter port).
+//! eklet, eks-admission, tke-rebalance and the scheduler extender (which also serves them on its
+//! filter port). Every component's registry carries the same `<prefix>_build_info{version}`.
 
 use std::net::SocketAddr;
 
 use axum::{Router, http::header, routing::get};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{family::Family, gauge::Gauge},
+    registry::Registry,
+};
 
 /// The content type of `/metrics`: what `prometheus_client`'s text encoder writes.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -23,6 +29,27 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+/// Registers `build_info`, always 1, with this build's version (the workspace's, which every
+/// component shares) as its label, so a query can tell which version each process runs.
+pub fn register_build_info(registry: &mut Registry, component: &str) {
+    let build_info = Family::<VersionLabels, Gauge>::default();
+    build_info
+        .get_or_create(&VersionLabels {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .set(1);
+    registry.register(
+        "build_info",
+        format!("Always 1; the version of this {component} as a label"),
+        build_info,
+    );
+}
 
 /// Binds `addr` now, so that a taken port fails start-up instead of a background task.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {

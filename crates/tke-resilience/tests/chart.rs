@@ -949,6 +949,22 @@ async fn the_seed_walkthrough_runs_on_the_charts_own_service_accounts_and_uninst
     let instances = chart.cloud_instances().await?;
     assert_eq!(instances, 3, "one cloud instance per pod on {virtual_node}");
 
+    // What Prometheus scrapes from the scheduler pod: the extender's own metrics port (its filter
+    // port stays on loopback) counts the placements it decided.
+    let extender_metrics = std::net::SocketAddr::from(([127, 0, 0, 1], chart.ports.extender_metrics));
+    let text = support::admission::http_get(extender_metrics, "/metrics").await?;
+    let decided = |outcome: &str| {
+        support::admission::sample(
+            &text,
+            &format!("tke_extender_decisions_total{{outcome=\"{outcome}\"}}"),
+        )
+        .unwrap_or_default()
+    };
+    assert!(
+        decided("Local") >= 1.0 && decided("Cloud") >= 3.0,
+        "the extender's metrics port shows its decisions:\n{text}"
+    );
+
     // `kubectl logs` of a cloud pod: the apiserver calls eklet's kubelet API with its client
     // certificate, which eklet verifies against the CA the chart names and authorises with a
     // SubjectAccessReview.
@@ -1492,7 +1508,7 @@ fn the_service_monitor_scrapes_the_metrics_port_of_every_component_that_serves_o
         scraped.push(component.to_owned());
     }
     scraped.sort();
-    assert_eq!(scraped, ["eklet", "eks-admission", "tke-rebalance"]);
+    assert_eq!(scraped, ["eklet", "eks-admission", "scheduler", "tke-rebalance"]);
     Ok(())
 }
 
@@ -1512,8 +1528,11 @@ fn the_pod_monitor_selects_the_metrics_port_of_the_components_pods() -> anyhow::
         .context("endpoints")?;
     let port = str_at(&endpoints[0], "/port")?;
     let selector = &monitor["spec"]["selector"];
-    // The scheduler pod's extender listens on loopback only: nothing to scrape there.
-    assert_eq!(selected_components(&docs, selector), ["eklet", "eks-admission"]);
+    // The scheduler pod: its extender's metrics port (the filter stays on loopback).
+    assert_eq!(
+        selected_components(&docs, selector),
+        ["eklet", "eks-admission", "scheduler"]
+    );
     for deployment in docs.iter().filter(|d| d["kind"] == "Deployment") {
         if selects(selector, &deployment["spec"]["template"]["metadata"]["labels"]) {
             assert!(
@@ -1612,14 +1631,12 @@ fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
-/// Every series name our components export, from their real registries (the `# TYPE` lines, a
-/// counter adding `_total`, a histogram `_bucket`, `_sum` and `_count`; a labelled family shows
-/// its `# TYPE` only once it has a series, so each gets one, and eklet's are also taken from the
-/// chart README's table, which eklet's own test keeps equal to its registry), and the kube-state-metrics
-/// metrics the chart uses: kube_node_status_condition, kube_pod_status_phase, kube_pod_info
-/// (kube-state-metrics' docs/metrics/cluster/node-metrics.md and workload/pod-metrics.md) and
-/// kube_pod_tolerations (pod-metrics.md, v2.9 and later). The extender's metrics are absent: it is
-/// not scraped (loopback only), so nothing may query them.
+/// Every series name our components export, from the chart README's tables of their metrics
+/// (which tests/metrics.rs keeps equal to their registries; a counter adds `_total`, a histogram
+/// `_bucket`, `_sum` and `_count`), and the kube-state-metrics metrics the chart uses:
+/// kube_node_status_condition, kube_pod_status_phase, kube_pod_info (kube-state-metrics'
+/// docs/metrics/cluster/node-metrics.md and workload/pod-metrics.md) and kube_pod_tolerations
+/// (pod-metrics.md, v2.9 and later).
 fn known_series() -> Vec<String> {
     let mut series: Vec<String> = [
         "kube_node_status_condition",
@@ -1629,38 +1646,22 @@ fn known_series() -> Vec<String> {
     ]
     .map(str::to_owned)
     .into();
-    let mut add = |name: &str, kind: &str| match kind {
-        "counter" => series.push(format!("{}_total", name.trim_end_matches("_total"))),
-        "histogram" => series.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}"))),
-        _ => series.push(name.to_owned()),
-    };
-    let eklet = tke_eklet::metrics::Metrics::new();
-    eklet.refused("SubnetCordoned");
-    let admission = tke_admission::metrics::Metrics::new();
-    admission.decided(tke_admission::metrics::TOLERATED, "DefaultOn");
-    let rebalance = tke_rebalance::metrics::Metrics::new();
-    rebalance.moved("moved");
-    rebalance.skip("Budget");
-    let expositions = [eklet.render(), admission.render(), rebalance.render()];
-    for line in expositions.iter().flat_map(|text| text.lines()) {
-        let mut words = line
-            .strip_prefix("# TYPE ")
-            .unwrap_or_default()
-            .split_whitespace();
-        if let (Some(name), Some(kind)) = (words.next(), words.next()) {
-            add(name, kind);
-        }
-    }
     let readme = std::fs::read_to_string(chart_dir().join("README.md")).expect("the chart README");
-    let table = readme
-        .split("<!-- eklet-metrics: begin -->")
-        .nth(1)
-        .and_then(|rest| rest.split("<!-- eklet-metrics: end -->").next())
-        .expect("the eklet metrics table in the chart README");
-    for row in table.lines().filter_map(|l| l.strip_prefix("| `")) {
-        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        if let [name, kind, ..] = cells[..] {
-            add(name.trim_end_matches('`'), kind);
+    for component in ["eklet", "eks-admission", "extender", "rebalance"] {
+        let table = readme
+            .split(&format!("<!-- {component}-metrics: begin -->"))
+            .nth(1)
+            .and_then(|rest| rest.split(&format!("<!-- {component}-metrics: end -->")).next())
+            .unwrap_or_else(|| panic!("the {component} metrics table in the chart README"));
+        for row in table.lines().filter_map(|l| l.strip_prefix("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            if let [name, kind, ..] = cells[..] {
+                let name = name.trim_end_matches('`');
+                match kind {
+                    "histogram" => series.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}"))),
+                    _ => series.push(name.to_owned()),
+                }
+            }
         }
     }
     series

@@ -255,9 +255,10 @@ async fn a_pod_on_the_virtual_node_runs_in_the_cloud_with_its_config_and_is_gone
         Some("-1000")
     );
 
+    let running = format!("eklet_pods{{node=\"{}\",phase=\"Running\"}}", id.node());
     wait::until(PATIENCE, "the running pod in eklet's metrics", || async {
         eklet.metrics_text().await.is_ok_and(|text| {
-            sample(&text, "eklet_pods{phase=\"Running\"}") == Some(1.0)
+            sample(&text, &running) == Some(1.0)
                 && sample(&text, "eklet_sandbox_create_to_running_seconds_count") == Some(1.0)
                 && sample(&text, "eklet_cloud_calls_total{action=\"create\"}") == Some(1.0)
         })

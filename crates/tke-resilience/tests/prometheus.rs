@@ -1,6 +1,6 @@
 //! The chart's monitoring against a real Prometheus (Debian's 2.42, unpacked by `hack/tools.sh`):
-//! Prometheus scrapes eklet, eks-admission and the scheduler extender on loopback as the chart's
-//! ServiceMonitor says (honor_labels, the metrics path, the target's namespace label), and
+//! Prometheus scrapes eklet, eks-admission and the scheduler extender (its metrics port) on
+//! loopback as the chart's ServiceMonitor says (honor_labels, the metrics path, the target's namespace label), and
 //! kube-state-metrics (built from its Go module) watching the test's control plane; a burst runs
 //! on the virtual node, and then the usage counters in Prometheus match what the test ran, every
 //! expression of the dashboard and of the alert rules is one Prometheus evaluates and returns
@@ -366,7 +366,19 @@ async fn prometheus_sees_what_the_burst_used_and_every_dashboard_and_alert_query
 
     // The stack: tke-scheduler's extender, eks-admission, eklet on cloudsim.
     let (cp, extender_addr) = extender::control_plane(vec![NodeSpec::new(LOCAL_NODE)]).await?;
-    let _extender = Extender::start(&cp, extender_addr, &[]).await?;
+    // The extender's own metrics port, as the chart's monitors scrape it (its filter port stays
+    // on loopback inside the scheduler pod).
+    let [extender_metrics_port] = tke_testbed::free_ports::<1>()?;
+    let extender_metrics = SocketAddr::from(([127, 0, 0, 1], extender_metrics_port));
+    let _extender = Extender::start(
+        &cp,
+        extender_addr,
+        &[
+            &format!("--metrics-port={extender_metrics_port}"),
+            "--metrics-bind-address=127.0.0.1",
+        ],
+    )
+    .await?;
     let admission = Admission::start(&cp, &[]).await?;
     let virtual_node = VirtualNode::start(&cp).await?;
     let eklet = &virtual_node.eklet;
@@ -395,7 +407,7 @@ async fn prometheus_sees_what_the_burst_used_and_every_dashboard_and_alert_query
          - job_name: kube-state-metrics\n    honor_labels: true\n    static_configs:\n      - targets: ['{ksm_addr}']\n",
         scrape_job("eklet", eklet.metrics, endpoint)?,
         scrape_job("eks-admission", admission.metrics, endpoint)?,
-        scrape_job("tke-scheduler-extender", extender_addr, endpoint)?,
+        scrape_job("tke-scheduler-extender", extender_metrics, endpoint)?,
     );
     let prometheus = Prometheus::start(&cp, &config, Some(&rules)).await?;
     let url = prometheus.url();

@@ -116,8 +116,9 @@ async fn throughput_of_500_pods_default_scheduler_vs_tke_scheduler() -> anyhow::
     let ns = cp.namespace("bench").await?;
     let filter_time = || async {
         let text = extender.metrics_text().await?;
-        let sum = admission::sample(&text, "tke_extender_filter_seconds_sum").unwrap_or_default();
-        let count = admission::sample(&text, "tke_extender_filter_seconds_count").unwrap_or_default();
+        let sum = admission::sample(&text, "tke_extender_filter_duration_seconds_sum").unwrap_or_default();
+        let count =
+            admission::sample(&text, "tke_extender_filter_duration_seconds_count").unwrap_or_default();
         anyhow::Ok((sum, count))
     };
 

@@ -8,9 +8,16 @@
 //! Running, what metrics-server does each resolution: a scrape of the node's `/metrics/resource`
 //! (median of several, and how many pods it reported usage for). virtual-kubelet's mock provider
 //! makes its numbers up in memory; eklet reads each sandbox's agent (cloudsim's, on loopback).
+//! Last, what Prometheus costs eklet with every pod Running: the size of its own `/metrics`, the
+//! time of a scrape (p50 and max of [`METRICS_SCRAPES`]) and eklet's CPU time per scrape (its
+//! `/proc/PID/stat` CPU time over the scrapes, less that of an idle interval as long).
+//! `--workloads N` spreads the pods over N controlling owners, so eklet's usage counters (a series
+//! per namespace and workload) have N workloads to report; the owners are ConfigMaps, which no
+//! controller acts on, so the pods stay exactly as created.
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -27,10 +34,15 @@ use kube::{
 use serde_json::json;
 use tke_testbed::{ControlPlane, Options, Proc, components, free_ports, random_suffix};
 
+/// Back-to-back scrapes of eklet's `/metrics` after a warm-up one.
+const METRICS_SCRAPES: usize = 1000;
+
 struct Args {
     binary: PathBuf,
     vk: PathBuf,
     pods: usize,
+    /// Controlling owners the pods are spread over; 0 = none (bare pods).
+    workloads: usize,
     rounds: usize,
     /// Requests per second per cloud API action, in cloudsim and in eklet's client; 0 = unlimited.
     cloud_rate_limit: u32,
@@ -40,16 +52,18 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() != Some("eklet") {
         bail!(
-            "usage: tke-bench eklet --binary PATH --vk PATH [--pods N] [--rounds R] [--cloud-rate-limit N]"
+            "usage: tke-bench eklet --binary PATH --vk PATH [--pods N] [--workloads N] [--rounds R] [--cloud-rate-limit N]"
         );
     }
     let (mut binary, mut vk, mut pods, mut rounds, mut cloud_rate_limit) = (None, None, 500, 1, 20);
+    let mut workloads = 0;
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--binary" => binary = Some(PathBuf::from(value()?)),
             "--vk" => vk = Some(PathBuf::from(value()?)),
             "--pods" => pods = value()?.parse()?,
+            "--workloads" => workloads = value()?.parse()?,
             "--rounds" => rounds = value()?.parse()?,
             "--cloud-rate-limit" => cloud_rate_limit = value()?.parse()?,
             other => bail!("unknown argument {other:?}"),
@@ -60,6 +74,7 @@ fn parse_args() -> anyhow::Result<Args> {
         binary: canonical(binary.context("--binary PATH (tke-resilience) is required")?)?,
         vk: canonical(vk.context("--vk PATH (virtual-kubelet) is required")?)?,
         pods,
+        workloads,
         rounds,
         cloud_rate_limit,
     })
@@ -77,6 +92,18 @@ struct Result_ {
     /// Median time of a `/metrics/resource` scrape with every pod Running, and the pods it gave
     /// usage for; `None` when the agent died first or never answered.
     scrape: Option<(Duration, usize)>,
+    /// What a scrape of the agent's own `/metrics` costs (eklet only).
+    self_metrics: Option<SelfMetrics>,
+}
+
+/// The cost of scraping an agent's own Prometheus `/metrics`.
+struct SelfMetrics {
+    bytes: usize,
+    series: usize,
+    p50: Duration,
+    max: Duration,
+    /// The agent's CPU time per scrape, its idle CPU time subtracted.
+    cpu_per_scrape: Duration,
 }
 
 impl Result_ {
@@ -102,9 +129,10 @@ async fn main() -> anyhow::Result<()> {
         args.cloud_rate_limit
     );
     println!(
-        "[bench] control plane up in {:.1}s; {} pods per run, {} round(s)",
+        "[bench] control plane up in {:.1}s; {} pods per run over {} workloads, {} round(s)",
         cp.started_in.as_secs_f64(),
         args.pods,
+        args.workloads,
         args.rounds
     );
 
@@ -140,6 +168,26 @@ async fn main() -> anyhow::Result<()> {
             r.peak_rss_kib / 1024,
             r.cpu.as_secs_f64()
         );
+    }
+    if results.iter().any(|r| r.self_metrics.is_some()) {
+        println!();
+        println!("| agent | pods | /metrics bytes | series | scrape p50 | scrape max | CPU per scrape |");
+        println!("|---|---|---|---|---|---|---|");
+        for r in &results {
+            if let Some(m) = &r.self_metrics {
+                println!(
+                    "| {} | {} | {} ({:.1} KiB) | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+                    r.agent,
+                    r.latencies.len(),
+                    m.bytes,
+                    m.bytes as f64 / 1024.0,
+                    m.series,
+                    m.p50.as_secs_f64() * 1000.0,
+                    m.max.as_secs_f64() * 1000.0,
+                    m.cpu_per_scrape.as_secs_f64() * 1000.0
+                );
+            }
+        }
     }
     let mean = |agent: &str, f: &dyn Fn(&Result_) -> f64| {
         let xs: Vec<f64> = results.iter().filter(|r| r.agent == agent).map(f).collect();
@@ -218,7 +266,7 @@ async fn run_vk(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::Resu
         ],
     )?;
     tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
-    measure("virtual-kubelet", cp, client, &node, port, proc, args.pods).await
+    measure("virtual-kubelet", cp, client, &node, port, None, proc, args).await
 }
 
 async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::Result<Result_> {
@@ -255,25 +303,32 @@ async fn run_eklet(cp: &ControlPlane, client: &Client, args: &Args) -> anyhow::R
     let proc = eklet.spawn(cp)?;
     let kubelet = eklet.kubelet_addr().port();
     tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
-    let result = measure("eklet", cp, client, &node, kubelet, proc, args.pods).await;
+    let metrics = Some(eklet.metrics_addr());
+    let result = measure("eklet", cp, client, &node, kubelet, metrics, proc, args).await;
     drop(cloudsim_proc);
     result
 }
 
-/// Creates `pods` pods bound to `node` and measures until all are Running.
+/// Creates `args.pods` pods bound to `node` (over `args.workloads` owners) and measures until all
+/// are Running; then the cost of a `/metrics/resource` scrape and, given the agent's own `metrics`
+/// address, of a `/metrics` one.
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     agent: &'static str,
     cp: &ControlPlane,
     client: &Client,
     node: &str,
     kubelet_port: u16,
+    metrics: Option<SocketAddr>,
     mut proc: Proc,
-    pods: usize,
+    args: &Args,
 ) -> anyhow::Result<Result_> {
+    let pods = args.pods;
     let ns = cp
         .namespace(&format!("bench-{}", agent.split('-').next().unwrap_or(agent)))
         .await?;
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let owners = create_owners(client, &ns, args.workloads).await?;
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let running: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
 
@@ -304,10 +359,12 @@ async fn measure(
         .map(|i| {
             let (api, created) = (api.clone(), created.clone());
             let node = node.to_owned();
+            let owner = (!owners.is_empty()).then(|| owners[i % owners.len()].clone());
             async move {
                 let name = format!("p-{i:05}");
                 let pod: Pod = serde_json::from_value(json!({
-                    "metadata": {"name": name, "labels": {"app": "bench"}},
+                    "metadata": {"name": name, "labels": {"app": "bench"},
+                                 "ownerReferences": owner.map(|o| vec![o]).unwrap_or_default()},
                     "spec": {
                         "nodeName": node,
                         "automountServiceAccountToken": false,
@@ -356,6 +413,10 @@ async fn measure(
         None => scrape_resource_metrics(cp, kubelet_port).await,
         Some(_) => None,
     };
+    let self_metrics = match (metrics, &crashed) {
+        (Some(addr), None) => scrape_self_metrics(addr, proc.pid()).await,
+        _ => None,
+    };
     let created = created.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let running = running.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let latencies: Vec<Duration> = created
@@ -377,6 +438,77 @@ async fn measure(
         cpu,
         crashed,
         scrape,
+        self_metrics,
+    })
+}
+
+/// `count` ConfigMaps in `ns`, as the controlling owner references of the pods spread over them:
+/// a workload each for eklet's usage counters, and nothing any controller acts on.
+async fn create_owners(client: &Client, ns: &str, count: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), ns);
+    stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("workload-{i:05}");
+                let map = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+                let map = api.create(&PostParams::default(), &map).await?;
+                anyhow::Ok(json!({
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "name": name,
+                    "uid": map.metadata.uid.context("a created ConfigMap has a uid")?,
+                    "controller": true,
+                }))
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect()
+        .await
+}
+
+/// Scrapes the agent's own `/metrics` as Prometheus does, [`METRICS_SCRAPES`] times back to back
+/// after a warm-up one, and takes its CPU time over them less its CPU time over an idle interval
+/// as long just before (its background work: status loops, lease renewals).
+async fn scrape_self_metrics(addr: SocketAddr, pid: u32) -> Option<SelfMetrics> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .ok()?;
+    let url = format!("http://{addr}/metrics");
+    let get = || async {
+        match http.get(&url).send().await.and_then(|r| r.error_for_status()) {
+            Ok(response) => response.text().await.ok(),
+            Err(error) => {
+                println!("[bench] scraping {url}: {error}");
+                None
+            }
+        }
+    };
+    get().await?;
+    let mut times = Vec::with_capacity(METRICS_SCRAPES);
+    let mut text = String::new();
+    let (begun, cpu_begun) = (Instant::now(), cpu_time(pid));
+    for _ in 0..METRICS_SCRAPES {
+        let sent = Instant::now();
+        text = get().await?;
+        times.push(sent.elapsed());
+    }
+    let scraping = begun.elapsed();
+    let scrapes_cpu = cpu_time(pid).saturating_sub(cpu_begun);
+    let idle_begun = cpu_time(pid);
+    tokio::time::sleep(scraping).await;
+    let idle_cpu = cpu_time(pid).saturating_sub(idle_begun);
+    times.sort();
+    Some(SelfMetrics {
+        bytes: text.len(),
+        series: text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count(),
+        p50: times[times.len() / 2],
+        max: times[times.len() - 1],
+        cpu_per_scrape: scrapes_cpu.saturating_sub(idle_cpu) / METRICS_SCRAPES as u32,
     })
 }
 

@@ -272,12 +272,13 @@ pub struct Ports {
     pub eklet_metrics: u16,
     pub admission_metrics: u16,
     pub extender: u16,
+    pub extender_metrics: u16,
     pub scheduler: u16,
 }
 
 impl Ports {
     fn free() -> anyhow::Result<Ports> {
-        let ports = tke_testbed::free_ports::<6>()?;
+        let ports = tke_testbed::free_ports::<7>()?;
         Ok(Ports {
             cloudsim: ports[0],
             eklet_kubelet: ports[1],
@@ -285,6 +286,7 @@ impl Ports {
             admission_metrics: ports[3],
             extender: ports[4],
             scheduler: ports[5],
+            extender_metrics: ports[6],
         })
     }
 }
@@ -309,13 +311,15 @@ impl Installed {
         let set = format!(
             "eklet.replicaCount={eklet_replicas},eksAdmission.replicaCount=0,scheduler.replicaCount=0,\
              cloud.endpoint=http://127.0.0.1:{},eklet.podUsedApiserver={},\
-             eklet.kubeletPort={},eklet.metricsPort={},eksAdmission.metricsPort={},scheduler.extender.port={}",
+             eklet.kubeletPort={},eklet.metricsPort={},eksAdmission.metricsPort={},scheduler.extender.port={},\
+             scheduler.extender.metricsPort={}",
             ports.cloudsim,
             cp.apiserver_url(),
             ports.eklet_kubelet,
             ports.eklet_metrics,
             ports.admission_metrics,
             ports.extender,
+            ports.extender_metrics,
         );
         install(&cp, &dir, &values_file, &set).await?;
         Ok(Installed {
