@@ -245,9 +245,21 @@ async fn eklet_identity(cp: &ControlPlane, client: &Client) -> anyhow::Result<Pa
 
 /// Requests the apiserver dispatched for eklet's FlowSchema so far.
 async fn apiserver_requests(client: &Client) -> anyhow::Result<f64> {
-    let text = client
-        .request_text(http::Request::get("/metrics").body(Vec::new())?)
-        .await?;
+    let mut attempt = 0;
+    let text = loop {
+        attempt += 1;
+        match client
+            .request_text(http::Request::get("/metrics").body(Vec::new())?)
+            .await
+        {
+            Ok(text) => break text,
+            Err(e) if attempt < 5 => {
+                println!("[bench-scale]   reading the apiserver's metrics: {e}; again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     Ok(text
         .lines()
         .filter(|l| l.starts_with("apiserver_flowcontrol_dispatched_requests_total{"))
@@ -368,7 +380,19 @@ async fn run_step(
                                                 "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}}]
                             }
                         }))?;
-                        api.create(&PostParams::default(), &pod).await?;
+                        // Under this load the apiserver may drop a connection after it created
+                        // the pod: try again, and take "already exists" as done.
+                        for attempt in 1.. {
+                            match api.create(&PostParams::default(), &pod).await {
+                                Ok(_) => break,
+                                Err(kube::Error::Api(e)) if e.code == 409 => break,
+                                Err(e) if attempt < 5 => {
+                                    println!("[bench-scale]   creating a pod: {e}; again");
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
                         anyhow::Ok(())
                     }
                 })
