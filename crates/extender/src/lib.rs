@@ -147,11 +147,6 @@ pub async fn serve(
 ) -> Result<()> {
     let service = app.into_make_service();
     let addr = listener.local_addr().map_err(Error::Serve)?;
-    // kube-scheduler waits for each filter answer before it schedules the next pod, so an answer
-    // held back by Nagle's algorithm (until the scheduler's delayed ACK) is time lost per pod.
-    let tcp = axum_server::accept::TcpConfigAcceptor::new(
-        axum_server::accept::TcpSocketConfig::new().nodelay(true),
-    );
     match tls {
         Some(Tls { cert, key }) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
@@ -160,7 +155,6 @@ pub async fn serve(
             info!(%addr, "serving the extender over HTTPS");
             axum_server::from_tcp_rustls(listener, config)
                 .map_err(Error::Serve)?
-                .map(|tls| tls.acceptor(tcp))
                 .handle(handle)
                 .serve(service)
                 .await
@@ -170,7 +164,6 @@ pub async fn serve(
             info!(%addr, "serving the extender over HTTP");
             axum_server::from_tcp(listener)
                 .map_err(Error::Serve)?
-                .acceptor(tcp)
                 .handle(handle)
                 .serve(service)
                 .await
