@@ -93,7 +93,7 @@ impl Extender {
             .is_ok_and(|r| r.is_ok())
     }
 
-    fn record(&self, outcome: &FilterOutcome, pending: usize, started: Instant) {
+    fn record(&self, outcome: &FilterOutcome, pending: usize, started: Instant, request_bytes: usize) {
         self.metrics.decided(outcome.decision.as_str());
         self.metrics
             .pending_local
@@ -101,6 +101,7 @@ impl Extender {
         self.metrics
             .filter_duration
             .observe(started.elapsed().as_secs_f64());
+        self.metrics.filter_request_bytes.observe(request_bytes as f64);
     }
 
     fn reject(&self, reason: &str) {
@@ -203,7 +204,7 @@ async fn filter_handler(State(extender): State<Arc<Extender>>, body: Bytes) -> R
         let outcome = filter(&mut view, &args, &extender.policy, Instant::now());
         (outcome, view.pending_count())
     };
-    extender.record(&outcome, pending, started);
+    extender.record(&outcome, pending, started, body.len());
     extender.report_warnings(&outcome, &args.pod);
     let pod = format!(
         "{}/{}",

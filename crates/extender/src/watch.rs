@@ -6,7 +6,7 @@
 use std::{fmt::Debug, sync::Arc};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume, PersistentVolumeClaim};
 use kube::{
     Api, Client, Resource,
     runtime::{WatchStreamExt, watcher},
@@ -15,7 +15,10 @@ use serde::de::DeserializeOwned;
 use tke_policy::switch::EKS_CONFIG_NAME;
 use tracing::warn;
 
-use crate::{server::Extender, view::ClusterView};
+use crate::{
+    server::Extender,
+    view::{ClusterView, WatchedPod},
+};
 
 /// Starts every watch on the runtime; they run until the process ends.
 pub fn spawn_all(
@@ -34,12 +37,13 @@ pub fn spawn_all(
     );
     // Only this scheduler's pods: a workload's pods share their template's schedulerName, so
     // every pod a LOCAL_REPLICAS count needs is among them, and the cache stays small.
+    // Decoded as `WatchedPod`: only the fields the view keeps.
     spawn(
-        Api::<Pod>::all(client.clone()),
+        Api::<WatchedPod>::all(client.clone()),
         watcher::Config::default().fields(&format!("spec.schedulerName={scheduler_name}")),
         extender,
         "pods",
-        ClusterView::on_pod,
+        ClusterView::on_watched_pod,
     );
     spawn(
         Api::<ConfigMap>::namespaced(client.clone(), eks_config_namespace),

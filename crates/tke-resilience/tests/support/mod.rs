@@ -17,7 +17,11 @@ pub mod terminal;
 /// 2-core machine, never a performance threshold.
 pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(180);
 
-/// The `tke-resilience` binary under test, built by cargo for this test run.
+/// The `tke-resilience` binary under test: the one cargo built for this test run, or `TKE_BINARY`
+/// when set (a release build, for benchmarks).
 pub fn binary() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_BIN_EXE_tke-resilience"))
+    match std::env::var_os("TKE_BINARY").filter(|path| !path.is_empty()) {
+        Some(path) => std::path::PathBuf::from(path),
+        None => std::path::PathBuf::from(env!("CARGO_BIN_EXE_tke-resilience")),
+    }
 }
