@@ -68,6 +68,10 @@ pub struct Args {
     /// The block private IPs come from, a /16 per subnet (so at most a /16).
     #[arg(long, value_name = "CIDR", default_value = "10.0.0.0/8", value_parser = parse_cidr)]
     pub private_cidr: (Ipv4Addr, u8),
+    /// Cut --private-cidr into subnets of this prefix length instead of /16s (a VPC's /16 into
+    /// /20s, say), from the block's own prefix to 28.
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(1..=28))]
+    pub subnet_prefix: Option<u8>,
 }
 
 impl Args {
@@ -96,6 +100,7 @@ impl Args {
             agent_port: self.agent_port,
             private_cidr: self.private_cidr,
             netns: self.netns.clone(),
+            subnet_prefix: self.subnet_prefix,
             ..Config::new(credentials)
         }
     }

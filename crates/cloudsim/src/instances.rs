@@ -53,8 +53,6 @@ const LOG_MAX_BYTES: usize = 1 << 20;
 const EVENTS_DEFAULT: u64 = 50;
 const EVENTS_MAX: u64 = 100;
 const MAX_REPLICAS: i64 = 100;
-/// Hosts of a /16, .0.0 and .255.255 excluded.
-const HOSTS_PER_SUBNET: u32 = 65534;
 const MAX_SUBNETS: u32 = 254;
 const MIB: u64 = 1 << 20;
 const GIB: f64 = (1u64 << 30) as f64;
@@ -84,6 +82,9 @@ pub fn refuse(code: &str, message: impl Into<String>) -> Refusal {
 pub struct Ipv4Cidr {
     network: Ipv4Addr,
     prefix: u8,
+    /// The size of each subnet cut from the block: 16 unless [`with_subnet_prefix`](Self::with_subnet_prefix)
+    /// says otherwise.
+    subnet_prefix: u8,
 }
 
 impl Ipv4Cidr {
@@ -91,7 +92,10 @@ impl Ipv4Cidr {
     pub const DEFAULT_PRIVATE: Ipv4Cidr = Ipv4Cidr {
         network: Ipv4Addr::new(10, 0, 0, 0),
         prefix: 8,
+        subnet_prefix: 16,
     };
+    /// The smallest subnet: 14 hosts.
+    pub const MAX_SUBNET_PREFIX: u8 = 28;
 
     /// A block of at least a /16 (`prefix <= 16`) with no host bits set.
     pub fn new(network: Ipv4Addr, prefix: u8) -> Result<Self, String> {
@@ -108,7 +112,37 @@ impl Ipv4Cidr {
                 Ipv4Addr::from(bits & mask)
             ));
         }
-        Ok(Self { network, prefix })
+        Ok(Self {
+            network,
+            prefix,
+            subnet_prefix: 16,
+        })
+    }
+
+    /// The same block cut into subnets of `/subnet_prefix` instead of /16s, e.g. a VPC's /16 into
+    /// /20s, one per virtual node. At least the block's own prefix, at most
+    /// [`MAX_SUBNET_PREFIX`](Self::MAX_SUBNET_PREFIX).
+    pub fn with_subnet_prefix(self, subnet_prefix: u8) -> Result<Self, String> {
+        if subnet_prefix < self.prefix || subnet_prefix > Self::MAX_SUBNET_PREFIX {
+            return Err(format!(
+                "subnets of /{subnet_prefix} do not fit {self}: the subnet prefix must be between {} and {}",
+                self.prefix,
+                Self::MAX_SUBNET_PREFIX
+            ));
+        }
+        Ok(Self {
+            subnet_prefix,
+            ..self
+        })
+    }
+
+    pub fn subnet_prefix(&self) -> u8 {
+        self.subnet_prefix
+    }
+
+    /// Addresses a subnet hands out: all but its first and last.
+    fn hosts_per_subnet(&self) -> u32 {
+        (1u32 << (32 - u32::from(self.subnet_prefix))) - 2
     }
 
     pub fn network(&self) -> Ipv4Addr {
@@ -119,24 +153,24 @@ impl Ipv4Cidr {
         self.prefix
     }
 
-    /// How many /16s the block holds.
-    fn sixteens(&self) -> u32 {
-        1 << (16 - u32::from(self.prefix))
+    /// How many subnets the block holds.
+    fn subnets_in_block(&self) -> u32 {
+        1 << (u32::from(self.subnet_prefix) - u32::from(self.prefix))
     }
 
     /// The first /16 handed out: the second of the block (10.1.0.0/16 of 10.0.0.0/8) unless the block
     /// is a single /16.
     fn first_subnet(&self) -> u32 {
-        u32::from(self.sixteens() > 1)
+        u32::from(self.subnets_in_block() > 1)
     }
 
     fn max_subnets(&self) -> u32 {
-        (self.sixteens() - self.first_subnet()).min(MAX_SUBNETS)
+        (self.subnets_in_block() - self.first_subnet()).min(MAX_SUBNETS)
     }
 
     /// The base address of the `index`-th subnet (from 0) to be created.
     fn subnet_base(&self, index: u32) -> u32 {
-        u32::from(self.network) + ((self.first_subnet() + index) << 16)
+        u32::from(self.network) + ((self.first_subnet() + index) << (32 - u32::from(self.subnet_prefix)))
     }
 }
 
@@ -429,6 +463,7 @@ impl ContainerSim {
 #[derive(Debug)]
 struct SubnetPool {
     base: u32,
+    hosts: u32,
     next_host: u32,
     free: VecDeque<u32>,
     live: usize,
@@ -436,7 +471,7 @@ struct SubnetPool {
 
 impl SubnetPool {
     fn allocate(&mut self) -> Option<Ipv4Addr> {
-        let host = if self.next_host <= HOSTS_PER_SUBNET {
+        let host = if self.next_host <= self.hosts {
             self.next_host += 1;
             self.next_host - 1
         } else {
@@ -854,6 +889,7 @@ impl Store {
                 subnet.clone(),
                 SubnetPool {
                     base,
+                    hosts: self.private_cidr.hosts_per_subnet(),
                     next_host: 1,
                     free: VecDeque::new(),
                     live: 0,
@@ -877,7 +913,7 @@ impl Store {
                 ),
             ));
         }
-        if pool.live + replicas > HOSTS_PER_SUBNET as usize {
+        if pool.live + replicas > pool.hosts as usize {
             return Err(refuse(
                 "ResourceInsufficient",
                 format!("Subnet {subnet} has no free IP address."),
@@ -1857,6 +1893,41 @@ mod tests {
         assert!(err.message.contains("127.42.0.0/16"), "{}", err.message);
         assert_eq!(Ipv4Cidr::DEFAULT_PRIVATE.to_string(), "10.0.0.0/8");
         assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().max_subnets(), 254);
+    }
+
+    #[test]
+    fn a_vpc_block_cut_into_smaller_subnets_gives_each_subnet_its_own() {
+        let block: Ipv4Cidr = "10.102.0.0/16".parse().unwrap();
+        let vpc = block.with_subnet_prefix(20).unwrap();
+        let mut f = fixture();
+        f.store = Store::new(
+            fixture().store.lifecycle,
+            "ap-guangzhou".into(),
+            BTreeMap::new(),
+            vpc,
+        );
+        let subnet = |n: usize| CreateEksContainerInstancesRequest {
+            subnet_id: format!("subnet-{n}"),
+            ..request(&format!("p{n}"), RestartPolicy::Always, &[])
+        };
+        let ips: Vec<String> = (1..=15)
+            .map(|n| {
+                let id = f.create(subnet(n)).unwrap();
+                f.get(&id).private_ip
+            })
+            .collect();
+        // The first /20 is skipped as the first /16 of a larger block is; then one /20 each.
+        assert_eq!(ips[0], "10.102.16.1");
+        assert_eq!(ips[1], "10.102.32.1");
+        assert_eq!(ips[14], "10.102.240.1");
+        let err = f.create(subnet(16)).unwrap_err();
+        assert_eq!(err.code, "LimitExceeded", "a /16 holds fifteen /20s");
+        assert_eq!(vpc.hosts_per_subnet(), 4094);
+        assert_eq!(block.hosts_per_subnet(), 65534);
+        for bad in [15, 29] {
+            let err = block.with_subnet_prefix(bad).unwrap_err();
+            assert!(err.contains("between 16 and 28"), "{err}");
+        }
     }
 
     #[test]

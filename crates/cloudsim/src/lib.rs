@@ -126,6 +126,9 @@ pub struct Config {
     /// port responders listen inside it, so the sandboxes' private IPs need not be loopback (an
     /// EndpointSlice refuses loopback addresses). `None`: agents listen in cloudsim's own namespace.
     pub netns: Option<std::path::PathBuf>,
+    /// The size of each subnet cut from [`private_cidr`](Self::private_cidr); `None` for /16s
+    /// (e.g. `Some(20)` makes a VPC's /16 into fifteen /20s, one per virtual node).
+    pub subnet_prefix: Option<u8>,
 }
 
 impl Config {
@@ -150,6 +153,7 @@ impl Config {
                 instances::Ipv4Cidr::DEFAULT_PRIVATE.prefix(),
             ),
             netns: None,
+            subnet_prefix: None,
         }
     }
 }
@@ -258,7 +262,12 @@ pub async fn serve(config: Config, listener: TcpListener) -> Result<Handle> {
         return Err(Error::AgentPortZero);
     }
     let (network, prefix) = config.private_cidr;
-    let private_cidr = instances::Ipv4Cidr::new(network, prefix).map_err(Error::PrivateCidr)?;
+    let mut private_cidr = instances::Ipv4Cidr::new(network, prefix).map_err(Error::PrivateCidr)?;
+    if let Some(subnet_prefix) = config.subnet_prefix {
+        private_cidr = private_cidr
+            .with_subnet_prefix(subnet_prefix)
+            .map_err(Error::PrivateCidr)?;
+    }
     let listeners = match &config.netns {
         Some(path) => netns::Listeners::open(path).map_err(Error::Netns)?,
         None if config.agent_port.is_some() && !(network.is_loopback() && prefix >= 8) => {

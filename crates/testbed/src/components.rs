@@ -59,6 +59,8 @@ pub struct AgentBlock {
     pub port: u16,
     /// The VPC namespace the block lives in (cloudsim's `--netns`); `None` for a loopback block.
     pub netns: Option<PathBuf>,
+    /// cloudsim's `--subnet-prefix`: a VPC's /16 is cut into /20s, one per virtual node.
+    pub subnet_prefix: Option<u8>,
 }
 
 impl AgentBlock {
@@ -74,6 +76,7 @@ impl AgentBlock {
             prefix: 16,
             port,
             netns: None,
+            subnet_prefix: None,
         })
     }
 
@@ -85,6 +88,7 @@ impl AgentBlock {
             prefix: vpc.block.1,
             port,
             netns: Some(vpc.netns_path()),
+            subnet_prefix: Some(crate::realnode::vpc::SUBNET_PREFIX),
         })
     }
 
@@ -96,6 +100,9 @@ impl AgentBlock {
         ];
         if let Some(netns) = &self.netns {
             args.push(format!("--netns={}", netns.display()));
+        }
+        if let Some(bits) = self.subnet_prefix {
+            args.push(format!("--subnet-prefix={bits}"));
         }
         args
     }

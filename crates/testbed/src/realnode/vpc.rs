@@ -5,7 +5,7 @@
 //!
 //! The namespace is made like a real node's by `host.sh` (a veth to the root namespace whose root
 //! end has no address, only routes; index N, gateway 198.18.0.N). On top of that:
-//! - the block `10.(100+N).0.0/16` is local inside it (`ip route add local BLOCK dev lo`), so
+//! - the block `10.(100+N).0.0/16` (cut by cloudsim into /20 subnets, [`SUBNET_PREFIX`]) is local inside it (`ip route add local BLOCK dev lo`), so
 //!   cloudsim's agents and port responders bind any sandbox address there without an address per
 //!   sandbox;
 //! - the root namespace routes the block via the gateway, so eklet, the apiserver and tests in the
@@ -27,6 +27,10 @@ use std::{
 
 use super::{RealNode, address::NodeAddress, which};
 use crate::{ControlPlane, Error, Result};
+
+/// The subnets cloudsim cuts from a VPC's /16 (`--subnet-prefix`): fifteen /20s of 4,094
+/// addresses, one per virtual node.
+pub const SUBNET_PREFIX: u8 = 20;
 
 /// The VPC network namespace; see the module documentation.
 pub struct Vpc {

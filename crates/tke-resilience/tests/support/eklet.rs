@@ -81,6 +81,7 @@ pub fn enable_agents_in(
     config.agent_port = Some(block.port);
     config.private_cidr = (block.network, block.prefix);
     config.netns.clone_from(&block.netns);
+    config.subnet_prefix = block.subnet_prefix;
     Ok(block.eklet_arg())
 }
 
