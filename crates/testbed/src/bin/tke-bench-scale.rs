@@ -20,7 +20,7 @@
 //!         [--cloud-rate-limit 0]`
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -51,6 +51,8 @@ const DELETE_BATCH: f64 = 20.0;
 const IDLE_WINDOW: Duration = Duration::from_secs(20);
 /// Between the last pod Running and the steady measurements: the status loop's first sweeps.
 const SETTLE: Duration = Duration::from_secs(10);
+/// Sandboxes whose container is crashed to time a change's way to the pod status.
+const CHANGE_SAMPLE: usize = 200;
 
 struct Args {
     binary: PathBuf,
@@ -114,6 +116,8 @@ struct Step {
     idle_calls: BTreeMap<String, f64>,
     ramp_apiserver: f64,
     idle_apiserver: f64,
+    /// From a sandbox's container crashing in the cloud to its pod's status showing it, sorted.
+    change_to_status: Vec<Duration>,
 }
 
 impl Step {
@@ -151,13 +155,13 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| pods | all Running | bound (20/s) | all gone | bound (20/s) | RSS idle | RSS peak | RSS steady | per pod | idle CPU | cloud calls/s starting | cloud calls/s idle | apiserver req/s starting | apiserver req/s idle |"
+        "| pods | all Running | bound (20/s) | all gone | bound (20/s) | RSS idle | RSS peak | RSS steady | per pod | idle CPU | cloud calls/s starting | cloud calls/s idle | apiserver req/s starting | apiserver req/s idle | change → pod status p50 / p99 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in &steps {
         let n = s.pods as f64;
         println!(
-            "| {} | {:.1}s | {:.0}s | {:.1}s | {:.1}s | {} MiB | {} MiB | {} MiB | {:.1} KiB | {:.3} | {} | {} | {:.0} | {:.1} |",
+            "| {} | {:.1}s | {:.0}s | {:.1}s | {:.1}s | {} MiB | {} MiB | {} MiB | {:.1} KiB | {:.3} | {} | {} | {:.0} | {:.1} | {} |",
             s.pods,
             s.to_running.as_secs_f64(),
             n / API_RATE,
@@ -172,9 +176,125 @@ async fn main() -> anyhow::Result<()> {
             rates(&s.idle_calls),
             s.ramp_apiserver,
             s.idle_apiserver,
+            quantiles(&s.change_to_status),
         );
     }
     Ok(())
+}
+
+/// `p50 / p99 (n)` of sorted durations.
+fn quantiles(sorted: &[Duration]) -> String {
+    if sorted.is_empty() {
+        return "-".to_owned();
+    }
+    let at = |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
+    format!(
+        "{:.1}s / {:.1}s ({})",
+        at(0.5).as_secs_f64(),
+        at(0.99).as_secs_f64(),
+        sorted.len()
+    )
+}
+
+/// Crashes the container of `sample` sandboxes spread over the pods (cloudsim's
+/// `POST /admin/crash`) and times, for each, until its pod's status shows it: the container no
+/// longer running since the same start, or restarted. Sorted.
+async fn change_to_status(api: &Api<Pod>, cloud: &str, sample: usize) -> anyhow::Result<Vec<Duration>> {
+    let pods = api.list(&ListParams::default()).await?;
+    let every = (pods.items.len() / sample.max(1)).max(1);
+    let chosen: HashMap<String, (String, String)> = pods
+        .items
+        .iter()
+        .step_by(every)
+        .take(sample)
+        .filter_map(|pod| {
+            let name = pod.metadata.name.clone()?;
+            let status = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
+            let (id, _) = status
+                .container_id
+                .as_deref()?
+                .strip_prefix("tencent://")?
+                .split_once('/')?;
+            let started = status
+                .state
+                .as_ref()?
+                .running
+                .as_ref()?
+                .started_at
+                .as_ref()?
+                .0
+                .to_string();
+            Some((name, (id.to_owned(), started)))
+        })
+        .collect();
+    let changed: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let watch = {
+        let (api, changed, chosen) = (api.clone(), changed.clone(), chosen.clone());
+        tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(pod)) = events.next().await {
+                let Some(name) = pod.metadata.name.as_deref() else {
+                    continue;
+                };
+                let Some((_, started)) = chosen.get(name) else {
+                    continue;
+                };
+                let status = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref()?.first().cloned());
+                let same_run = status.as_ref().is_some_and(|c| {
+                    c.restart_count == 0
+                        && c.state
+                            .as_ref()
+                            .and_then(|s| s.running.as_ref()?.started_at.as_ref())
+                            .is_some_and(|t| &t.0.to_string() == started)
+                });
+                if !same_run {
+                    changed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(name.to_owned())
+                        .or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+    // The watch's first list shows every chosen pod unchanged.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let http = reqwest::Client::new();
+    let mut crashed = HashMap::new();
+    for (name, (id, _)) in &chosen {
+        http.post(format!("{cloud}/admin/crash"))
+            .json(&json!({"eks_ci_id": id}))
+            .send()
+            .await?
+            .error_for_status()?;
+        crashed.insert(name.clone(), Instant::now());
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while changed.lock().unwrap_or_else(|e| e.into_inner()).len() < chosen.len() && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    watch.abort();
+    let changed = changed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut latencies: Vec<Duration> = crashed
+        .iter()
+        .filter_map(|(name, at)| Some(changed.get(name)?.saturating_duration_since(*at)))
+        .collect();
+    if latencies.len() < chosen.len() {
+        println!(
+            "[bench-scale]   {} of {} crashed sandboxes never showed on their pods within 300 s",
+            chosen.len() - latencies.len(),
+            chosen.len()
+        );
+    }
+    latencies.sort();
+    Ok(latencies)
 }
 
 fn rates(by_action: &BTreeMap<String, f64>) -> String {
@@ -456,6 +576,7 @@ async fn run_step(
     step.idle_apiserver = (apiserver_requests(client).await? - api_before) / took.as_secs_f64();
     step.steady_rss_kib = rss(pid);
     step.peak_rss_kib = step.peak_rss_kib.max(peak_rss(pid));
+    step.change_to_status = change_to_status(&api, &cloudsim.endpoint(), CHANGE_SAMPLE).await?;
 
     // All gone: deleted together, finished by eklet once their sandboxes are.
     let start = Instant::now();
