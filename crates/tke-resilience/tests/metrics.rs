@@ -175,8 +175,8 @@ fn every_component_follows_the_one_naming_scheme() {
             assert!(name.starts_with(&format!("{prefix}_")), "{name} lacks {prefix}_");
             if kind == "histogram" {
                 assert!(
-                    name.ends_with("_seconds"),
-                    "{name}: a histogram of times in seconds"
+                    name.ends_with("_seconds") || name.ends_with("_bytes"),
+                    "{name}: a histogram in a base unit (times in seconds, sizes in bytes)"
                 );
             }
             // Per-object labels would grow a series for every pod that ever ran.
