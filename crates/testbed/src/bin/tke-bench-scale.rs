@@ -143,6 +143,10 @@ async fn main() -> anyhow::Result<()> {
         println!("[bench-scale] {pods} pods");
         let step = run_step(&cp, &client, &args, &kubeconfig, pods).await?;
         println!(
+            "[bench-scale]   a sandbox's change on its pod: {}",
+            quantiles(&step.change_to_status)
+        );
+        println!(
             "[bench-scale]   Running in {:.1}s, gone in {:.1}s; RSS idle {} MiB, peak {} MiB, steady {} MiB ({:.1} KiB per pod)",
             step.to_running.as_secs_f64(),
             step.to_gone.as_secs_f64(),
@@ -182,6 +186,26 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `call` until it succeeds, five times at most: under this load the apiserver drops connections.
+async fn again<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if attempt < 5 => {
+                println!("[bench-scale]   {what}: {e}; again");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(what.to_owned())),
+        }
+    }
+}
+
 /// `p50 / p99 (n)` of sorted durations.
 fn quantiles(sorted: &[Duration]) -> String {
     if sorted.is_empty() {
@@ -200,10 +224,19 @@ fn quantiles(sorted: &[Duration]) -> String {
 /// `POST /admin/crash`) and times, for each, until its pod's status shows it: the container no
 /// longer running since the same start, or restarted. Sorted.
 async fn change_to_status(api: &Api<Pod>, cloud: &str, sample: usize) -> anyhow::Result<Vec<Duration>> {
-    let pods = api.list(&ListParams::default()).await?;
-    let every = (pods.items.len() / sample.max(1)).max(1);
-    let chosen: HashMap<String, (String, String)> = pods
-        .items
+    // In pages: one answer of 10,000 pods is a connection the loaded apiserver may drop.
+    let mut items = Vec::new();
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let page = again("listing the pods", || api.list(&params)).await?;
+        items.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    let every = (items.len() / sample.max(1)).max(1);
+    let chosen: HashMap<String, (String, String)> = items
         .iter()
         .step_by(every)
         .take(sample)
@@ -580,10 +613,14 @@ async fn run_step(
 
     // All gone: deleted together, finished by eklet once their sandboxes are.
     let start = Instant::now();
-    api.delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await?;
+    let (delete, all, one) = (
+        DeleteParams::default(),
+        ListParams::default(),
+        ListParams::default().limit(1),
+    );
+    again("deleting the pods", || api.delete_collection(&delete, &all)).await?;
     loop {
-        let left = api.list_metadata(&ListParams::default().limit(1)).await?;
+        let left = again("counting the pods left", || api.list_metadata(&one)).await?;
         let remaining = left.items.len() + left.metadata.remaining_item_count.unwrap_or(0).max(0) as usize;
         if remaining == 0 {
             break;
