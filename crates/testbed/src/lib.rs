@@ -20,6 +20,7 @@ pub mod metrics_server;
 pub mod nodes;
 pub mod pki;
 pub mod process;
+pub mod procstat;
 pub mod realnode;
 pub mod wait;
 

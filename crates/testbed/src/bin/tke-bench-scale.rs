@@ -38,7 +38,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
-use tke_testbed::{ControlPlane, Options, Proc, components, random_suffix};
+use tke_testbed::{ControlPlane, Options, Proc, components, procstat, random_suffix};
 
 /// The FlowSchema that singles out eklet's requests in the apiserver's metrics.
 const FLOW_SCHEMA: &str = "tke-bench-eklet";
@@ -488,7 +488,7 @@ async fn run_step(
     let pid = proc.pid();
     let mut step = Step {
         pods,
-        idle_rss_kib: rss(pid),
+        idle_rss_kib: procstat::rss_kib(pid),
         ..Step::default()
     };
 
@@ -557,7 +557,7 @@ async fn run_step(
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut last_report = Instant::now();
     loop {
-        step.peak_rss_kib = step.peak_rss_kib.max(peak_rss(pid));
+        step.peak_rss_kib = step.peak_rss_kib.max(procstat::peak_rss_kib(pid));
         let done = running.load(Ordering::Relaxed);
         if done >= pods {
             break;
@@ -595,20 +595,21 @@ async fn run_step(
 
     // Steady: N pods, nothing changing.
     tokio::time::sleep(SETTLE).await;
-    step.peak_rss_kib = step.peak_rss_kib.max(peak_rss(pid));
+    step.peak_rss_kib = step.peak_rss_kib.max(procstat::peak_rss_kib(pid));
     let (cpu_before, calls_before, api_before, begun) = (
-        cpu_time(pid),
+        procstat::cpu_time(pid),
         cloud_calls(&cloudsim.stats_url()).await?,
         apiserver_requests(client).await?,
         Instant::now(),
     );
     tokio::time::sleep(IDLE_WINDOW).await;
     let took = begun.elapsed();
-    step.idle_cpu_share = cpu_time(pid).saturating_sub(cpu_before).as_secs_f64() / took.as_secs_f64();
+    step.idle_cpu_share =
+        procstat::cpu_time(pid).saturating_sub(cpu_before).as_secs_f64() / took.as_secs_f64();
     step.idle_calls = per_second(&calls_before, &cloud_calls(&cloudsim.stats_url()).await?, took);
     step.idle_apiserver = (apiserver_requests(client).await? - api_before) / took.as_secs_f64();
-    step.steady_rss_kib = rss(pid);
-    step.peak_rss_kib = step.peak_rss_kib.max(peak_rss(pid));
+    step.steady_rss_kib = procstat::rss_kib(pid);
+    step.peak_rss_kib = step.peak_rss_kib.max(procstat::peak_rss_kib(pid));
     step.change_to_status = change_to_status(&api, &cloudsim.endpoint(), CHANGE_SAMPLE).await?;
 
     // All gone: deleted together, finished by eklet once their sandboxes are.
@@ -647,42 +648,8 @@ async fn run_step(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     step.to_gone = start.elapsed();
-    step.peak_rss_kib = step.peak_rss_kib.max(peak_rss(pid));
+    step.peak_rss_kib = step.peak_rss_kib.max(procstat::peak_rss_kib(pid));
     proc.kill();
     drop(procs);
     Ok(step)
-}
-
-fn proc_file(pid: u32, file: &str) -> String {
-    std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join(file)).unwrap_or_default()
-}
-
-/// utime + stime, in clock ticks of 10 ms (USER_HZ is 100 on Linux).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = proc_file(pid, "stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    proc_file(pid, "status")
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn peak_rss(pid: u32) -> u64 {
-    status_kib(pid, "VmHWM:")
-}
-
-fn rss(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
 }

@@ -18,7 +18,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -32,7 +32,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
-use tke_testbed::{ControlPlane, Options, Proc, components, free_ports, random_suffix};
+use tke_testbed::{ControlPlane, Options, Proc, components, free_ports, procstat, random_suffix};
 
 /// Back-to-back scrapes of eklet's `/metrics` after a warm-up one.
 const METRICS_SCRAPES: usize = 1000;
@@ -353,7 +353,7 @@ async fn measure(
             }
         })
     };
-    let cpu_before = cpu_time(proc.pid());
+    let cpu_before = procstat::cpu_time(proc.pid());
     let start = Instant::now();
     stream::iter(0..pods)
         .map(|i| {
@@ -394,8 +394,8 @@ async fn measure(
             crashed = Some(format!("{status}: {}", last_error_line(&proc.log_tail(80))));
             break;
         }
-        cpu = cpu_time(proc.pid()).saturating_sub(cpu_before);
-        peak_rss_kib = peak_rss(proc.pid()).max(peak_rss_kib);
+        cpu = procstat::cpu_time(proc.pid()).saturating_sub(cpu_before);
+        peak_rss_kib = procstat::peak_rss_kib(proc.pid()).max(peak_rss_kib);
         if done {
             break;
         }
@@ -488,17 +488,17 @@ async fn scrape_self_metrics(addr: SocketAddr, pid: u32) -> Option<SelfMetrics> 
     get().await?;
     let mut times = Vec::with_capacity(METRICS_SCRAPES);
     let mut text = String::new();
-    let (begun, cpu_begun) = (Instant::now(), cpu_time(pid));
+    let (begun, cpu_begun) = (Instant::now(), procstat::cpu_time(pid));
     for _ in 0..METRICS_SCRAPES {
         let sent = Instant::now();
         text = get().await?;
         times.push(sent.elapsed());
     }
     let scraping = begun.elapsed();
-    let scrapes_cpu = cpu_time(pid).saturating_sub(cpu_begun);
-    let idle_begun = cpu_time(pid);
+    let scrapes_cpu = procstat::cpu_time(pid).saturating_sub(cpu_begun);
+    let idle_begun = procstat::cpu_time(pid);
     tokio::time::sleep(scraping).await;
-    let idle_cpu = cpu_time(pid).saturating_sub(idle_begun);
+    let idle_cpu = procstat::cpu_time(pid).saturating_sub(idle_begun);
     times.sort();
     Some(SelfMetrics {
         bytes: text.len(),
@@ -556,31 +556,4 @@ fn last_error_line(tail: &str) -> String {
         .or_else(|| tail.lines().rev().find(|l| !l.trim().is_empty()))
         .unwrap_or("no log")
         .to_owned()
-}
-
-fn proc_file(pid: u32, file: &str) -> String {
-    std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join(file)).unwrap_or_default()
-}
-
-/// utime + stime, in clock ticks of 10 ms (USER_HZ is 100 on Linux).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = proc_file(pid, "stat");
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
-fn peak_rss(pid: u32) -> u64 {
-    proc_file(pid, "status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
