@@ -13,7 +13,7 @@ help:
 	@echo "make up     - start the local stack in the background; make down stops it"
 	@echo "make tools  - build the pinned test-bed tools (etcd, kube-*, kubectl, kubelet, kube-proxy, kwok, helm, metrics-server, kube-state-metrics; Prometheus from Debian); prints their directory"
 	@echo "make bench  - eklet vs virtual-kubelet's mock provider on one control plane (PODS=500 WORKLOADS=0 ROUNDS=1)"
-	@echo "make bench-scale - eklet at 1k, 5k and 10k cloud pods (STEPS=1000,5000,10000): time, RSS per pod, CPU, API rates"
+	@echo "make bench-scale - eklet at 1k, 5k and 10k cloud pods, then eks-admission tolerating an overflow (STEPS=1000,5000,10000 OVERFLOW=10000 CLOUD_RATE_LIMIT=0)"
 	@echo "make lint   - rustfmt and clippy, as CI runs them"
 	@echo "make image  - the tke-resilience OCI image archive, reproducibly, without Docker; prints its path last"
 
@@ -49,12 +49,16 @@ bench:
 	    --vk $$bin/virtual-kubelet --pods $(PODS) --workloads $(WORKLOADS) --rounds $(ROUNDS) --cloud-rate-limit $(CLOUD_RATE_LIMIT)
 
 # eklet at 1k, 5k and 10k cloud pods on one control plane (STEPS=...): time to Running and gone,
-# RSS per pod, idle CPU, cloud calls and apiserver requests per second (not a test).
+# RSS per pod, idle CPU, cloud calls and apiserver requests per second; then eks-admission
+# tolerating an overflow of OVERFLOW pods (0: none). CLOUD_RATE_LIMIT=20 for the real limit.
 STEPS ?= 1000,5000,10000
+OVERFLOW ?= 10000
+CLOUD_RATE_LIMIT ?= 0
 bench-scale:
 	@bin=$$(hack/tools.sh k8s etcd kwok | tail -n 1) && target=$${CARGO_TARGET_DIR:-target} && \
 	  $(CARGO) build --release -q -p tke-resilience --bin tke-resilience -p tke-testbed --bin tke-bench-scale && \
-	  TKE_TESTBED_BIN=$$bin $$target/release/tke-bench-scale --binary $$target/release/tke-resilience --steps $(STEPS)
+	  TKE_TESTBED_BIN=$$bin $$target/release/tke-bench-scale --binary $$target/release/tke-resilience --steps $(STEPS) \
+	  --overflow $(OVERFLOW) --cloud-rate-limit $(CLOUD_RATE_LIMIT)
 
 fmt:
 	$(CARGO) fmt --all

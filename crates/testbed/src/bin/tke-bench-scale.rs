@@ -5,27 +5,34 @@
 //! - time to all Running and to all gone, next to the bound the real API's 20 requests/s per action
 //!   would set (one create per pod; deletes in batches of 20);
 //! - eklet's resident memory idle (node Ready, no pods), at its peak, and steady with N pods (after
-//!   a settle), and the difference per pod;
+//!   a settle), and the difference per pod, overall and beyond the step before (the slope, without
+//!   the buffers that grow once);
 //! - eklet's CPU share while it holds N pods and nothing changes;
 //! - cloud calls per second by action (cloudsim's own counts) while pods start, and idle;
 //! - requests per second eklet made to the apiserver, from the apiserver's own metrics: eklet runs
 //!   as a user of its own that a FlowSchema of the benchmark's matches, so
 //!   `apiserver_flowcontrol_dispatched_requests_total{flow_schema=...}` counts its requests alone.
 //!
-//! cloudsim's rate limit is off for these scaling figures (`--cloud-rate-limit 0`, eklet's own
-//! limiter too), so what is measured is eklet and the apiserver; `make bench` measures against the
-//! 20/s bound.
+//! - a crashed container's way to its pod's status, for 200 sandboxes (p50 / p99).
+//!
+//! Then the overflow step (`--overflow N`, the largest step by default, 0 for none): N pods that
+//! no IDC node can hold and that do not tolerate the virtual node, left to the default
+//! kube-scheduler. eks-admission, running as a user of its own like eklet, tolerates them; the
+//! scheduler binds them to the virtual node; eklet runs them. It prints the time to all tolerated,
+//! bound and Running, each pod's creation-to-toleration quantiles, and eks-admission's memory, CPU
+//! and apiserver requests per second while it tolerates them and while nothing changes.
+//!
+//! cloudsim's rate limit is off for the scaling figures (`--cloud-rate-limit 0`, eklet's own
+//! limiter too), so what is measured is eklet and the apiserver; `--cloud-rate-limit 20` gives
+//! the figures at the real API's limit (the status loop then shares 20 describes/s).
 //!
 //! Usage: `tke-bench-scale --binary target/release/tke-resilience [--steps 1000,5000,10000]
-//!         [--cloud-rate-limit 0]`
+//!         [--overflow N] [--cloud-rate-limit 0] [--eklet-env KEY=VALUE]`
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -40,9 +47,12 @@ use kube::{
 use serde_json::json;
 use tke_testbed::{ControlPlane, Options, Proc, components, procstat, random_suffix};
 
-/// The FlowSchema that singles out eklet's requests in the apiserver's metrics.
-const FLOW_SCHEMA: &str = "tke-bench-eklet";
+/// The users eklet and eks-admission run as; a FlowSchema of the same name singles out each one's
+/// requests in the apiserver's metrics.
 const EKLET_USER: &str = "tke-bench-eklet";
+const ADMISSION_USER: &str = "tke-bench-admission";
+/// How long pods may take to reach a state, or to be gone, before the step fails.
+const PATIENCE: Duration = Duration::from_secs(1800);
 /// The real API's limit per action, for the bounds.
 const API_RATE: f64 = 20.0;
 /// Sandboxes one DeleteEKSContainerInstances call may name.
@@ -60,6 +70,9 @@ struct Args {
     cloud_rate_limit: u32,
     /// Extra environment for eklet (`--eklet-env K=V`, repeatable), to compare allocator settings.
     eklet_env: Vec<(String, String)>,
+    /// Pods of the overflow step (eks-admission tolerates them); 0 skips it. The largest step by
+    /// default.
+    overflow: Option<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -67,6 +80,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut steps = vec![1000, 5000, 10000];
     let mut cloud_rate_limit = 0;
     let mut eklet_env = Vec::new();
+    let mut overflow = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -83,13 +97,20 @@ fn parse_args() -> anyhow::Result<Args> {
                     .collect::<anyhow::Result<_>>()?;
             }
             "--cloud-rate-limit" => cloud_rate_limit = value("--cloud-rate-limit")?.parse()?,
+            "--overflow" => {
+                let n = value("--overflow")?;
+                overflow = Some(
+                    n.parse()
+                        .with_context(|| format!("--overflow: {n:?} is not a number"))?,
+                );
+            }
             "--eklet-env" => {
                 let pair = value("--eklet-env")?;
                 let (k, v) = pair.split_once('=').context("--eklet-env takes KEY=VALUE")?;
                 eklet_env.push((k.to_owned(), v.to_owned()));
             }
             other => bail!(
-                "unknown argument {other:?}; usage: tke-bench-scale --binary PATH [--steps 1000,5000,10000] [--cloud-rate-limit 0]"
+                "unknown argument {other:?}; usage: tke-bench-scale --binary PATH [--steps 1000,5000,10000] [--overflow N] [--cloud-rate-limit 0] [--eklet-env K=V]"
             ),
         }
     }
@@ -99,6 +120,7 @@ fn parse_args() -> anyhow::Result<Args> {
         steps,
         cloud_rate_limit,
         eklet_env,
+        overflow,
     })
 }
 
@@ -131,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let cp = ControlPlane::start(Options::default()).await?;
     let client = cp.client().await?;
-    let kubeconfig = eklet_identity(&cp, &client).await?;
+    let identities = Identities::create(&cp, &client).await?;
     println!(
         "[bench-scale] control plane up in {:.1}s; steps {:?}; cloud rate limit {} (0 = none)",
         cp.started_in.as_secs_f64(),
@@ -141,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
     let mut steps = Vec::new();
     for &pods in &args.steps {
         println!("[bench-scale] {pods} pods");
-        let step = run_step(&cp, &client, &args, &kubeconfig, pods).await?;
+        let step = run_step(&cp, &client, &args, &identities.eklet, pods).await?;
         println!(
             "[bench-scale]   a sandbox's change on its pod: {}",
             quantiles(&step.change_to_status)
@@ -159,13 +181,23 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| pods | all Running | bound (20/s) | all gone | bound (20/s) | RSS idle | RSS peak | RSS steady | per pod | idle CPU | cloud calls/s starting | cloud calls/s idle | apiserver req/s starting | apiserver req/s idle | change → pod status p50 / p99 |"
+        "| pods | all Running | bound (20/s) | all gone | bound (20/s) | RSS idle | RSS peak | RSS steady | per pod | per pod beyond the step before | idle CPU | cloud calls/s starting | cloud calls/s idle | apiserver req/s starting | apiserver req/s idle | change → pod status p50 / p99 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for s in &steps {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (i, s) in steps.iter().enumerate() {
         let n = s.pods as f64;
+        // The slope between two steps, each a fresh eklet: what one more pod costs, without the
+        // buffers that grow once and that the per-pod figure of a small step spreads thinly.
+        let beyond = i
+            .checked_sub(1)
+            .map(|j| &steps[j])
+            .filter(|before| before.pods < s.pods)
+            .map_or("-".to_owned(), |before| {
+                let kib = s.steady_rss_kib as f64 - before.steady_rss_kib as f64;
+                format!("{:.1} KiB", kib / (s.pods - before.pods) as f64)
+            });
         println!(
-            "| {} | {:.1}s | {:.0}s | {:.1}s | {:.1}s | {} MiB | {} MiB | {} MiB | {:.1} KiB | {:.3} | {} | {} | {:.0} | {:.1} | {} |",
+            "| {} | {:.1}s | {:.0}s | {:.1}s | {:.1}s | {} MiB | {} MiB | {} MiB | {:.1} KiB | {} | {:.3} | {} | {} | {:.0} | {:.1} | {} |",
             s.pods,
             s.to_running.as_secs_f64(),
             n / API_RATE,
@@ -175,12 +207,45 @@ async fn main() -> anyhow::Result<()> {
             s.peak_rss_kib / 1024,
             s.steady_rss_kib / 1024,
             s.rss_per_pod_kib(),
+            beyond,
             s.idle_cpu_share,
             rates(&s.ramp_calls),
             rates(&s.idle_calls),
             s.ramp_apiserver,
             s.idle_apiserver,
             quantiles(&s.change_to_status),
+        );
+    }
+
+    let overflow = args
+        .overflow
+        .unwrap_or_else(|| args.steps.iter().copied().max().unwrap_or(0));
+    if overflow > 0 {
+        println!();
+        println!("[bench-scale] overflow: {overflow} pods no IDC node can hold, tolerated by eks-admission");
+        let o = run_overflow(&cp, &client, &args, &identities, overflow).await?;
+        println!();
+        println!(
+            "| pods | all tolerated | all bound | all Running | all gone | created → tolerated p50 / p99 | eks-admission RSS idle | peak | steady | per pod | CPU while tolerating | idle CPU | apiserver req/s tolerating | apiserver req/s idle | eklet RSS steady |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!(
+            "| {} | {:.1}s | {:.1}s | {:.1}s | {:.1}s | {} | {} MiB | {} MiB | {} MiB | {:.1} KiB | {:.2} | {:.3} | {:.0} | {:.1} | {} MiB |",
+            o.pods,
+            o.to_tolerated.as_secs_f64(),
+            o.to_bound.as_secs_f64(),
+            o.to_running.as_secs_f64(),
+            o.to_gone.as_secs_f64(),
+            quantiles(&o.created_to_tolerated),
+            o.idle_rss_kib / 1024,
+            o.peak_rss_kib / 1024,
+            o.steady_rss_kib / 1024,
+            o.rss_per_pod_kib(),
+            o.ramp_cpu_share,
+            o.idle_cpu_share,
+            o.ramp_apiserver,
+            o.idle_apiserver,
+            o.eklet_steady_rss_kib / 1024,
         );
     }
     Ok(())
@@ -348,32 +413,52 @@ fn rates(by_action: &BTreeMap<String, f64>) -> String {
     }
 }
 
-/// A client certificate for eklet (a user of its own, bound to cluster-admin: `system:masters`
-/// would put it under the `exempt` FlowSchema, which no other may precede) and a FlowSchema
-/// matching that user, so the apiserver counts eklet's requests apart.
-async fn eklet_identity(cp: &ControlPlane, client: &Client) -> anyhow::Result<PathBuf> {
-    let pair = cp.pki().issue_client("tke-bench-eklet", EKLET_USER, None)?;
-    let path = cp.run_dir().join("tke-bench-eklet.kubeconfig");
+/// The kubeconfigs eklet and eks-admission run with.
+struct Identities {
+    eklet: PathBuf,
+    admission: PathBuf,
+}
+
+impl Identities {
+    async fn create(cp: &ControlPlane, client: &Client) -> anyhow::Result<Identities> {
+        Ok(Identities {
+            eklet: identity(cp, client, EKLET_USER, 3).await?,
+            admission: identity(cp, client, ADMISSION_USER, 4).await?,
+        })
+    }
+}
+
+/// A client certificate for `user` (a user of its own, bound to cluster-admin: `system:masters`
+/// would put it under the `exempt` FlowSchema, which no other may precede) and a FlowSchema of the
+/// same name matching that user at `precedence`, so the apiserver counts its requests apart.
+async fn identity(
+    cp: &ControlPlane,
+    client: &Client,
+    user: &str,
+    precedence: u32,
+) -> anyhow::Result<PathBuf> {
+    let pair = cp.pki().issue_client(user, user, None)?;
+    let path = cp.run_dir().join(format!("{user}.kubeconfig"));
     cp.write_client_kubeconfig(&path, &pair)?;
     let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": FLOW_SCHEMA},
+        "metadata": {"name": user},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": EKLET_USER}],
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
     }))?;
     Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client.clone())
         .create(&PostParams::default(), &binding)
         .await
-        .context("binding the benchmark's eklet user to cluster-admin")?;
+        .with_context(|| format!("binding the benchmark's user {user} to cluster-admin"))?;
     let schema: serde_json::Value = json!({
         "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
         "kind": "FlowSchema",
-        "metadata": {"name": FLOW_SCHEMA},
+        "metadata": {"name": user},
         "spec": {
             // Ahead of every suggested schema but `exempt` (1) and `probes` (2).
-            "matchingPrecedence": 3,
+            "matchingPrecedence": precedence,
             "priorityLevelConfiguration": {"name": "exempt"},
             "rules": [{
-                "subjects": [{"kind": "User", "user": {"name": EKLET_USER}}],
+                "subjects": [{"kind": "User", "user": {"name": user}}],
                 "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
                                    "namespaces": ["*"], "clusterScope": true}],
                 "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
@@ -392,12 +477,12 @@ async fn eklet_identity(cp: &ControlPlane, client: &Client) -> anyhow::Result<Pa
     );
     api.create(&PostParams::default(), &serde_json::from_value(schema)?)
         .await
-        .context("creating the benchmark's FlowSchema")?;
+        .with_context(|| format!("creating the benchmark's FlowSchema {user}"))?;
     Ok(path)
 }
 
-/// Requests the apiserver dispatched for eklet's FlowSchema so far.
-async fn apiserver_requests(client: &Client) -> anyhow::Result<f64> {
+/// Requests the apiserver dispatched for `flow_schema` so far.
+async fn apiserver_requests(client: &Client, flow_schema: &str) -> anyhow::Result<f64> {
     let mut attempt = 0;
     let text = loop {
         attempt += 1;
@@ -416,7 +501,7 @@ async fn apiserver_requests(client: &Client) -> anyhow::Result<f64> {
     Ok(text
         .lines()
         .filter(|l| l.starts_with("apiserver_flowcontrol_dispatched_requests_total{"))
-        .filter(|l| l.contains(&format!("flow_schema=\"{FLOW_SCHEMA}\"")))
+        .filter(|l| l.contains(&format!("flow_schema=\"{flow_schema}\"")))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum())
 }
@@ -448,172 +533,223 @@ fn per_second(
         .collect()
 }
 
-async fn run_step(
-    cp: &ControlPlane,
-    client: &Client,
-    args: &Args,
-    kubeconfig: &Path,
-    pods: usize,
-) -> anyhow::Result<Step> {
-    let suffix = random_suffix();
-    let dir = cp.run_dir().join(format!("scale-{suffix}"));
-    std::fs::create_dir_all(&dir)?;
-    let credentials = dir.join("cloud-credentials");
-    components::write_credentials(&credentials, "AKIDscale", "scale-secret-key")?;
-    let cloudsim = components::Cloudsim::new(&args.binary, &credentials)?
-        .name(format!("cloudsim-{suffix}"))
-        .arg(format!("--rate-limit={}", args.cloud_rate_limit));
-    let mut procs: Vec<Proc> = vec![cloudsim.spawn(cp)?];
-    components::wait_http(&mut procs, &cloudsim.stats_url(), Duration::from_secs(60)).await?;
-    let eklet = components::Eklet::new(
-        &args.binary,
-        &format!("scale{suffix}"),
-        &format!("subnet-{suffix}s"),
-        "ap-guangzhou-3",
-    )?
-    .tencent(&cloudsim.endpoint(), "ap-guangzhou", "vpc-scale", "sg-scale")
-    .kubeconfig(kubeconfig)
-    .arg(format!("--credentials-file={}", credentials.display()))
-    .args([
-        format!("--node-pods={}", pods + 100),
-        format!("--cloud-rate-limit={}", args.cloud_rate_limit),
-    ])
-    .env("RUST_LOG", "warn");
-    let eklet = args.eklet_env.iter().fold(eklet, |eklet, (k, v)| eklet.env(k, v));
-    let node = eklet.node_name();
-    let eklet = eklet.name(&node);
-    let mut proc = eklet.spawn(cp)?;
-    tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let pid = proc.pid();
-    let mut step = Step {
-        pods,
-        idle_rss_kib: procstat::rss_kib(pid),
-        ..Step::default()
-    };
+/// A fresh cloudsim and an eklet on it whose virtual node has room for `pods`.
+struct VirtualNode {
+    node: String,
+    eklet: Proc,
+    /// cloudsim.
+    procs: Vec<Proc>,
+    cloud_endpoint: String,
+    stats_url: String,
+}
 
-    let ns = cp.namespace("scale").await?;
-    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let running = Arc::new(AtomicUsize::new(0));
-    let watch = {
-        let (api, running) = (api.clone(), running.clone());
+impl VirtualNode {
+    async fn start(
+        cp: &ControlPlane,
+        client: &Client,
+        args: &Args,
+        kubeconfig: &Path,
+        pods: usize,
+    ) -> anyhow::Result<VirtualNode> {
+        let suffix = random_suffix();
+        let dir = cp.run_dir().join(format!("scale-{suffix}"));
+        std::fs::create_dir_all(&dir)?;
+        let credentials = dir.join("cloud-credentials");
+        components::write_credentials(&credentials, "AKIDscale", "scale-secret-key")?;
+        let cloudsim = components::Cloudsim::new(&args.binary, &credentials)?
+            .name(format!("cloudsim-{suffix}"))
+            .arg(format!("--rate-limit={}", args.cloud_rate_limit));
+        let mut procs: Vec<Proc> = vec![cloudsim.spawn(cp)?];
+        components::wait_http(&mut procs, &cloudsim.stats_url(), Duration::from_secs(60)).await?;
+        let eklet = components::Eklet::new(
+            &args.binary,
+            &format!("scale{suffix}"),
+            &format!("subnet-{suffix}s"),
+            "ap-guangzhou-3",
+        )?
+        .tencent(&cloudsim.endpoint(), "ap-guangzhou", "vpc-scale", "sg-scale")
+        .kubeconfig(kubeconfig)
+        .arg(format!("--credentials-file={}", credentials.display()))
+        .args([
+            // Room for every pod of the step as a scheduler counts it, with some to spare.
+            format!("--node-pods={}", pods + 100),
+            format!("--node-cpu={}", pods / 4 + 100),
+            format!("--node-memory={}Gi", pods / 2 + 100),
+            format!("--cloud-rate-limit={}", args.cloud_rate_limit),
+        ])
+        .env("RUST_LOG", "warn");
+        let eklet = args.eklet_env.iter().fold(eklet, |eklet, (k, v)| eklet.env(k, v));
+        let node = eklet.node_name();
+        let eklet = eklet.name(&node).spawn(cp)?;
+        tke_testbed::nodes::wait_ready(client, &node, Duration::from_secs(60)).await?;
+        Ok(VirtualNode {
+            node,
+            eklet,
+            procs,
+            cloud_endpoint: cloudsim.endpoint(),
+            stats_url: cloudsim.stats_url(),
+        })
+    }
+
+    /// Stops eklet and cloudsim and deletes the node, so no later step's scheduler sees it.
+    async fn stop(mut self, client: &Client) -> anyhow::Result<()> {
+        self.eklet.kill();
+        drop(self.procs);
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        match nodes.delete(&self.node, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("deleting node {}", self.node))),
+        }
+    }
+}
+
+/// What a watch of the step's pods has seen: when each pod first carried the virtual node's
+/// toleration, and which are bound and Running.
+#[derive(Default)]
+struct Seen {
+    tolerated: HashMap<String, Instant>,
+    bound: HashSet<String>,
+    running: HashSet<String>,
+}
+
+/// The virtual node's taint key (`tke_policy::virtual_node::TAINT_KEY`), which eks-admission's
+/// toleration names.
+const TAINT_KEY: &str = "eks.tke.cloud.tencent.com/eklet";
+
+fn watch_pods(api: &Api<Pod>) -> (Arc<std::sync::Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+    let seen: Arc<std::sync::Mutex<Seen>> = Arc::default();
+    let task = {
+        let (api, seen) = (api.clone(), seen.clone());
         tokio::spawn(async move {
-            let mut seen = std::collections::HashSet::new();
             let mut events = watcher(api, watcher::Config::default())
                 .default_backoff()
                 .applied_objects()
                 .boxed();
             while let Some(Ok(pod)) = events.next().await {
-                if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                    && let Some(name) = pod.metadata.name
-                    && seen.insert(name)
-                {
-                    running.store(seen.len(), Ordering::Relaxed);
+                let Some(name) = pod.metadata.name.clone() else {
+                    continue;
+                };
+                let spec = pod.spec.as_ref();
+                let tolerated = spec
+                    .and_then(|s| s.tolerations.as_ref())
+                    .is_some_and(|t| t.iter().any(|t| t.key.as_deref() == Some(TAINT_KEY)));
+                let bound = spec.is_some_and(|s| s.node_name.is_some());
+                let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                if tolerated {
+                    seen.tolerated.entry(name.clone()).or_insert_with(Instant::now);
+                }
+                if bound {
+                    seen.bound.insert(name.clone());
+                }
+                if running {
+                    seen.running.insert(name);
                 }
             }
         })
     };
-    let calls_before = cloud_calls(&cloudsim.stats_url()).await?;
-    let api_before = apiserver_requests(client).await?;
-    let start = Instant::now();
-    let creating = {
-        let (api, node) = (api.clone(), node.clone());
-        tokio::spawn(async move {
-            stream::iter(0..pods)
-                .map(|i| {
-                    let (api, node) = (api.clone(), node.clone());
-                    async move {
-                        let pod: Pod = serde_json::from_value(json!({
-                            "metadata": {"name": format!("p-{i:05}"), "labels": {"app": "scale"}},
-                            "spec": {
-                                "nodeName": node,
-                                "automountServiceAccountToken": false,
-                                "tolerations": [{"operator": "Exists"}],
-                                "containers": [{"name": "app", "image": "nginx",
-                                                "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}}]
-                            }
-                        }))?;
-                        // Under this load the apiserver may drop a connection after it created
-                        // the pod: try again, and take "already exists" as done.
-                        for attempt in 1.. {
-                            match api.create(&PostParams::default(), &pod).await {
-                                Ok(_) => break,
-                                Err(kube::Error::Api(e)) if e.code == 409 => break,
-                                Err(e) if attempt < 5 => {
-                                    println!("[bench-scale]   creating a pod: {e}; again");
-                                    tokio::time::sleep(Duration::from_secs(1)).await;
-                                }
-                                Err(e) => return Err(e.into()),
-                            }
+    (seen, task)
+}
+
+/// Creates `pods` pods, 32 at a time: bound to `node` and tolerating everything, or (`None`)
+/// left to the scheduler with no toleration, as a workload that overflows the IDC would be.
+/// Returns when each was created.
+fn create_pods(
+    api: &Api<Pod>,
+    pods: usize,
+    node: Option<String>,
+) -> tokio::task::JoinHandle<anyhow::Result<HashMap<String, Instant>>> {
+    let api = api.clone();
+    tokio::spawn(async move {
+        stream::iter(0..pods)
+            .map(|i| {
+                let (api, node) = (api.clone(), node.clone());
+                async move {
+                    let name = format!("p-{i:05}");
+                    let mut pod = json!({
+                        "metadata": {"name": name, "labels": {"app": "scale"}},
+                        "spec": {
+                            "automountServiceAccountToken": false,
+                            "containers": [{"name": "app", "image": "nginx",
+                                            "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}}]
                         }
-                        anyhow::Ok(())
+                    });
+                    if let Some(node) = node {
+                        pod["spec"]["nodeName"] = json!(node);
+                        pod["spec"]["tolerations"] = json!([{"operator": "Exists"}]);
                     }
-                })
-                .buffer_unordered(32)
-                .try_collect::<Vec<()>>()
-                .await
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(1800);
+                    let pod: Pod = serde_json::from_value(pod)?;
+                    // Under this load the apiserver may drop a connection after it created
+                    // the pod: try again, and take "already exists" as done.
+                    for attempt in 1.. {
+                        match api.create(&PostParams::default(), &pod).await {
+                            Ok(_) => break,
+                            Err(kube::Error::Api(e)) if e.code == 409 => break,
+                            Err(e) if attempt < 5 => {
+                                println!("[bench-scale]   creating a pod: {e}; again");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    anyhow::Ok((name, Instant::now()))
+                }
+            })
+            .buffer_unordered(32)
+            .try_collect::<HashMap<_, _>>()
+            .await
+    })
+}
+
+/// Waits until `done` counts `pods` in what the watch has seen, printing progress every 10 s and
+/// sampling the peak resident memory of `watched` processes (pid, peak so far).
+async fn wait_for(
+    seen: &std::sync::Mutex<Seen>,
+    what: &str,
+    done: impl Fn(&Seen) -> usize,
+    pods: usize,
+    eklet: &mut Proc,
+    watched: &mut [(u32, &mut u64)],
+) -> anyhow::Result<()> {
+    let start = Instant::now();
     let mut last_report = Instant::now();
     loop {
-        step.peak_rss_kib = step.peak_rss_kib.max(procstat::peak_rss_kib(pid));
-        let done = running.load(Ordering::Relaxed);
-        if done >= pods {
-            break;
+        for (pid, peak) in watched.iter_mut() {
+            **peak = (**peak).max(procstat::peak_rss_kib(*pid));
         }
-        if let Some(status) = proc.exited() {
+        let count = done(&seen.lock().unwrap_or_else(|e| e.into_inner()));
+        if count >= pods {
+            return Ok(());
+        }
+        if let Some(status) = eklet.exited() {
             bail!(
-                "eklet exited ({status}) with {done} of {pods} pods Running; log {}",
-                proc.log.display()
+                "eklet exited ({status}) with {count} of {pods} pods {what}; log {}",
+                eklet.log.display()
             );
         }
-        if Instant::now() > deadline {
+        if start.elapsed() > PATIENCE {
             bail!(
-                "{done} of {pods} pods Running after 1800 s; log {}",
-                proc.log.display()
+                "{count} of {pods} pods {what} after {} s; log {}",
+                PATIENCE.as_secs(),
+                eklet.log.display()
             );
         }
         if last_report.elapsed() > Duration::from_secs(10) {
             println!(
-                "[bench-scale]   {done}/{pods} Running after {:.0}s",
+                "[bench-scale]   {count}/{pods} {what} after {:.0}s",
                 start.elapsed().as_secs_f64()
             );
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    step.to_running = start.elapsed();
-    creating.await??;
-    step.ramp_calls = per_second(
-        &calls_before,
-        &cloud_calls(&cloudsim.stats_url()).await?,
-        step.to_running,
-    );
-    step.ramp_apiserver = (apiserver_requests(client).await? - api_before) / step.to_running.as_secs_f64();
-    watch.abort();
+}
 
-    // Steady: N pods, nothing changing.
-    tokio::time::sleep(SETTLE).await;
-    step.peak_rss_kib = step.peak_rss_kib.max(procstat::peak_rss_kib(pid));
-    let (cpu_before, calls_before, api_before, begun) = (
-        procstat::cpu_time(pid),
-        cloud_calls(&cloudsim.stats_url()).await?,
-        apiserver_requests(client).await?,
-        Instant::now(),
-    );
-    tokio::time::sleep(IDLE_WINDOW).await;
-    let took = begun.elapsed();
-    step.idle_cpu_share =
-        procstat::cpu_time(pid).saturating_sub(cpu_before).as_secs_f64() / took.as_secs_f64();
-    step.idle_calls = per_second(&calls_before, &cloud_calls(&cloudsim.stats_url()).await?, took);
-    step.idle_apiserver = (apiserver_requests(client).await? - api_before) / took.as_secs_f64();
-    step.steady_rss_kib = procstat::rss_kib(pid);
-    step.peak_rss_kib = step.peak_rss_kib.max(procstat::peak_rss_kib(pid));
-    step.change_to_status = change_to_status(&api, &cloudsim.endpoint(), CHANGE_SAMPLE).await?;
-
-    // All gone: deleted together, finished by eklet once their sandboxes are.
+/// Deletes the step's pods together and waits until eklet has finished them all.
+async fn delete_all(api: &Api<Pod>, eklet: &mut Proc) -> anyhow::Result<Duration> {
     let start = Instant::now();
+    let mut last_report = Instant::now();
     let (delete, all, one) = (
         DeleteParams::default(),
         ListParams::default(),
@@ -624,18 +760,19 @@ async fn run_step(
         let left = again("counting the pods left", || api.list_metadata(&one)).await?;
         let remaining = left.items.len() + left.metadata.remaining_item_count.unwrap_or(0).max(0) as usize;
         if remaining == 0 {
-            break;
+            return Ok(start.elapsed());
         }
-        if let Some(status) = proc.exited() {
+        if let Some(status) = eklet.exited() {
             bail!(
                 "eklet exited ({status}) with {remaining} pods left; log {}",
-                proc.log.display()
+                eklet.log.display()
             );
         }
-        if Instant::now() > deadline {
+        if start.elapsed() > PATIENCE {
             bail!(
-                "{remaining} of {pods} pods left after 1800 s; log {}",
-                proc.log.display()
+                "{remaining} pods left after {} s; log {}",
+                PATIENCE.as_secs(),
+                eklet.log.display()
             );
         }
         if last_report.elapsed() > Duration::from_secs(10) {
@@ -647,9 +784,186 @@ async fn run_step(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    step.to_gone = start.elapsed();
+}
+
+/// A process's CPU share, cloud calls per second and apiserver requests per second over
+/// [`IDLE_WINDOW`].
+struct Idle {
+    cpu_share: f64,
+    calls: BTreeMap<String, f64>,
+    apiserver: f64,
+}
+
+async fn idle(client: &Client, pid: u32, stats_url: &str, flow_schema: &str) -> anyhow::Result<Idle> {
+    let (cpu_before, calls_before, api_before, begun) = (
+        procstat::cpu_time(pid),
+        cloud_calls(stats_url).await?,
+        apiserver_requests(client, flow_schema).await?,
+        Instant::now(),
+    );
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let took = begun.elapsed();
+    Ok(Idle {
+        cpu_share: procstat::cpu_time(pid).saturating_sub(cpu_before).as_secs_f64() / took.as_secs_f64(),
+        calls: per_second(&calls_before, &cloud_calls(stats_url).await?, took),
+        apiserver: (apiserver_requests(client, flow_schema).await? - api_before) / took.as_secs_f64(),
+    })
+}
+
+async fn run_step(
+    cp: &ControlPlane,
+    client: &Client,
+    args: &Args,
+    kubeconfig: &Path,
+    pods: usize,
+) -> anyhow::Result<Step> {
+    let mut vn = VirtualNode::start(cp, client, args, kubeconfig, pods).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = vn.eklet.pid();
+    let mut step = Step {
+        pods,
+        idle_rss_kib: procstat::rss_kib(pid),
+        ..Step::default()
+    };
+
+    let ns = cp.namespace("scale").await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let (seen, watch) = watch_pods(&api);
+    let calls_before = cloud_calls(&vn.stats_url).await?;
+    let api_before = apiserver_requests(client, EKLET_USER).await?;
+    let start = Instant::now();
+    let creating = create_pods(&api, pods, Some(vn.node.clone()));
+    let running = |seen: &Seen| seen.running.len();
+    let mut peak = 0;
+    wait_for(
+        &seen,
+        "Running",
+        running,
+        pods,
+        &mut vn.eklet,
+        &mut [(pid, &mut peak)],
+    )
+    .await?;
+    step.to_running = start.elapsed();
+    creating.await??;
+    step.ramp_calls = per_second(&calls_before, &cloud_calls(&vn.stats_url).await?, step.to_running);
+    step.ramp_apiserver =
+        (apiserver_requests(client, EKLET_USER).await? - api_before) / step.to_running.as_secs_f64();
+    watch.abort();
+
+    // Steady: N pods, nothing changing.
+    tokio::time::sleep(SETTLE).await;
+    let idle = idle(client, pid, &vn.stats_url, EKLET_USER).await?;
+    (step.idle_cpu_share, step.idle_calls, step.idle_apiserver) =
+        (idle.cpu_share, idle.calls, idle.apiserver);
+    step.steady_rss_kib = procstat::rss_kib(pid);
+    step.change_to_status = change_to_status(&api, &vn.cloud_endpoint, CHANGE_SAMPLE).await?;
+
+    step.to_gone = delete_all(&api, &mut vn.eklet).await?;
+    step.peak_rss_kib = peak.max(procstat::peak_rss_kib(pid));
+    vn.stop(client).await?;
+    Ok(step)
+}
+
+/// The overflow step: eks-admission tolerates what the IDC cannot hold.
+#[derive(Default)]
+struct Overflow {
+    pods: usize,
+    /// From the first create until every pod carries the toleration, is bound, is Running.
+    to_tolerated: Duration,
+    to_bound: Duration,
+    to_running: Duration,
+    to_gone: Duration,
+    /// Each pod's creation to its toleration, sorted.
+    created_to_tolerated: Vec<Duration>,
+    idle_rss_kib: u64,
+    peak_rss_kib: u64,
+    steady_rss_kib: u64,
+    /// eks-admission's CPU share while it tolerated the pods, and while nothing changed.
+    ramp_cpu_share: f64,
+    idle_cpu_share: f64,
+    ramp_apiserver: f64,
+    idle_apiserver: f64,
+    /// eklet's resident memory with the pods, for comparison with the bound step of the same size.
+    eklet_steady_rss_kib: u64,
+}
+
+impl Overflow {
+    fn rss_per_pod_kib(&self) -> f64 {
+        self.steady_rss_kib.saturating_sub(self.idle_rss_kib) as f64 / self.pods.max(1) as f64
+    }
+}
+
+/// `pods` pods that no IDC node can hold (the control plane has none) and that do not tolerate
+/// the virtual node: the default kube-scheduler finds them Unschedulable, eks-admission (running
+/// as a user of its own, like eklet) adds the virtual node's toleration, the scheduler binds them
+/// to the virtual node and eklet runs them.
+async fn run_overflow(
+    cp: &ControlPlane,
+    client: &Client,
+    args: &Args,
+    kubeconfigs: &Identities,
+    pods: usize,
+) -> anyhow::Result<Overflow> {
+    let mut vn = VirtualNode::start(cp, client, args, &kubeconfigs.eklet, pods).await?;
+    let admission = components::Admission::new(&args.binary)?
+        .kubeconfig(&kubeconfigs.admission)
+        .env("RUST_LOG", "warn");
+    let health = format!("http://{}/healthz", admission.metrics_addr());
+    let mut procs = vec![admission.spawn(cp)?];
+    components::wait_http(&mut procs, &health, Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = procs[0].pid();
+    let mut step = Overflow {
+        pods,
+        idle_rss_kib: procstat::rss_kib(pid),
+        ..Overflow::default()
+    };
+
+    let ns = cp.namespace("overflow").await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let (seen, watch) = watch_pods(&api);
+    let (cpu_before, api_before) = (
+        procstat::cpu_time(pid),
+        apiserver_requests(client, ADMISSION_USER).await?,
+    );
+    let start = Instant::now();
+    let creating = create_pods(&api, pods, None);
+    let (eklet_pid, mut eklet_peak) = (vn.eklet.pid(), 0);
+    let mut watched = [(pid, &mut step.peak_rss_kib), (eklet_pid, &mut eklet_peak)];
+    let tolerated = |seen: &Seen| seen.tolerated.len();
+    wait_for(&seen, "tolerated", tolerated, pods, &mut vn.eklet, &mut watched).await?;
+    step.to_tolerated = start.elapsed();
+    step.ramp_cpu_share =
+        procstat::cpu_time(pid).saturating_sub(cpu_before).as_secs_f64() / step.to_tolerated.as_secs_f64();
+    step.ramp_apiserver =
+        (apiserver_requests(client, ADMISSION_USER).await? - api_before) / step.to_tolerated.as_secs_f64();
+    let bound = |seen: &Seen| seen.bound.len();
+    wait_for(&seen, "bound", bound, pods, &mut vn.eklet, &mut watched).await?;
+    step.to_bound = start.elapsed();
+    let running = |seen: &Seen| seen.running.len();
+    wait_for(&seen, "Running", running, pods, &mut vn.eklet, &mut watched).await?;
+    step.to_running = start.elapsed();
+    let created = creating.await??;
+    watch.abort();
+    {
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        step.created_to_tolerated = created
+            .iter()
+            .filter_map(|(name, at)| Some(seen.tolerated.get(name)?.saturating_duration_since(*at)))
+            .collect();
+        step.created_to_tolerated.sort();
+    }
+
+    tokio::time::sleep(SETTLE).await;
+    let idle = idle(client, pid, &vn.stats_url, ADMISSION_USER).await?;
+    (step.idle_cpu_share, step.idle_apiserver) = (idle.cpu_share, idle.apiserver);
+    step.steady_rss_kib = procstat::rss_kib(pid);
+    step.eklet_steady_rss_kib = procstat::rss_kib(eklet_pid);
+
+    step.to_gone = delete_all(&api, &mut vn.eklet).await?;
     step.peak_rss_kib = step.peak_rss_kib.max(procstat::peak_rss_kib(pid));
-    proc.kill();
     drop(procs);
+    vn.stop(client).await?;
     Ok(step)
 }
