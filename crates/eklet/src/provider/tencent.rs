@@ -15,6 +15,7 @@
 //! thus follows its probe within period × threshold (+ the probe's timeout) on the agent's side,
 //! plus one `--status-sync-interval` and at most one agent timeout on ours.
 
+mod deletes;
 mod streams;
 
 use std::{
@@ -77,6 +78,8 @@ const COUNTER_MEMORY: Duration = Duration::from_secs(600);
 /// EKS container instances in one VPC.
 pub struct TencentProvider {
     client: tke_tencent::Client,
+    /// Deletions, batched 20 to a call.
+    deletes: deletes::Deletes,
     vpc_id: String,
     security_group_ids: Vec<String>,
     capabilities: Capabilities,
@@ -240,6 +243,7 @@ impl TencentProvider {
         security_group_ids: Vec<String>,
     ) -> TencentProvider {
         TencentProvider {
+            deletes: deletes::Deletes::new(client.clone()),
             client,
             vpc_id: vpc_id.to_owned(),
             security_group_ids,
@@ -746,12 +750,9 @@ impl Provider for TencentProvider {
     }
 
     async fn delete(&self, id: &str, _grace: Duration) -> Result<()> {
-        // The API has no grace period: deletion stops the instance at once.
-        match self.client.delete_instances(&[id.to_owned()]).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == tke_tencent::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(cloud_error("DeleteEKSContainerInstances", e)),
-        }
+        // The API has no grace period: deletion stops the instance at once. Batched with other
+        // deletions under way ([`deletes`]).
+        self.deletes.delete(id).await
     }
 
     async fn describe(&self, ids: &[String]) -> Result<Vec<Sandbox>> {
@@ -1101,6 +1102,51 @@ mod tests {
         let created = provider.create(&spec).await.unwrap();
         cloud.advance_clock(Duration::from_secs(10));
         (cloud, provider, created.id, free_port)
+    }
+
+    /// Deletions under way share DeleteEKSContainerInstances calls, 20 sandboxes a call, and one
+    /// sandbox that no longer exists (which fails the API's whole call) spoils no other's.
+    #[tokio::test]
+    async fn deletions_under_way_share_calls_of_twenty_and_a_missing_sandbox_spoils_none() {
+        let (cloud, provider, first, _) = sandbox_with_container(234, |_, _| {}).await;
+        let mut ids = vec![first];
+        for i in 1..50 {
+            let mut spec = spec();
+            spec.volumes.clear();
+            spec.containers[0].mounts.clear();
+            spec.name = SandboxName::for_pod("cls-1", &format!("2f6c0d5e-1111-2222-3333-{i:012}"));
+            ids.push(provider.create(&spec).await.unwrap().id);
+        }
+        let calls = || {
+            cloud
+                .stats()
+                .requests
+                .get("DeleteEKSContainerInstances")
+                .copied()
+                .unwrap_or(0)
+        };
+        let live = || cloud.stats().live_instances;
+
+        // 45 at once: three calls (20, 20, 5), not 45.
+        let (now, later) = ids.split_at(45);
+        let results =
+            futures::future::join_all(now.iter().map(|id| provider.delete(id, Duration::ZERO))).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!((calls(), live()), (3, 5));
+
+        // The 5 left with one already deleted: the call of 6 fails as a whole, then each is sent
+        // alone; every deletion succeeds and the 5 are gone.
+        let mut again: Vec<&String> = later.iter().collect();
+        again.push(&now[0]);
+        let results =
+            futures::future::join_all(again.iter().map(|id| provider.delete(id, Duration::ZERO))).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!((calls(), live()), (3 + 1 + 6, 0));
+
+        // A lone deletion is sent at once, alone, and a missing sandbox counts as deleted.
+        provider.delete(&now[1], Duration::ZERO).await.unwrap();
+        assert_eq!(calls(), 11);
+        cloud.shutdown().await.unwrap();
     }
 
     /// Readiness comes from the sandbox's agent, which runs the readiness probe: not ready until it
