@@ -39,9 +39,7 @@ async fn admin_usage(handle: &Handle, body: Value) -> (u16, Value) {
 
 #[tokio::test]
 async fn the_agent_reports_the_usage_the_env_asks_for_to_the_tencent_scraper() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let env = [(CPU_MILLICORES_ENV, "250"), (MEMORY_BYTES_ENV, "67108864")];
     let (id, addr) = create(&client, port, &pod("metered", &env)).await;
 
@@ -72,9 +70,7 @@ async fn the_agent_reports_the_usage_the_env_asks_for_to_the_tencent_scraper() {
 
 #[tokio::test]
 async fn the_agent_serves_the_text_format_on_slash_metrics_only() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let (_, addr) = create(&client, port, &pod("paths", &[])).await;
     sim.advance_clock(11 * SECOND);
     let http = reqwest::Client::new();
@@ -96,9 +92,7 @@ async fn the_agent_serves_the_text_format_on_slash_metrics_only() {
 
 #[tokio::test]
 async fn after_delete_the_agent_port_is_closed() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let (id, addr) = create(&client, port, &pod("deleted", &[])).await;
     sim.advance_clock(11 * SECOND);
     let scraper = scraper();
@@ -117,9 +111,7 @@ async fn after_delete_the_agent_port_is_closed() {
 
 #[tokio::test]
 async fn a_usage_change_keeps_the_cpu_counter_continuous() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let env = [(CPU_MILLICORES_ENV, "250"), (MEMORY_BYTES_ENV, "67108864")];
     let (id, addr) = create(&client, port, &pod("changed", &env)).await;
     sim.advance_clock(10 * SECOND + 10 * SECOND);
@@ -167,9 +159,7 @@ async fn a_usage_change_keeps_the_cpu_counter_continuous() {
 
 #[tokio::test]
 async fn a_restart_resets_the_counter_the_agent_reports() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let (id, addr) = create(&client, port, &pod("restarted", &[(CPU_MILLICORES_ENV, "1000")])).await;
     sim.advance_clock(10 * SECOND + 4 * SECOND);
     let before = scraper().scrape(addr).await.unwrap().remove(0);
@@ -195,7 +185,7 @@ async fn a_restart_resets_the_counter_the_agent_reports() {
 
 #[tokio::test]
 async fn invalid_usage_env_is_refused_with_invalid_parameter_value() {
-    let (_sim, client) = start(agents_config().0).await;
+    let (_sim, client, _, _) = start_with_agents().await;
     let err = client
         .create_instances(&pod("bad", &[(MEMORY_BYTES_ENV, "64Mi")]))
         .await
@@ -220,9 +210,7 @@ async fn a_port_that_cannot_be_bound_does_not_fail_the_create() {
 
 #[tokio::test]
 async fn shutting_down_the_handle_stops_every_agent() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let ids = client
         .create_instances(&CreateEksContainerInstancesRequest {
             replicas: Some(3),
@@ -285,9 +273,7 @@ async fn a_private_block_smaller_than_a_sixteen_or_with_host_bits_is_refused() {
 
 #[tokio::test]
 async fn dropping_the_handle_stops_the_agents_too() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let (_, addr) = create(&client, port, &pod("dropped", &[])).await;
     assert!(!refused(addr));
     drop((sim, client));

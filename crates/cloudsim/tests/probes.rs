@@ -14,6 +14,11 @@ use tke_tencent::Client;
 use tke_tencent::agent::AgentClient;
 use tke_tencent::model::*;
 
+/// A container `web` whose simulated process serves `port`.
+fn serving(port: u16) -> Container {
+    container("web", &[(PORTS_ENV, &port.to_string())])
+}
+
 /// Every second, two failures in a row to fail.
 fn every_second() -> Probe {
     Probe {
@@ -98,14 +103,11 @@ async fn status_of(url: String) -> u16 {
 
 #[tokio::test]
 async fn a_readiness_probe_fails_while_the_responder_answers_500_and_passes_again_at_200() {
-    let (config, first) = agents_config();
-    let agent_port = config.agent_port.unwrap();
+    let (handle, client, agent_port, first) = start_with_agents().await;
     let declared = free_port(first);
-    let (handle, client) = start(config).await;
-    let ports = declared.to_string();
     let web = Container {
         readiness_probe: Some(http_get(declared, "/healthz")),
-        ..container("web", &[(PORTS_ENV, &ports)])
+        ..serving(declared)
     };
     let (id, agent) = running(&handle, &client, agent_port, vec![web]).await;
     until_ready(agent, "web", true).await;
@@ -149,14 +151,11 @@ async fn a_readiness_probe_fails_while_the_responder_answers_500_and_passes_agai
 
 #[tokio::test]
 async fn a_tcp_probe_passes_on_a_declared_port_only() {
-    let (config, first) = agents_config();
-    let agent_port = config.agent_port.unwrap();
+    let (handle, client, agent_port, first) = start_with_agents().await;
     let (declared, undeclared) = (free_port(first), free_port(first));
-    let (handle, client) = start(config).await;
-    let ports = declared.to_string();
     let web = Container {
         readiness_probe: Some(tcp_socket(declared)),
-        ..container("web", &[(PORTS_ENV, &ports)])
+        ..serving(declared)
     };
     let side = Container {
         readiness_probe: Some(tcp_socket(undeclared)),
@@ -173,9 +172,7 @@ async fn a_tcp_probe_passes_on_a_declared_port_only() {
 
 #[tokio::test]
 async fn an_exec_probe_passes_when_the_command_exits_0_in_the_containers_environment() {
-    let (config, _) = agents_config();
-    let agent_port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, agent_port, _) = start_with_agents().await;
     let containers = vec![
         Container {
             readiness_probe: Some(exec(&["true"])),
@@ -198,15 +195,12 @@ async fn an_exec_probe_passes_when_the_command_exits_0_in_the_containers_environ
 
 #[tokio::test]
 async fn a_failing_liveness_probe_restarts_the_container_and_resets_its_readiness() {
-    let (config, first) = agents_config();
-    let agent_port = config.agent_port.unwrap();
+    let (handle, client, agent_port, first) = start_with_agents().await;
     let declared = free_port(first);
-    let (handle, client) = start(config).await;
-    let ports = declared.to_string();
     let web = Container {
         liveness_probe: Some(http_get(declared, "/healthz")),
         readiness_probe: Some(http_get(declared, "/")),
-        ..container("web", &[(PORTS_ENV, &ports)])
+        ..serving(declared)
     };
     let (id, agent) = running(&handle, &client, agent_port, vec![web]).await;
     until_ready(agent, "web", true).await;

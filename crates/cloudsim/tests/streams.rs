@@ -102,9 +102,7 @@ async fn collect(socket: &mut WebSocketStream<TcpStream>) -> (String, String, Op
 
 #[tokio::test]
 async fn exec_runs_a_real_process_with_the_containers_env_in_the_instances_own_directory() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, _) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[("GREETING", "hello from the spec")]).await;
     let script = "echo \"$GREETING\"; pwd; echo oops >&2; exit 3";
     let mut socket = exec(addr, &id, &["sh", "-c", script], false).await;
@@ -137,9 +135,7 @@ async fn exec_runs_a_real_process_with_the_containers_env_in_the_instances_own_d
 
 #[tokio::test]
 async fn a_missing_binary_exits_127_as_a_container_runtime_reports_it() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, _) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[]).await;
     let mut socket = exec(addr, &id, &["no-such-binary-anywhere"], false).await;
     let (_, err, outcome) = collect(&mut socket).await;
@@ -149,9 +145,7 @@ async fn a_missing_binary_exits_127_as_a_container_runtime_reports_it() {
 
 #[tokio::test]
 async fn stdin_reaches_the_process_until_the_client_closes_it() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, _) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[]).await;
     let mut socket = exec(addr, &id, &["cat"], true).await;
     socket
@@ -168,9 +162,7 @@ async fn stdin_reaches_the_process_until_the_client_closes_it() {
 
 #[tokio::test]
 async fn closing_the_websocket_kills_the_process() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, _) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[]).await;
     let mut socket = exec(addr, &id, &["sh", "-c", "echo $$; exec sleep 1000"], false).await;
     let pid = loop {
@@ -198,9 +190,7 @@ async fn closing_the_websocket_kills_the_process() {
 
 #[tokio::test]
 async fn unsigned_wrongly_signed_stale_or_foreign_requests_are_refused() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, _) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[]).await;
     let path = agent_stream::exec_path("web");
     let query = StreamRequest {
@@ -245,9 +235,7 @@ async fn unsigned_wrongly_signed_stale_or_foreign_requests_are_refused() {
 
 #[tokio::test]
 async fn a_pending_instance_runs_nothing() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (_handle, client) = start(config).await;
+    let (_handle, client, port, _) = start_with_agents().await;
     let pending = request("pending", vec![container("web", &[])]);
     let (id, addr) = create(&client, port, &pending).await;
     let path = agent_stream::exec_path("web");
@@ -261,10 +249,8 @@ async fn a_pending_instance_runs_nothing() {
 
 #[tokio::test]
 async fn port_forward_reaches_the_responder_of_a_declared_port() {
-    let (config, first) = agents_config();
-    let port = config.agent_port.unwrap();
+    let (handle, client, port, first) = start_with_agents().await;
     let declared = free_port(first);
-    let (handle, client) = start(config).await;
     let ports = declared.to_string();
     let (id, addr) = running(&handle, &client, port, &[(PORTS_ENV, &ports)]).await;
     let query = format!("port={declared}");
@@ -296,9 +282,7 @@ async fn port_forward_reaches_the_responder_of_a_declared_port() {
 
 #[tokio::test]
 async fn port_forward_to_a_port_nothing_listens_on_is_refused_before_the_upgrade() {
-    let (config, first) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, first) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[]).await;
     let query = format!("port={}", free_port(first));
     let header = agent_stream::sign(
@@ -319,9 +303,7 @@ async fn port_forward_to_a_port_nothing_listens_on_is_refused_before_the_upgrade
 
 #[tokio::test]
 async fn attach_shows_the_simulated_process_output_and_echoes_stdin() {
-    let (config, _) = agents_config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, _) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[]).await;
     let query = StreamRequest {
         stdin: true,

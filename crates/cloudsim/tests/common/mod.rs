@@ -84,6 +84,15 @@ pub fn agents_config() -> (Config, Ipv4Addr) {
     (config, first)
 }
 
+/// A simulator started with [`agents_config`] and a client for it; the port every instance's
+/// agent listens on, and the block's first address, where the first instance will be.
+pub async fn start_with_agents() -> (Handle, Client, u16, Ipv4Addr) {
+    let (config, first) = agents_config();
+    let port = config.agent_port.unwrap();
+    let (handle, client) = start(config).await;
+    (handle, client, port, first)
+}
+
 /// A container `name` of nginx with the environment `env`.
 pub fn container(name: &str, env: &[(&str, &str)]) -> Container {
     Container {
