@@ -25,11 +25,11 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PostParams},
 };
 use serde_json::{Value, json};
 use support::{
-    admission::{WALKTHROUGH_PORT, is_ready, node_of, walkthrough},
+    admission::{WALKTHROUGH_PORT, is_ready, node_of, scale, walkthrough},
     chart::{NAMESPACE, RELEASE, chart_dir, ci_values, helm_on},
     kubectl::{kubectl, run},
 };
@@ -320,17 +320,11 @@ async fn the_chart_installed_with_our_image_on_a_real_node_bursts_the_walkthroug
     // The virtual node registers, at eklet's pod IP (where the apiserver calls its kubelet API).
     let virtual_node = format!("eklet-{}", cluster.subnet()?);
     let nodes: Api<Node> = Api::all(cluster.client.clone());
-    wait::until(PATIENCE, &format!("virtual node {virtual_node} Ready"), || {
-        let (nodes, name) = (nodes.clone(), virtual_node.clone());
-        async move {
-            nodes
-                .get_opt(&name)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|n| node_ready(&n))
-        }
-    })
+    wait_node_ready(
+        &nodes,
+        &virtual_node,
+        &format!("virtual node {virtual_node} Ready"),
+    )
     .await
     .with_context(|| cluster.diagnosis())?;
     let eklet_ip = cluster
@@ -426,13 +420,7 @@ async fn the_chart_installed_with_our_image_on_a_real_node_bursts_the_walkthroug
             "a new {component} pod"
         );
     }
-    deployments
-        .patch(
-            WALKTHROUGH,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 5}})),
-        )
-        .await?;
+    scale(&cluster.client, &ns, WALKTHROUGH, 5).await?;
     cluster.wait_placement(&ns, &virtual_node, (1, 4, 5)).await?;
     assert_eq!(cluster.live_instances().await?, 4, "one sandbox per cloud pod");
 
@@ -489,20 +477,10 @@ async fn the_chart_installed_with_our_image_on_a_real_node_bursts_the_walkthroug
         }
     }
     // The new eklet adopts every sandbox: the same pods, Running, and not one create or delete.
-    wait::until(
-        PATIENCE,
+    wait_node_ready(
+        &nodes,
+        &virtual_node,
         "the new eklet leading and the virtual node Ready",
-        || {
-            let (nodes, name) = (nodes.clone(), virtual_node.clone());
-            async move {
-                nodes
-                    .get_opt(&name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|n| node_ready(&n))
-            }
-        },
     )
     .await?;
     let after = cloud_pods(
@@ -654,6 +632,22 @@ fn cloud_pods(pods: &[Pod], virtual_node: &str) -> BTreeMap<String, Vec<String>>
 
 fn pod_ip(pod: &Pod) -> Option<std::net::Ipv4Addr> {
     pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
+}
+
+/// Waits until the node `name` is Ready.
+async fn wait_node_ready(nodes: &Api<Node>, name: &str, what: &str) -> tke_testbed::Result<()> {
+    wait::until(PATIENCE, what, || {
+        let (nodes, name) = (nodes.clone(), name.to_owned());
+        async move {
+            nodes
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|n| node_ready(&n))
+        }
+    })
+    .await
 }
 
 fn node_ready(node: &Node) -> bool {

@@ -25,15 +25,11 @@ use k8s_openapi::api::{
     core::v1::{Pod, Service},
     discovery::v1::EndpointSlice,
 };
-use kube::{
-    Api, Client,
-    api::{Patch, PatchParams, PostParams},
-    runtime::watcher,
-};
+use kube::{Api, Client, api::PostParams, runtime::watcher};
 use serde_json::json;
 use support::{
     PATIENCE,
-    admission::{Admission, WALKTHROUGH_PORT, is_ready, node_of, wait_for_pods, walkthrough},
+    admission::{Admission, WALKTHROUGH_PORT, is_ready, node_of, scale, wait_for_pods, walkthrough},
     eklet::{Eklet, Identity, enable_agents_in, start_cloudsim},
     extender::{self, Extender},
     kubectl,
@@ -103,7 +99,7 @@ async fn a_service_over_a_burst_workload_routes_to_every_ready_replica_local_and
     assert_eq!(heard, replicas.values().cloned().collect::<BTreeSet<_>>());
 
     // Scaled in: the cloud replicas go first, and their endpoints with them.
-    scale(&client, &ns, 2).await?;
+    scale(&client, &ns, APP, 2).await?;
     let pods = wait_for_pods(&client, &ns, APP, "1 local + 1 cloud replica", |pods| {
         pods.len() == 2 && placement(pods, &real.name, &virtual_node) == (1, 1)
     })
@@ -111,7 +107,7 @@ async fn a_service_over_a_burst_workload_routes_to_every_ready_replica_local_and
     let expected = ready_addresses(&pods);
     wait_endpoints(&client, &ns, "2 endpoints", |ready| ready == &expected).await?;
 
-    scale(&client, &ns, 1).await?;
+    scale(&client, &ns, APP, 1).await?;
     let pods = wait_for_pods(&client, &ns, APP, "the local replica alone", |pods| {
         pods.len() == 1 && placement(pods, &real.name, &virtual_node) == (1, 0)
     })
@@ -233,17 +229,6 @@ fn ready_endpoints(slices: &[Arc<EndpointSlice>]) -> BTreeSet<Ipv4Addr> {
         .flat_map(|e| e.addresses.iter())
         .filter_map(|a| a.parse().ok())
         .collect()
-}
-
-async fn scale(client: &Client, ns: &str, replicas: i32) -> anyhow::Result<()> {
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .patch(
-            APP,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-        )
-        .await?;
-    Ok(())
 }
 
 /// A pod on the real node to call the Service from.

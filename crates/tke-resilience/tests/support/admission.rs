@@ -342,6 +342,18 @@ pub fn walkthrough(
     }))?)
 }
 
+/// Sets the Deployment `name`'s replicas (a merge patch).
+pub async fn scale(client: &Client, namespace: &str, name: &str, replicas: i32) -> anyhow::Result<()> {
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Watches the pods labelled `app=name` until `done` holds for them.
 pub async fn wait_for_pods(
     client: &Client,
