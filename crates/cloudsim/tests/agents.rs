@@ -2,95 +2,22 @@
 //! two sides, over real sockets. Each test takes its own random 127.X.0.0/16 block and a free port, so
 //! that the instances' private IPs are loopback addresses and parallel tests do not collide.
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use common::*;
 use serde_json::{Value, json};
 use tke_cloudsim::{CPU_MILLICORES_ENV, Config, Error, Handle, MEMORY_BYTES_ENV, UsageChange, serve};
 use tke_tencent::agent::{AgentClient, AgentError, ContainerUsage};
 use tke_tencent::model::*;
-use tke_tencent::rate_limit::RateLimits;
-use tke_tencent::{Client, ClientConfig, Credentials};
 
-const SECOND: Duration = Duration::from_secs(1);
 const MIB: u64 = 1 << 20;
 
-fn credentials() -> Credentials {
-    Credentials::new("AKIDcloudsimAGENTS", "cloudsim-agents-secret-key")
-}
-
-/// A manual clock, a ten-second start delay, agents on, and a private block of our own.
-fn config() -> Config {
-    let block = Ipv4Addr::new(127, rand::random_range(1..=254), 0, 0);
-    // Free on the block's first host address, where the first instance will be.
-    let port = std::net::TcpListener::bind((first_ip(block), 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    Config {
-        start_delay: 10 * SECOND,
-        restart_delay: SECOND,
-        rate_limit_per_second: 0,
-        manual_clock: true,
-        agent_port: Some(port),
-        private_cidr: (block, 16),
-        ..Config::new(credentials())
-    }
-}
-
-fn first_ip(block: Ipv4Addr) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(block) + 1)
-}
-
-async fn start(config: Config) -> (Handle, Client) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let handle = serve(config, listener).await.unwrap();
-    let client = Client::new(ClientConfig {
-        rate_limits: RateLimits::unlimited(),
-        ..handle.client_config(credentials())
-    })
-    .unwrap();
-    (handle, client)
-}
-
+/// One container `web` with `env`.
 fn pod(name: &str, env: &[(&str, &str)]) -> CreateEksContainerInstancesRequest {
-    CreateEksContainerInstancesRequest {
-        containers: vec![Container {
-            image: "nginx:1.27".into(),
-            name: "web".into(),
-            environment_vars: env
-                .iter()
-                .map(|(name, value)| EnvironmentVariable {
-                    name: name.to_string(),
-                    value: value.to_string(),
-                })
-                .collect(),
-            ..Default::default()
-        }],
-        eks_ci_name: name.into(),
-        security_group_ids: vec!["sg-agents".into()],
-        subnet_id: "subnet-agents".into(),
-        vpc_id: "vpc-agents".into(),
-        memory: 2.0,
-        cpu: 1.0,
-        ..Default::default()
-    }
-}
-
-/// Creates the pod and returns its id and where its agent listens, as eklet would learn it: the
-/// instance's `PrivateIp` from Describe and the configured port.
-async fn create(
-    client: &Client,
-    port: u16,
-    request: &CreateEksContainerInstancesRequest,
-) -> (String, SocketAddr) {
-    let ids = client.create_instances(request).await.unwrap();
-    let instance = client.describe_instances_by_id(&ids).await.unwrap().remove(0);
-    let ip: Ipv4Addr = instance.private_ip.parse().unwrap();
-    assert!(ip.is_loopback(), "{ip}");
-    (ids[0].clone(), SocketAddr::from((ip, port)))
+    request(name, vec![container("web", env)])
 }
 
 fn scraper() -> AgentClient {
@@ -105,21 +32,14 @@ fn refused(addr: SocketAddr) -> bool {
 }
 
 async fn admin_usage(handle: &Handle, body: Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/admin/usage", handle.endpoint()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = admin_post(handle, "/admin/usage", &body).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
 
 #[tokio::test]
 async fn the_agent_reports_the_usage_the_env_asks_for_to_the_tencent_scraper() {
-    let config = config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let env = [(CPU_MILLICORES_ENV, "250"), (MEMORY_BYTES_ENV, "67108864")];
     let (id, addr) = create(&client, port, &pod("metered", &env)).await;
 
@@ -131,8 +51,7 @@ async fn the_agent_reports_the_usage_the_env_asks_for_to_the_tencent_scraper() {
     sim.advance_clock(10 * SECOND);
     sim.advance_clock(10 * SECOND);
     let usage = scraper().scrape(addr).await.unwrap();
-    let instance = client.describe_instances_by_id(&[id]).await.unwrap().remove(0);
-    let state = instance.containers[0].current_state.clone().unwrap();
+    let state = state(&client, &id).await;
     let started = tke_tencent::time::parse_api_time(&state.start_time).unwrap();
     // Sample timestamps are whole milliseconds.
     let sampled = jiff::Timestamp::from_millisecond((started + 10 * SECOND).as_millisecond()).unwrap();
@@ -151,9 +70,7 @@ async fn the_agent_reports_the_usage_the_env_asks_for_to_the_tencent_scraper() {
 
 #[tokio::test]
 async fn the_agent_serves_the_text_format_on_slash_metrics_only() {
-    let config = config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let (_, addr) = create(&client, port, &pod("paths", &[])).await;
     sim.advance_clock(11 * SECOND);
     let http = reqwest::Client::new();
@@ -175,9 +92,7 @@ async fn the_agent_serves_the_text_format_on_slash_metrics_only() {
 
 #[tokio::test]
 async fn after_delete_the_agent_port_is_closed() {
-    let config = config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let (id, addr) = create(&client, port, &pod("deleted", &[])).await;
     sim.advance_clock(11 * SECOND);
     let scraper = scraper();
@@ -196,9 +111,7 @@ async fn after_delete_the_agent_port_is_closed() {
 
 #[tokio::test]
 async fn a_usage_change_keeps_the_cpu_counter_continuous() {
-    let config = config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let env = [(CPU_MILLICORES_ENV, "250"), (MEMORY_BYTES_ENV, "67108864")];
     let (id, addr) = create(&client, port, &pod("changed", &env)).await;
     sim.advance_clock(10 * SECOND + 10 * SECOND);
@@ -246,9 +159,7 @@ async fn a_usage_change_keeps_the_cpu_counter_continuous() {
 
 #[tokio::test]
 async fn a_restart_resets_the_counter_the_agent_reports() {
-    let config = config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let (id, addr) = create(&client, port, &pod("restarted", &[(CPU_MILLICORES_ENV, "1000")])).await;
     sim.advance_clock(10 * SECOND + 4 * SECOND);
     let before = scraper().scrape(addr).await.unwrap().remove(0);
@@ -274,7 +185,7 @@ async fn a_restart_resets_the_counter_the_agent_reports() {
 
 #[tokio::test]
 async fn invalid_usage_env_is_refused_with_invalid_parameter_value() {
-    let (_sim, client) = start(config()).await;
+    let (_sim, client, _, _) = start_with_agents().await;
     let err = client
         .create_instances(&pod("bad", &[(MEMORY_BYTES_ENV, "64Mi")]))
         .await
@@ -285,9 +196,8 @@ async fn invalid_usage_env_is_refused_with_invalid_parameter_value() {
 
 #[tokio::test]
 async fn a_port_that_cannot_be_bound_does_not_fail_the_create() {
-    let config = config();
+    let (config, taken_ip) = agents_config();
     let port = config.agent_port.unwrap();
-    let taken_ip = first_ip(config.private_cidr.0);
     let taken = std::net::TcpListener::bind((taken_ip, port)).unwrap();
     let (sim, client) = start(config).await;
     let (id, addr) = create(&client, port, &pod("unbound", &[])).await;
@@ -300,9 +210,7 @@ async fn a_port_that_cannot_be_bound_does_not_fail_the_create() {
 
 #[tokio::test]
 async fn shutting_down_the_handle_stops_every_agent() {
-    let config = config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let ids = client
         .create_instances(&CreateEksContainerInstancesRequest {
             replicas: Some(3),
@@ -327,7 +235,7 @@ async fn shutting_down_the_handle_stops_every_agent() {
 
 #[tokio::test]
 async fn without_an_agent_port_no_instance_listens() {
-    let config = config();
+    let (config, _) = agents_config();
     let port = config.agent_port.unwrap();
     let (sim, client) = start(Config {
         agent_port: None,
@@ -365,19 +273,14 @@ async fn a_private_block_smaller_than_a_sixteen_or_with_host_bits_is_refused() {
 
 #[tokio::test]
 async fn dropping_the_handle_stops_the_agents_too() {
-    let config = config();
-    let port = config.agent_port.unwrap();
-    let (sim, client) = start(config).await;
+    let (sim, client, port, _) = start_with_agents().await;
     let (_, addr) = create(&client, port, &pod("dropped", &[])).await;
     assert!(!refused(addr));
     drop((sim, client));
     // The simulator goes once its server has drained; the agents, which only hold it weakly, with it.
-    let deadline = tokio::time::Instant::now() + 10 * SECOND;
-    while !refused(addr) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{addr} still listens after the handle was dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let stopped = poll(async || refused(addr).then_some(())).await;
+    assert!(
+        stopped.is_some(),
+        "{addr} still listens after the handle was dropped"
+    );
 }

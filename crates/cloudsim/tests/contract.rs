@@ -1,23 +1,18 @@
 //! The contract between the real `tke_tencent` client and cloudsim, over loopback HTTP: every action,
 //! the signature checks, retries and their limits, batching and paging, and fault classification.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::*;
 use serde_json::Value;
-use tke_cloudsim::{Config, FailNext, Faults, Handle, serve};
+use tke_cloudsim::{Config, FailNext, Faults, Handle};
 use tke_tencent::model::*;
-use tke_tencent::rate_limit::RateLimits;
 use tke_tencent::retry::RetryPolicy;
 use tke_tencent::sign::{ApiRequest, sign_request};
 use tke_tencent::{Client, ClientConfig, Credentials, ErrorKind};
-
-const SUBNET: &str = "subnet-contract";
-const VPC: &str = "vpc-contract";
-
-fn credentials() -> Credentials {
-    Credentials::new("AKIDcloudsimCONTRACT", "cloudsim-contract-secret-key")
-}
 
 /// A manual clock, no rate limit and a ten-second start delay: every answer is predictable.
 fn config() -> Config {
@@ -30,17 +25,10 @@ fn config() -> Config {
     }
 }
 
-async fn start(config: Config) -> Handle {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    serve(config, listener).await.unwrap()
-}
-
 fn client_with(handle: &Handle, credentials: Credentials, retry: RetryPolicy) -> Client {
     Client::new(ClientConfig {
-        rate_limits: RateLimits::unlimited(),
         retry,
-        ..handle.client_config(credentials)
+        ..client_config(handle, credentials)
     })
     .unwrap()
 }
@@ -60,18 +48,8 @@ fn client(handle: &Handle) -> Client {
 
 fn pod(name: &str, subnet: &str) -> CreateEksContainerInstancesRequest {
     CreateEksContainerInstancesRequest {
-        containers: vec![Container {
-            image: "nginx:1.27".into(),
-            name: "web".into(),
-            ..Default::default()
-        }],
-        eks_ci_name: name.into(),
-        security_group_ids: vec!["sg-contract".into()],
         subnet_id: subnet.into(),
-        vpc_id: VPC.into(),
-        memory: 2.0,
-        cpu: 1.0,
-        ..Default::default()
+        ..request(name, vec![container("web", &[])])
     }
 }
 
@@ -110,20 +88,13 @@ async fn raw(handle: &Handle, action: &str, body: &str, timestamp: i64) -> Value
     response.json::<Value>().await.unwrap()["Response"].clone()
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 fn error_code(response: &Value) -> &str {
     response["Error"]["Code"].as_str().unwrap_or("<none>")
 }
 
 #[tokio::test]
 async fn every_action_works_through_the_real_client() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     let client = client(&sim);
 
     let ids = client
@@ -203,7 +174,7 @@ async fn every_action_works_through_the_real_client() {
 
 #[tokio::test]
 async fn logs_grow_as_the_container_runs() {
-    let sim = start(Config {
+    let sim = serve_on_loopback(Config {
         start_delay: Duration::ZERO,
         ..config()
     })
@@ -228,7 +199,7 @@ async fn logs_grow_as_the_container_runs() {
 
 #[tokio::test]
 async fn a_wrong_secret_key_is_refused_with_signature_failure_and_not_retried() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     let impostor = client_with(
         &sim,
         Credentials::new(credentials().secret_id, "not-the-key"),
@@ -245,7 +216,7 @@ async fn a_wrong_secret_key_is_refused_with_signature_failure_and_not_retried() 
 
 #[tokio::test]
 async fn an_unknown_secret_id_is_refused_with_secret_id_not_found() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     let stranger = client_with(&sim, Credentials::new("AKIDnobody", "whatever"), quick_retries());
     let err = stranger
         .describe_instances(&DescribeEksContainerInstancesRequest::default())
@@ -257,7 +228,7 @@ async fn an_unknown_secret_id_is_refused_with_secret_id_not_found() {
 #[tokio::test]
 async fn a_session_token_must_match_the_configured_one() {
     let with_token = credentials().with_token("sts-token-1");
-    let sim = start(Config {
+    let sim = serve_on_loopback(Config {
         credentials: vec![with_token.clone()],
         ..config()
     })
@@ -273,7 +244,7 @@ async fn a_session_token_must_match_the_configured_one() {
 
 #[tokio::test]
 async fn a_timestamp_more_than_five_minutes_off_is_refused_with_signature_expire() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     let stale = raw(&sim, "DescribeEKSContainerInstances", "{}", unix_now() - 301).await;
     assert_eq!(error_code(&stale), "AuthFailure.SignatureExpire");
     let fresh = raw(&sim, "DescribeEKSContainerInstances", "{}", unix_now() - 10).await;
@@ -283,7 +254,7 @@ async fn a_timestamp_more_than_five_minutes_off_is_refused_with_signature_expire
 
 #[tokio::test]
 async fn unknown_actions_and_malformed_bodies_get_api_errors() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     let unknown = raw(&sim, "DescribeEverything", "{}", unix_now()).await;
     assert_eq!(error_code(&unknown), "InvalidAction");
     let malformed = raw(&sim, "DescribeEKSContainerInstances", "{\"Limit\": ", unix_now()).await;
@@ -323,7 +294,7 @@ fn fail_next(action: &str, code: &str, count: u32) -> Faults {
 
 #[tokio::test]
 async fn injected_throttling_is_retried_until_the_call_succeeds() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     sim.set_faults(fail_next(
         "DescribeEKSContainerInstances",
         "RequestLimitExceeded",
@@ -342,7 +313,7 @@ async fn injected_throttling_is_retried_until_the_call_succeeds() {
 
 #[tokio::test]
 async fn retries_stop_at_the_attempt_limit_with_the_last_error() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     sim.set_faults(fail_next("DescribeEKSContainerInstances", "InternalError", 10))
         .unwrap();
     let err = client(&sim)
@@ -356,7 +327,7 @@ async fn retries_stop_at_the_attempt_limit_with_the_last_error() {
 
 #[tokio::test]
 async fn a_create_is_retried_after_throttling_but_never_after_an_internal_error() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     let client = client(&sim);
     sim.set_faults(fail_next(
         "CreateEKSContainerInstances",
@@ -387,7 +358,7 @@ async fn a_create_is_retried_after_throttling_but_never_after_an_internal_error(
 
 #[tokio::test]
 async fn permanent_errors_are_not_retried() {
-    let sim = start(Config {
+    let sim = serve_on_loopback(Config {
         quotas: [(SUBNET.to_string(), 1)].into(),
         ..config()
     })
@@ -420,7 +391,7 @@ async fn permanent_errors_are_not_retried() {
 
 #[tokio::test]
 async fn a_sold_out_subnet_is_classified_as_sold_out_for_that_subnet() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     sim.set_faults(Faults {
         sold_out_subnets: ["subnet-empty-zone".to_string()].into(),
         ..Faults::default()
@@ -448,7 +419,7 @@ async fn a_sold_out_subnet_is_classified_as_sold_out_for_that_subnet() {
 
 #[tokio::test]
 async fn deleting_45_instances_takes_three_calls() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     let client = client(&sim);
     let ids = client.create_instances(&replicas("batch", 45)).await.unwrap();
     assert_eq!(ids.len(), 45);
@@ -460,7 +431,7 @@ async fn deleting_45_instances_takes_three_calls() {
 
 #[tokio::test]
 async fn listing_and_describing_by_id_page_through_every_instance() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     let client = client(&sim);
     let mut ids = Vec::new();
     for (name, count) in [("a", 100), ("b", 100), ("c", 50)] {
@@ -502,7 +473,7 @@ async fn listing_and_describing_by_id_page_through_every_instance() {
 
 #[tokio::test]
 async fn the_server_rate_limit_answers_request_limit_exceeded() {
-    let sim = start(Config {
+    let sim = serve_on_loopback(Config {
         rate_limit_per_second: 2,
         ..config()
     })
@@ -523,7 +494,7 @@ async fn the_server_rate_limit_answers_request_limit_exceeded() {
 
 #[tokio::test]
 async fn a_crashed_container_restarts_and_its_previous_logs_stay_readable() {
-    let sim = start(Config {
+    let sim = serve_on_loopback(Config {
         start_delay: Duration::ZERO,
         restart_delay: Duration::from_secs(2),
         ..config()
@@ -537,33 +508,21 @@ async fn a_crashed_container_restarts_and_its_previous_logs_stay_readable() {
         .remove(0);
     sim.advance_clock(Duration::from_secs(3));
 
-    let admin = reqwest::Client::new();
-    let crashed = admin
-        .post(format!("{}/admin/crash", sim.endpoint()))
-        .json(&serde_json::json!({"eks_ci_id": id, "exit_code": 137}))
-        .send()
-        .await
-        .unwrap();
+    let crashed = admin_post(
+        &sim,
+        "/admin/crash",
+        &serde_json::json!({"eks_ci_id": id, "exit_code": 137}),
+    )
+    .await;
     assert_eq!(crashed.status(), 200);
-    let state = |instances: Vec<EksCi>| instances[0].containers[0].current_state.clone().unwrap();
-    let exited = state(
-        client
-            .describe_instances_by_id(std::slice::from_ref(&id))
-            .await
-            .unwrap(),
-    );
+    let exited = state(&client, &id).await;
     assert_eq!(
         (exited.state, exited.exit_code, exited.reason.as_str()),
         (ContainerStateName::Exited, 137, "Error")
     );
 
     sim.advance_clock(Duration::from_secs(2));
-    let restarted = state(
-        client
-            .describe_instances_by_id(std::slice::from_ref(&id))
-            .await
-            .unwrap(),
-    );
+    let restarted = state(&client, &id).await;
     assert_eq!(
         (restarted.state, restarted.restart_count),
         (ContainerStateName::Running, 1)
@@ -582,18 +541,18 @@ async fn a_crashed_container_restarts_and_its_previous_logs_stay_readable() {
         "lines 0-3 of the crashed run"
     );
 
-    let missing = admin
-        .post(format!("{}/admin/crash", sim.endpoint()))
-        .json(&serde_json::json!({"eks_ci_id": "eksci-nothere"}))
-        .send()
-        .await
-        .unwrap();
+    let missing = admin_post(
+        &sim,
+        "/admin/crash",
+        &serde_json::json!({"eks_ci_id": "eksci-nothere"}),
+    )
+    .await;
     assert_eq!(missing.status(), 404);
 }
 
 #[tokio::test]
 async fn a_second_create_with_a_live_name_is_counted_as_a_duplicate() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     let client = client(&sim);
     let first = client.create_instances(&pod("pod-uid-1", SUBNET)).await.unwrap();
     client.create_instances(&pod("pod-uid-1", SUBNET)).await.unwrap();
@@ -605,7 +564,7 @@ async fn a_second_create_with_a_live_name_is_counted_as_a_duplicate() {
 
 #[tokio::test]
 async fn faults_and_stats_are_reachable_over_http() {
-    let sim = start(config()).await;
+    let sim = serve_on_loopback(config()).await;
     let admin = reqwest::Client::new();
     let set = admin
         .post(format!("{}/admin/faults", sim.endpoint()))
@@ -645,7 +604,7 @@ async fn faults_and_stats_are_reachable_over_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn describe_throughput_with_1000_live_instances() {
-    let sim = start(Config {
+    let sim = serve_on_loopback(Config {
         start_delay: Duration::ZERO,
         ..config()
     })

@@ -3,75 +3,20 @@
 //! on its own random 127.X.0.0/16 block, as in `agents.rs`. Probes run every second; the tests wait
 //! on what the agent and the API report, never on a fixed time.
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
+mod common;
 
+use std::net::SocketAddr;
+
+use common::*;
 use serde_json::json;
-use tke_cloudsim::{Config, Handle, PORTS_ENV, serve};
+use tke_cloudsim::{Handle, PORTS_ENV};
+use tke_tencent::Client;
 use tke_tencent::agent::AgentClient;
 use tke_tencent::model::*;
-use tke_tencent::rate_limit::RateLimits;
-use tke_tencent::{Client, ClientConfig, Credentials};
 
-const SECOND: Duration = Duration::from_secs(1);
-/// Bounds a test that would otherwise hang on a bug; never reached when it passes.
-const PATIENCE: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(100);
-
-fn credentials() -> Credentials {
-    Credentials::new("AKIDcloudsimPROBES", "cloudsim-probes-secret-key")
-}
-
-fn free_port(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A manual clock (restarts wait for the test to move it), agents on, a block of our own; and the
-/// block's first address, where the instance will be.
-fn config() -> (Config, Ipv4Addr) {
-    let block = Ipv4Addr::new(127, rand::random_range(1..=254), 0, 0);
-    let first = Ipv4Addr::from(u32::from(block) + 1);
-    let config = Config {
-        start_delay: 10 * SECOND,
-        restart_delay: SECOND,
-        rate_limit_per_second: 0,
-        manual_clock: true,
-        agent_port: Some(free_port(first)),
-        private_cidr: (block, 16),
-        ..Config::new(credentials())
-    };
-    (config, first)
-}
-
-async fn start(config: Config) -> (Handle, Client) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let handle = serve(config, listener).await.unwrap();
-    let client = Client::new(ClientConfig {
-        rate_limits: RateLimits::unlimited(),
-        ..handle.client_config(credentials())
-    })
-    .unwrap();
-    (handle, client)
-}
-
-fn container(name: &str, env: &[(&str, &str)]) -> Container {
-    Container {
-        image: "nginx:1.27".into(),
-        name: name.into(),
-        environment_vars: env
-            .iter()
-            .map(|(name, value)| EnvironmentVariable {
-                name: name.to_string(),
-                value: value.to_string(),
-            })
-            .collect(),
-        ..Default::default()
-    }
+/// A container `web` whose simulated process serves `port`.
+fn serving(port: u16) -> Container {
+    container("web", &[(PORTS_ENV, &port.to_string())])
 }
 
 /// Every second, two failures in a row to fail.
@@ -121,21 +66,7 @@ async fn running(
     agent_port: u16,
     containers: Vec<Container>,
 ) -> (String, SocketAddr) {
-    let request = CreateEksContainerInstancesRequest {
-        containers,
-        eks_ci_name: "probes".into(),
-        security_group_ids: vec!["sg-probes".into()],
-        subnet_id: "subnet-probes".into(),
-        vpc_id: "vpc-probes".into(),
-        memory: 2.0,
-        cpu: 1.0,
-        ..Default::default()
-    };
-    let ids = client.create_instances(&request).await.unwrap();
-    let instance = client.describe_instances_by_id(&ids).await.unwrap().remove(0);
-    let ip: Ipv4Addr = instance.private_ip.parse().unwrap();
-    handle.advance_clock(11 * SECOND);
-    (ids[0].clone(), SocketAddr::from((ip, agent_port)))
+    common::running(handle, client, agent_port, &request("probes", containers)).await
 }
 
 /// What the agent says of each container's readiness, as eklet reads it.
@@ -149,29 +80,12 @@ async fn readiness(agent: SocketAddr) -> std::collections::BTreeMap<String, bool
 
 /// Waits until the agent reports `container` with readiness `want`.
 async fn until_ready(agent: SocketAddr, container: &str, want: bool) {
-    let waited = tokio::time::timeout(PATIENCE, async {
-        loop {
-            if readiness(agent).await.get(container) == Some(&want) {
-                return;
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await;
+    let waited = poll(async || (readiness(agent).await.get(container) == Some(&want)).then_some(())).await;
     assert!(
-        waited.is_ok(),
+        waited.is_some(),
         "{container} never became ready={want}: {:?}",
         readiness(agent).await
     );
-}
-
-async fn state(client: &Client, id: &str) -> ContainerState {
-    let instance = client
-        .describe_instances_by_id(&[id.to_owned()])
-        .await
-        .unwrap()
-        .remove(0);
-    instance.containers[0].current_state.clone().unwrap()
 }
 
 async fn status_of(url: String) -> u16 {
@@ -189,25 +103,19 @@ async fn status_of(url: String) -> u16 {
 
 #[tokio::test]
 async fn a_readiness_probe_fails_while_the_responder_answers_500_and_passes_again_at_200() {
-    let (config, first) = config();
-    let agent_port = config.agent_port.unwrap();
+    let (handle, client, agent_port, first) = start_with_agents().await;
     let declared = free_port(first);
-    let (handle, client) = start(config).await;
-    let ports = declared.to_string();
     let web = Container {
         readiness_probe: Some(http_get(declared, "/healthz")),
-        ..container("web", &[(PORTS_ENV, &ports)])
+        ..serving(declared)
     };
     let (id, agent) = running(&handle, &client, agent_port, vec![web]).await;
     until_ready(agent, "web", true).await;
 
     // Over the admin API, as a demo would.
-    let admin = |body: serde_json::Value| {
-        let url = format!("{}/admin/responders", handle.endpoint());
-        async move {
-            let response = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
-            response.status().as_u16()
-        }
+    let admin = async |body: serde_json::Value| {
+        let response = admin_post(&handle, "/admin/responders", &body).await;
+        response.status().as_u16()
     };
     let unhealthy = json!({"eksCiId": id, "port": declared, "path": "/healthz", "status": 500});
     assert_eq!(admin(unhealthy).await, 200);
@@ -243,14 +151,11 @@ async fn a_readiness_probe_fails_while_the_responder_answers_500_and_passes_agai
 
 #[tokio::test]
 async fn a_tcp_probe_passes_on_a_declared_port_only() {
-    let (config, first) = config();
-    let agent_port = config.agent_port.unwrap();
+    let (handle, client, agent_port, first) = start_with_agents().await;
     let (declared, undeclared) = (free_port(first), free_port(first));
-    let (handle, client) = start(config).await;
-    let ports = declared.to_string();
     let web = Container {
         readiness_probe: Some(tcp_socket(declared)),
-        ..container("web", &[(PORTS_ENV, &ports)])
+        ..serving(declared)
     };
     let side = Container {
         readiness_probe: Some(tcp_socket(undeclared)),
@@ -267,9 +172,7 @@ async fn a_tcp_probe_passes_on_a_declared_port_only() {
 
 #[tokio::test]
 async fn an_exec_probe_passes_when_the_command_exits_0_in_the_containers_environment() {
-    let (config, _) = config();
-    let agent_port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, agent_port, _) = start_with_agents().await;
     let containers = vec![
         Container {
             readiness_probe: Some(exec(&["true"])),
@@ -292,15 +195,12 @@ async fn an_exec_probe_passes_when_the_command_exits_0_in_the_containers_environ
 
 #[tokio::test]
 async fn a_failing_liveness_probe_restarts_the_container_and_resets_its_readiness() {
-    let (config, first) = config();
-    let agent_port = config.agent_port.unwrap();
+    let (handle, client, agent_port, first) = start_with_agents().await;
     let declared = free_port(first);
-    let (handle, client) = start(config).await;
-    let ports = declared.to_string();
     let web = Container {
         liveness_probe: Some(http_get(declared, "/healthz")),
         readiness_probe: Some(http_get(declared, "/")),
-        ..container("web", &[(PORTS_ENV, &ports)])
+        ..serving(declared)
     };
     let (id, agent) = running(&handle, &client, agent_port, vec![web]).await;
     until_ready(agent, "web", true).await;
@@ -308,14 +208,9 @@ async fn a_failing_liveness_probe_restarts_the_container_and_resets_its_readines
         .set_responder_status(&id, declared, Some("/healthz"), 500)
         .unwrap();
 
-    let killed = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let state = state(&client, &id).await;
-            if state.state == ContainerStateName::Exited {
-                return state;
-            }
-            tokio::time::sleep(POLL).await;
-        }
+    let killed = poll(async || {
+        let state = state(&client, &id).await;
+        (state.state == ContainerStateName::Exited).then_some(state)
     })
     .await
     .expect("the liveness probe never killed the container");

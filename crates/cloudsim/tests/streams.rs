@@ -2,96 +2,25 @@
 //! a signing client written from the protocol's documentation. Each test takes its own random
 //! 127.X.0.0/16 block and a free port, as in `agents.rs`.
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use common::*;
 use futures::{SinkExt, StreamExt};
 use tke_cloudsim::{Config, Error, Handle, PORTS_ENV, serve};
 use tke_tencent::agent_stream::{self, CLOSE, ERROR, Outcome, STDERR, STDIN, STDOUT, StreamRequest};
-use tke_tencent::model::*;
-use tke_tencent::rate_limit::RateLimits;
-use tke_tencent::{Client, ClientConfig, Credentials};
+use tke_tencent::{Client, Credentials};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-const SECOND: Duration = Duration::from_secs(1);
-/// Bounds a test that would otherwise hang on a bug; never reached when it passes.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-fn credentials() -> Credentials {
-    Credentials::new("AKIDcloudsimSTREAMS", "cloudsim-streams-secret-key")
-}
-
-fn free_port(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A manual clock, a ten-second start delay, agents on, a private block of our own; and the
-/// block's first address, where the first instance will be.
-fn config() -> (Config, Ipv4Addr) {
-    let block = Ipv4Addr::new(127, rand::random_range(1..=254), 0, 0);
-    let first = Ipv4Addr::from(u32::from(block) + 1);
-    let config = Config {
-        start_delay: 10 * SECOND,
-        rate_limit_per_second: 0,
-        manual_clock: true,
-        agent_port: Some(free_port(first)),
-        private_cidr: (block, 16),
-        ..Config::new(credentials())
-    };
-    (config, first)
-}
-
-async fn start(config: Config) -> (Handle, Client) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let handle = serve(config, listener).await.unwrap();
-    let client = Client::new(ClientConfig {
-        rate_limits: RateLimits::unlimited(),
-        ..handle.client_config(credentials())
-    })
-    .unwrap();
-    (handle, client)
-}
-
 /// A running instance with one container `web` and `env`: its id and its agent's address.
 async fn running(handle: &Handle, client: &Client, port: u16, env: &[(&str, &str)]) -> (String, SocketAddr) {
-    let request = CreateEksContainerInstancesRequest {
-        containers: vec![Container {
-            image: "busybox:1.36".into(),
-            name: "web".into(),
-            environment_vars: env
-                .iter()
-                .map(|(name, value)| EnvironmentVariable {
-                    name: name.to_string(),
-                    value: value.to_string(),
-                })
-                .collect(),
-            ..Default::default()
-        }],
-        eks_ci_name: "streams".into(),
-        security_group_ids: vec!["sg-streams".into()],
-        subnet_id: "subnet-streams".into(),
-        vpc_id: "vpc-streams".into(),
-        memory: 2.0,
-        cpu: 1.0,
-        ..Default::default()
-    };
-    let ids = client.create_instances(&request).await.unwrap();
-    let instance = client.describe_instances_by_id(&ids).await.unwrap().remove(0);
-    let ip: Ipv4Addr = instance.private_ip.parse().unwrap();
-    handle.advance_clock(11 * SECOND);
-    (ids[0].clone(), SocketAddr::from((ip, port)))
-}
-
-fn now() -> i64 {
-    jiff::Timestamp::now().as_second()
+    let request = request("streams", vec![container("web", env)]);
+    common::running(handle, client, port, &request).await
 }
 
 /// Opens `path?query` on the agent with the given Authorization (or none); the HTTP status of a
@@ -132,7 +61,7 @@ async fn signed(
     query: &str,
     subprotocol: bool,
 ) -> WebSocketStream<TcpStream> {
-    let authorization = agent_stream::sign(&credentials(), id, "GET", path, query, now());
+    let authorization = agent_stream::sign(&credentials(), id, "GET", path, query, unix_now());
     open(addr, path, query, Some(authorization), subprotocol)
         .await
         .unwrap()
@@ -173,9 +102,7 @@ async fn collect(socket: &mut WebSocketStream<TcpStream>) -> (String, String, Op
 
 #[tokio::test]
 async fn exec_runs_a_real_process_with_the_containers_env_in_the_instances_own_directory() {
-    let (config, _) = config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, _) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[("GREETING", "hello from the spec")]).await;
     let script = "echo \"$GREETING\"; pwd; echo oops >&2; exit 3";
     let mut socket = exec(addr, &id, &["sh", "-c", script], false).await;
@@ -208,9 +135,7 @@ async fn exec_runs_a_real_process_with_the_containers_env_in_the_instances_own_d
 
 #[tokio::test]
 async fn a_missing_binary_exits_127_as_a_container_runtime_reports_it() {
-    let (config, _) = config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, _) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[]).await;
     let mut socket = exec(addr, &id, &["no-such-binary-anywhere"], false).await;
     let (_, err, outcome) = collect(&mut socket).await;
@@ -220,9 +145,7 @@ async fn a_missing_binary_exits_127_as_a_container_runtime_reports_it() {
 
 #[tokio::test]
 async fn stdin_reaches_the_process_until_the_client_closes_it() {
-    let (config, _) = config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, _) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[]).await;
     let mut socket = exec(addr, &id, &["cat"], true).await;
     socket
@@ -239,9 +162,7 @@ async fn stdin_reaches_the_process_until_the_client_closes_it() {
 
 #[tokio::test]
 async fn closing_the_websocket_kills_the_process() {
-    let (config, _) = config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, _) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[]).await;
     let mut socket = exec(addr, &id, &["sh", "-c", "echo $$; exec sleep 1000"], false).await;
     let pid = loop {
@@ -269,9 +190,7 @@ async fn closing_the_websocket_kills_the_process() {
 
 #[tokio::test]
 async fn unsigned_wrongly_signed_stale_or_foreign_requests_are_refused() {
-    let (config, _) = config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, _) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[]).await;
     let path = agent_stream::exec_path("web");
     let query = StreamRequest {
@@ -282,56 +201,46 @@ async fn unsigned_wrongly_signed_stale_or_foreign_requests_are_refused() {
     .query();
     assert_eq!(open(addr, &path, &query, None, true).await.err(), Some(401));
     let wrong_key = Credentials::new(credentials().secret_id, "not-the-key");
-    let header = agent_stream::sign(&wrong_key, &id, "GET", &path, &query, now());
+    let header = agent_stream::sign(&wrong_key, &id, "GET", &path, &query, unix_now());
     assert_eq!(
         open(addr, &path, &query, Some(header), true).await.err(),
         Some(403)
     );
-    let stale = agent_stream::sign(&credentials(), &id, "GET", &path, &query, now() - 600);
+    let stale = agent_stream::sign(&credentials(), &id, "GET", &path, &query, unix_now() - 600);
     assert_eq!(
         open(addr, &path, &query, Some(stale), true).await.err(),
         Some(403)
     );
-    let foreign = agent_stream::sign(&credentials(), "eksci-other", "GET", &path, &query, now());
+    let foreign = agent_stream::sign(&credentials(), "eksci-other", "GET", &path, &query, unix_now());
     assert_eq!(
         open(addr, &path, &query, Some(foreign), true).await.err(),
         Some(403)
     );
-    let other_command = agent_stream::sign(&credentials(), &id, "GET", &path, "command=id&output=1", now());
+    let other_command = agent_stream::sign(
+        &credentials(),
+        &id,
+        "GET",
+        &path,
+        "command=id&output=1",
+        unix_now(),
+    );
     assert_eq!(
         open(addr, &path, &query, Some(other_command), true).await.err(),
         Some(403),
         "a signature covers the command"
     );
-    let good = agent_stream::sign(&credentials(), &id, "GET", &path, &query, now());
+    let good = agent_stream::sign(&credentials(), &id, "GET", &path, &query, unix_now());
     assert!(open(addr, &path, &query, Some(good), true).await.is_ok());
 }
 
 #[tokio::test]
 async fn a_pending_instance_runs_nothing() {
-    let (config, _) = config();
-    let port = config.agent_port.unwrap();
-    let (_handle, client) = start(config).await;
-    let request = CreateEksContainerInstancesRequest {
-        containers: vec![Container {
-            image: "busybox:1.36".into(),
-            name: "web".into(),
-            ..Default::default()
-        }],
-        eks_ci_name: "pending".into(),
-        security_group_ids: vec!["sg-streams".into()],
-        subnet_id: "subnet-streams".into(),
-        vpc_id: "vpc-streams".into(),
-        memory: 2.0,
-        cpu: 1.0,
-        ..Default::default()
-    };
-    let ids = client.create_instances(&request).await.unwrap();
-    let instance = client.describe_instances_by_id(&ids).await.unwrap().remove(0);
-    let addr = SocketAddr::from((instance.private_ip.parse::<Ipv4Addr>().unwrap(), port));
+    let (_handle, client, port, _) = start_with_agents().await;
+    let pending = request("pending", vec![container("web", &[])]);
+    let (id, addr) = create(&client, port, &pending).await;
     let path = agent_stream::exec_path("web");
     let query = "command=true&output=1";
-    let header = agent_stream::sign(&credentials(), &ids[0], "GET", &path, query, now());
+    let header = agent_stream::sign(&credentials(), &id, "GET", &path, query, unix_now());
     assert_eq!(
         open(addr, &path, query, Some(header), true).await.err(),
         Some(409)
@@ -340,10 +249,8 @@ async fn a_pending_instance_runs_nothing() {
 
 #[tokio::test]
 async fn port_forward_reaches_the_responder_of_a_declared_port() {
-    let (config, first) = config();
-    let port = config.agent_port.unwrap();
+    let (handle, client, port, first) = start_with_agents().await;
     let declared = free_port(first);
-    let (handle, client) = start(config).await;
     let ports = declared.to_string();
     let (id, addr) = running(&handle, &client, port, &[(PORTS_ENV, &ports)]).await;
     let query = format!("port={declared}");
@@ -375,9 +282,7 @@ async fn port_forward_reaches_the_responder_of_a_declared_port() {
 
 #[tokio::test]
 async fn port_forward_to_a_port_nothing_listens_on_is_refused_before_the_upgrade() {
-    let (config, first) = config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, first) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[]).await;
     let query = format!("port={}", free_port(first));
     let header = agent_stream::sign(
@@ -386,7 +291,7 @@ async fn port_forward_to_a_port_nothing_listens_on_is_refused_before_the_upgrade
         "GET",
         agent_stream::PORT_FORWARD_PATH,
         &query,
-        now(),
+        unix_now(),
     );
     assert_eq!(
         open(addr, agent_stream::PORT_FORWARD_PATH, &query, Some(header), false)
@@ -398,9 +303,7 @@ async fn port_forward_to_a_port_nothing_listens_on_is_refused_before_the_upgrade
 
 #[tokio::test]
 async fn attach_shows_the_simulated_process_output_and_echoes_stdin() {
-    let (config, _) = config();
-    let port = config.agent_port.unwrap();
-    let (handle, client) = start(config).await;
+    let (handle, client, port, _) = start_with_agents().await;
     let (id, addr) = running(&handle, &client, port, &[]).await;
     let query = StreamRequest {
         stdin: true,

@@ -70,6 +70,20 @@ impl Bed {
         Ok(())
     }
 
+    /// Four filler pods, Running on the local nodes, which then hold no more.
+    async fn fill_local_nodes(&self) -> anyhow::Result<()> {
+        self.create(&deployment("filler", 4, &[], json!({}))?).await?;
+        wait_for_pods(
+            &self.client,
+            &self.namespace,
+            "filler",
+            "4 filler pods Running locally",
+            |pods| self.running_where(pods) == (0, 4),
+        )
+        .await?;
+        Ok(())
+    }
+
     fn on_virtual_node(&self, pod: &Pod) -> bool {
         node_of(pod) == Some(self.virtual_node.name.as_str())
     }
@@ -91,6 +105,14 @@ impl Bed {
         let event = wait_for_event(&self.client, namespace, uid, reason).await?;
         Ok(event.message.unwrap_or_default())
     }
+}
+
+/// The `eks_admission_decisions_total` sample for `outcome` and `reason` in the metrics `text`.
+fn decisions(text: &str, outcome: &str, reason: &str) -> Option<f64> {
+    sample(
+        text,
+        &format!(r#"eks_admission_decisions_total{{outcome="{outcome}",reason="{reason}"}}"#),
+    )
 }
 
 fn uid(pod: &Pod) -> String {
@@ -146,13 +168,7 @@ async fn pods_beyond_local_capacity_run_on_the_virtual_node() -> anyhow::Result<
     }
 
     let text = admission.metrics_text().await?;
-    assert_eq!(
-        sample(
-            &text,
-            r#"eks_admission_decisions_total{outcome="tolerated",reason="DefaultOn"}"#
-        ),
-        Some(2.0)
-    );
+    assert_eq!(decisions(&text, "tolerated", "DefaultOn"), Some(2.0));
     let latency = admission
         .histogram("eks_admission_toleration_latency_seconds")
         .await?;
@@ -196,13 +212,7 @@ async fn forty_six_overflow_pods_at_once_are_each_tolerated_once() -> anyhow::Re
         );
     }
     let text = admission.metrics_text().await?;
-    assert_eq!(
-        sample(
-            &text,
-            r#"eks_admission_decisions_total{outcome="tolerated",reason="DefaultOn"}"#
-        ),
-        Some(46.0)
-    );
+    assert_eq!(decisions(&text, "tolerated", "DefaultOn"), Some(46.0));
     let latency = admission
         .histogram("eks_admission_toleration_latency_seconds")
         .await?;
@@ -317,27 +327,9 @@ async fn with_the_global_switch_off_overflow_pods_wait_unless_their_template_say
     expected.sort();
     assert_eq!(burst, expected, "the pods that waited are the ones that burst");
     let text = admission.metrics_text().await?;
-    assert_eq!(
-        sample(
-            &text,
-            r#"eks_admission_decisions_total{outcome="refused",reason="BurstDisabled"}"#
-        ),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample(
-            &text,
-            r#"eks_admission_decisions_total{outcome="tolerated",reason="LocalSwitch"}"#
-        ),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample(
-            &text,
-            r#"eks_admission_decisions_total{outcome="tolerated",reason="GlobalSwitch"}"#
-        ),
-        Some(2.0)
-    );
+    assert_eq!(decisions(&text, "refused", "BurstDisabled"), Some(2.0));
+    assert_eq!(decisions(&text, "tolerated", "LocalSwitch"), Some(2.0));
+    assert_eq!(decisions(&text, "tolerated", "GlobalSwitch"), Some(2.0));
     Ok(())
 }
 
@@ -346,15 +338,7 @@ async fn ineligible_overflow_pods_wait_with_one_event_naming_the_reason() -> any
     let bed = Bed::start().await?;
     let admission = Admission::start(&bed.cp, &[]).await?;
 
-    bed.create(&deployment("filler", 4, &[], json!({}))?).await?;
-    wait_for_pods(
-        &bed.client,
-        &bed.namespace,
-        "filler",
-        "4 filler pods Running locally",
-        |pods| bed.running_where(pods) == (0, 4),
-    )
-    .await?;
+    bed.fill_local_nodes().await?;
 
     let reserved_port = json!({"ports": [{"containerPort": 62000}]});
     bed.create(&deployment("reserved", 1, &[], reserved_port)?)
@@ -437,20 +421,8 @@ async fn ineligible_overflow_pods_wait_with_one_event_naming_the_reason() -> any
     assert_eq!(occurrences(&system_events, "ForbiddenNamespace"), 1);
 
     let text = admission.metrics_text().await?;
-    assert_eq!(
-        sample(
-            &text,
-            r#"eks_admission_decisions_total{outcome="refused",reason="ReservedPort"}"#
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(
-            &text,
-            r#"eks_admission_decisions_total{outcome="refused",reason="ForbiddenNamespace"}"#
-        ),
-        Some(1.0)
-    );
+    assert_eq!(decisions(&text, "refused", "ReservedPort"), Some(1.0));
+    assert_eq!(decisions(&text, "refused", "ForbiddenNamespace"), Some(1.0));
     Ok(())
 }
 
@@ -602,15 +574,7 @@ async fn only_the_leader_tolerates_and_a_standby_takes_over_when_it_dies() -> an
 async fn a_pod_waiting_for_its_claim_bursts_once_the_claim_is_bound() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
     let _admission = Admission::start(&bed.cp, &[]).await?;
-    bed.create(&deployment("filler", 4, &[], json!({}))?).await?;
-    wait_for_pods(
-        &bed.client,
-        &bed.namespace,
-        "filler",
-        "4 filler pods Running locally",
-        |pods| bed.running_where(pods) == (0, 4),
-    )
-    .await?;
+    bed.fill_local_nodes().await?;
 
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(bed.client.clone(), &bed.namespace);
     let claim: PersistentVolumeClaim = serde_json::from_value(json!({

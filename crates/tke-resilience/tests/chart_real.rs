@@ -25,10 +25,11 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PostParams},
 };
 use serde_json::{Value, json};
 use support::{
+    admission::{WALKTHROUGH_PORT, is_ready, node_of, scale, walkthrough},
     chart::{NAMESPACE, RELEASE, chart_dir, ci_values, helm_on},
     kubectl::{kubectl, run},
 };
@@ -319,17 +320,11 @@ async fn the_chart_installed_with_our_image_on_a_real_node_bursts_the_walkthroug
     // The virtual node registers, at eklet's pod IP (where the apiserver calls its kubelet API).
     let virtual_node = format!("eklet-{}", cluster.subnet()?);
     let nodes: Api<Node> = Api::all(cluster.client.clone());
-    wait::until(PATIENCE, &format!("virtual node {virtual_node} Ready"), || {
-        let (nodes, name) = (nodes.clone(), virtual_node.clone());
-        async move {
-            nodes
-                .get_opt(&name)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|n| node_ready(&n))
-        }
-    })
+    wait_node_ready(
+        &nodes,
+        &virtual_node,
+        &format!("virtual node {virtual_node} Ready"),
+    )
     .await
     .with_context(|| cluster.diagnosis())?;
     let eklet_ip = cluster
@@ -354,7 +349,19 @@ async fn the_chart_installed_with_our_image_on_a_real_node_bursts_the_walkthroug
     let ns = cluster.cp.namespace("walkthrough").await?;
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns);
     deployments
-        .create(&PostParams::default(), &walkthrough(4)?)
+        .create(
+            &PostParams::default(),
+            &walkthrough(
+                WALKTHROUGH,
+                4,
+                &format!("echo '{GREETING}' > /www/index.html && echo '{GREETING}'"),
+                json!({"readinessProbe": {
+                    "httpGet": {"path": "/index.html", "port": WALKTHROUGH_PORT},
+                    "periodSeconds": 1,
+                }}),
+                json!({}),
+            )?,
+        )
         .await?;
     let pods = cluster.wait_placement(&ns, &virtual_node, (1, 3, 4)).await?;
     let local = pods
@@ -366,7 +373,7 @@ async fn the_chart_installed_with_our_image_on_a_real_node_bursts_the_walkthroug
         cluster.node.owns_pod_ip(local_ip),
         "{local_ip} is the real node's"
     );
-    let page = support::eklet::http_get((local_ip, 8080).into(), "/index.html").await?;
+    let page = support::eklet::http_get((local_ip, WALKTHROUGH_PORT).into(), "/index.html").await?;
     assert!(page.contains(GREETING), "the real container serves HTTP: {page}");
     assert_eq!(cluster.live_instances().await?, 3, "one sandbox per cloud pod");
 
@@ -413,13 +420,7 @@ async fn the_chart_installed_with_our_image_on_a_real_node_bursts_the_walkthroug
             "a new {component} pod"
         );
     }
-    deployments
-        .patch(
-            WALKTHROUGH,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 5}})),
-        )
-        .await?;
+    scale(&cluster.client, &ns, WALKTHROUGH, 5).await?;
     cluster.wait_placement(&ns, &virtual_node, (1, 4, 5)).await?;
     assert_eq!(cluster.live_instances().await?, 4, "one sandbox per cloud pod");
 
@@ -476,20 +477,10 @@ async fn the_chart_installed_with_our_image_on_a_real_node_bursts_the_walkthroug
         }
     }
     // The new eklet adopts every sandbox: the same pods, Running, and not one create or delete.
-    wait::until(
-        PATIENCE,
+    wait_node_ready(
+        &nodes,
+        &virtual_node,
         "the new eklet leading and the virtual node Ready",
-        || {
-            let (nodes, name) = (nodes.clone(), virtual_node.clone());
-            async move {
-                nodes
-                    .get_opt(&name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|n| node_ready(&n))
-            }
-        },
     )
     .await?;
     let after = cloud_pods(
@@ -605,38 +596,6 @@ fn component_selector(component: &str) -> String {
     format!("app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component={component}")
 }
 
-/// The seed's nginx-deployment (LOCAL_REPLICAS 1, AUTO_SCALE_EKS true, tke-scheduler) with the
-/// test image serving HTTP in place of nginx.
-fn walkthrough(replicas: i32) -> anyhow::Result<Deployment> {
-    let labels = json!({"app": WALKTHROUGH});
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": WALKTHROUGH, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {"AUTO_SCALE_EKS": "true", "LOCAL_REPLICAS": "1"},
-                },
-                "spec": {
-                    "schedulerName": "tke-scheduler",
-                    "containers": [{
-                        "name": "nginx",
-                        "image": images::BUSYBOX,
-                        "imagePullPolicy": "Never",
-                        "command": ["sh", "-c", format!(
-                            "mkdir -p /www && echo '{GREETING}' > /www/index.html && echo '{GREETING}' && exec httpd -f -p 8080 -h /www"
-                        )],
-                        "ports": [{"containerPort": 8080}],
-                        "readinessProbe": {"httpGet": {"path": "/index.html", "port": 8080}, "periodSeconds": 1},
-                    }],
-                },
-            },
-        },
-    }))?)
-}
-
 fn placement(pods: &[Pod], virtual_node: &str) -> (usize, usize, usize) {
     let running = |p: &&Pod| {
         p.metadata.deletion_timestamp.is_none()
@@ -671,19 +630,24 @@ fn cloud_pods(pods: &[Pod], virtual_node: &str) -> BTreeMap<String, Vec<String>>
         .collect()
 }
 
-fn node_of(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
-}
-
 fn pod_ip(pod: &Pod) -> Option<std::net::Ipv4Addr> {
     pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
 }
 
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+/// Waits until the node `name` is Ready.
+async fn wait_node_ready(nodes: &Api<Node>, name: &str, what: &str) -> tke_testbed::Result<()> {
+    wait::until(PATIENCE, what, || {
+        let (nodes, name) = (nodes.clone(), name.to_owned());
+        async move {
+            nodes
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|n| node_ready(&n))
+        }
+    })
+    .await
 }
 
 fn node_ready(node: &Node) -> bool {

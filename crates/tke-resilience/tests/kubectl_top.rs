@@ -20,6 +20,7 @@ use k8s_openapi::api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutos
 use kube::{Api, api::PostParams, runtime::watcher};
 use serde_json::json;
 use support::eklet::*;
+use support::kubectl::{kubectl, run};
 use tke_testbed::{ControlPlane, Options, metrics_server, wait};
 
 /// metrics-server needs two scrapes for a rate, one per resolution (its floor is 10 s).
@@ -27,17 +28,10 @@ const TOP_PATIENCE: Duration = Duration::from_secs(120);
 
 /// `kubectl top ARGS…` through the apiserver and the aggregation layer: (success, stdout, stderr).
 async fn kubectl_top(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-    let output = tokio::process::Command::new(cp.bin("kubectl"))
-        .arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
-        .arg("top")
-        .args(args)
-        .output()
-        .await?;
-    Ok((
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    let mut command = kubectl(cp);
+    command.arg("top").args(args);
+    let (code, stdout, stderr) = run(command, None).await?;
+    Ok((code == 0, stdout, stderr))
 }
 
 /// The columns of the row whose first column is `name`.

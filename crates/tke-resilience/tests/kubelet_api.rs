@@ -20,6 +20,7 @@ use kube::{
 };
 use serde_json::json;
 use support::eklet::*;
+use support::kubectl::{kubectl, run};
 use tke_testbed::{ControlPlane, random_suffix, wait};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -29,6 +30,18 @@ const LOG_INTERVAL: Duration = Duration::from_millis(300);
 /// What the `web` container uses, as its sandbox agent reports it.
 const WEB_MILLICORES: u64 = 200;
 const WEB_MEMORY: u64 = 48 << 20;
+
+/// cloudsim writing a log line every [`LOG_INTERVAL`], with its sandbox agents on.
+async fn cloud_with_agents(cp: &ControlPlane) -> anyhow::Result<(tke_cloudsim::Handle, Agents)> {
+    let mut agents = None;
+    let cloud = start_cloudsim(|config| {
+        config.log_interval = LOG_INTERVAL;
+        agents = Some(enable_agents(cp, config));
+    })
+    .await?;
+    let agents = agents.context("cloudsim was not configured")??;
+    Ok((cloud, agents))
+}
 
 /// One Running pod `web-0` (container `web`) on a virtual node of its own.
 struct CloudPod {
@@ -48,13 +61,7 @@ impl CloudPod {
         let cp = ControlPlane::shared().await?;
         let client = cp.client().await?;
         let namespace = cp.namespace(prefix).await?;
-        let mut agents = None;
-        let cloud = start_cloudsim(|config| {
-            config.log_interval = LOG_INTERVAL;
-            agents = Some(enable_agents(&cp, config));
-        })
-        .await?;
-        let agents = agents.context("cloudsim was not configured")??;
+        let (cloud, agents) = cloud_with_agents(&cp).await?;
         let id = Identity::unique();
         let eklet = Eklet::start(&cp, &cloud, &id, &[agents.as_str()]).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
@@ -90,25 +97,12 @@ impl CloudPod {
 
     /// `kubectl logs NAME -n NS ARGS…` through the apiserver: (success, stdout, stderr).
     async fn kubectl_logs(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-        let kubeconfig = self.cp.kubeconfig().display().to_string();
-        let mut all = vec![
-            "--kubeconfig",
-            &kubeconfig,
-            "logs",
-            "-n",
-            &self.namespace,
-            &self.name,
-        ];
-        all.extend(args);
-        let output = tokio::process::Command::new(self.cp.bin("kubectl"))
-            .args(&all)
-            .output()
-            .await?;
-        Ok((
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        ))
+        let mut command = kubectl(&self.cp);
+        command
+            .args(["logs", "-n", &self.namespace, &self.name])
+            .args(args);
+        let (code, stdout, stderr) = run(command, None).await?;
+        Ok((code == 0, stdout, stderr))
     }
 
     /// Waits until the container has written at least `count` lines.
@@ -636,13 +630,7 @@ async fn the_apiserver_node_proxy_reaches_the_virtual_nodes_kubelet_api() -> any
     let cp = ControlPlane::shared().await?;
     let client = cp.client().await?;
     let namespace = cp.namespace("node-proxy").await?;
-    let mut agents = None;
-    let cloud = start_cloudsim(|config| {
-        config.log_interval = LOG_INTERVAL;
-        agents = Some(enable_agents(&cp, config));
-    })
-    .await?;
-    let agents = agents.context("cloudsim was not configured")??;
+    let (cloud, agents) = cloud_with_agents(&cp).await?;
     let mut address = cp.add_node_address("proxy")?;
     let id = Identity::unique();
     let node_ip = format!("--node-ip={}", address.ip);

@@ -37,7 +37,7 @@ use kube::{
 };
 use serde_json::json;
 use support::{
-    admission::Admission,
+    admission::{Admission, scale},
     eklet::*,
     extender::{self, Extender},
 };
@@ -120,17 +120,6 @@ async fn deployment(
     }))?;
     Api::<Deployment>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &deployment)
-        .await?;
-    Ok(())
-}
-
-async fn scale(client: &Client, ns: &str, name: &str, replicas: i32) -> anyhow::Result<()> {
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-        )
         .await?;
     Ok(())
 }

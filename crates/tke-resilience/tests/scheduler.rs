@@ -12,7 +12,7 @@ use kube::{
 };
 use serde_json::json;
 use support::{
-    admission::{self, Admission, VirtualNode},
+    admission::{self, Admission, VirtualNode, scale},
     extender::{self, Extender},
 };
 use tke_testbed::{ControlPlane, NodeSpec, random_suffix};
@@ -97,18 +97,6 @@ fn workload(
         spec.affinity = Some(serde_json::from_value(affinity)?);
     }
     Ok(deployment)
-}
-
-async fn scale(client: &Client, ns: &str, name: &str, replicas: i32) -> anyhow::Result<()> {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    deployments
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-        )
-        .await?;
-    Ok(())
 }
 
 fn running(pods: &[Arc<Pod>]) -> Vec<Arc<Pod>> {

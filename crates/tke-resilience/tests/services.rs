@@ -25,15 +25,11 @@ use k8s_openapi::api::{
     core::v1::{Pod, Service},
     discovery::v1::EndpointSlice,
 };
-use kube::{
-    Api, Client,
-    api::{Patch, PatchParams, PostParams},
-    runtime::watcher,
-};
+use kube::{Api, Client, api::PostParams, runtime::watcher};
 use serde_json::json;
 use support::{
     PATIENCE,
-    admission::{Admission, wait_for_pods},
+    admission::{Admission, WALKTHROUGH_PORT, is_ready, node_of, scale, wait_for_pods, walkthrough},
     eklet::{Eklet, Identity, enable_agents_in, start_cloudsim},
     extender::{self, Extender},
     kubectl,
@@ -41,7 +37,7 @@ use support::{
 use tke_testbed::{images, realnode, wait};
 
 const APP: &str = "web";
-const PORT: u16 = 8080;
+const PORT: u16 = WALKTHROUGH_PORT;
 const CLIENT: &str = "client";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +99,7 @@ async fn a_service_over_a_burst_workload_routes_to_every_ready_replica_local_and
     assert_eq!(heard, replicas.values().cloned().collect::<BTreeSet<_>>());
 
     // Scaled in: the cloud replicas go first, and their endpoints with them.
-    scale(&client, &ns, 2).await?;
+    scale(&client, &ns, APP, 2).await?;
     let pods = wait_for_pods(&client, &ns, APP, "1 local + 1 cloud replica", |pods| {
         pods.len() == 2 && placement(pods, &real.name, &virtual_node) == (1, 1)
     })
@@ -111,7 +107,7 @@ async fn a_service_over_a_burst_workload_routes_to_every_ready_replica_local_and
     let expected = ready_addresses(&pods);
     wait_endpoints(&client, &ns, "2 endpoints", |ready| ready == &expected).await?;
 
-    scale(&client, &ns, 1).await?;
+    scale(&client, &ns, APP, 1).await?;
     let pods = wait_for_pods(&client, &ns, APP, "the local replica alone", |pods| {
         pods.len() == 1 && placement(pods, &real.name, &virtual_node) == (1, 0)
     })
@@ -147,39 +143,19 @@ async fn a_service_over_a_burst_workload_routes_to_every_ready_replica_local_and
     Ok(())
 }
 
-/// The seed's nginx-deployment (LOCAL_REPLICAS 1, AUTO_SCALE_EKS true, tke-scheduler) with the
-/// test image in place of nginx: the local replica serves its pod name; a cloud replica's port is
-/// served by cloudsim's responder (`CLOUDSIM_PORTS`).
+/// The seed's walkthrough: the local replica serves its pod name; a cloud replica's port is served
+/// by cloudsim's responder (`CLOUDSIM_PORTS`).
 fn workload(replicas: i32) -> anyhow::Result<Deployment> {
-    let labels = json!({"app": APP});
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": APP, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {"AUTO_SCALE_EKS": "true", "LOCAL_REPLICAS": "1"},
-                },
-                "spec": {
-                    "schedulerName": extender::SCHEDULER_NAME,
-                    "terminationGracePeriodSeconds": 0,
-                    "containers": [{
-                        "name": "nginx",
-                        "image": images::BUSYBOX,
-                        "imagePullPolicy": "Never",
-                        "command": ["sh", "-c", format!(
-                            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p {PORT} -h /www"
-                        )],
-                        "ports": [{"containerPort": PORT}],
-                        "env": [{"name": tke_cloudsim::PORTS_ENV, "value": PORT.to_string()}],
-                        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
-                    }],
-                },
-            },
-        },
-    }))?)
+    walkthrough(
+        APP,
+        replicas,
+        "hostname > /www/index.html",
+        json!({
+            "env": [{"name": tke_cloudsim::PORTS_ENV, "value": PORT.to_string()}],
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+        }),
+        json!({"terminationGracePeriodSeconds": 0}),
+    )
 }
 
 /// (local, cloud) replicas that are Ready and not being deleted; any other pod counts against both.
@@ -194,17 +170,6 @@ fn placement(pods: &[Arc<Pod>], local_node: &str, virtual_node: &str) -> (usize,
     let local = live.iter().filter(|p| node_of(p) == Some(local_node)).count();
     let cloud = live.iter().filter(|p| node_of(p) == Some(virtual_node)).count();
     (local, cloud)
-}
-
-fn node_of(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
@@ -264,17 +229,6 @@ fn ready_endpoints(slices: &[Arc<EndpointSlice>]) -> BTreeSet<Ipv4Addr> {
         .flat_map(|e| e.addresses.iter())
         .filter_map(|a| a.parse().ok())
         .collect()
-}
-
-async fn scale(client: &Client, ns: &str, replicas: i32) -> anyhow::Result<()> {
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .patch(
-            APP,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-        )
-        .await?;
-    Ok(())
 }
 
 /// A pod on the real node to call the Service from.

@@ -1,6 +1,7 @@
 //! Starting `tke-resilience admission` for end-to-end tests, reading its metrics, and the cluster
 //! fixtures its tests share: the global switch ConfigMap, a virtual node (eklet on cloudsim),
-//! Deployments and what their pods show. Metrics and events are read with eklet's helpers.
+//! Deployments (the seed's walkthrough among them) and what their pods show. Metrics and events
+//! are read with eklet's helpers.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -239,6 +240,14 @@ pub fn node_of(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref())
 }
 
+/// Whether the pod's Ready condition is True.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// Whether the scheduler has marked the pod Unschedulable.
 pub fn is_unschedulable(pod: &Pod) -> bool {
     pod.status
@@ -281,6 +290,68 @@ pub fn deployment(
             },
         },
     }))?)
+}
+
+/// The port the walkthrough's containers serve HTTP on.
+pub const WALKTHROUGH_PORT: u16 = 8080;
+
+/// The seed's walkthrough: its nginx-deployment (`AUTO_SCALE_EKS: "true"`, `LOCAL_REPLICAS: "1"`,
+/// `schedulerName: tke-scheduler`), labelled `app: name`, with the test image in place of nginx:
+/// busybox's httpd serves `/www` on [`WALKTHROUGH_PORT`] once the shell `page` has written
+/// `/www/index.html`. `container` and `pod` add fields to the container and to the pod spec.
+pub fn walkthrough(
+    name: &str,
+    replicas: i32,
+    page: &str,
+    container: serde_json::Value,
+    pod: serde_json::Value,
+) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {
+    let mut container_spec = json!({
+        "name": "nginx",
+        "image": tke_testbed::images::BUSYBOX,
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", format!(
+            "mkdir -p /www && {page} && exec httpd -f -p {WALKTHROUGH_PORT} -h /www"
+        )],
+        "ports": [{"containerPort": WALKTHROUGH_PORT}],
+    });
+    if let (Some(spec), Some(extra)) = (container_spec.as_object_mut(), container.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let mut pod_spec = json!({
+        "schedulerName": super::extender::SCHEDULER_NAME,
+        "containers": [container_spec],
+    });
+    if let (Some(spec), Some(extra)) = (pod_spec.as_object_mut(), pod.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let labels = json!({"app": name});
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {"AUTO_SCALE_EKS": "true", "LOCAL_REPLICAS": "1"},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }))?)
+}
+
+/// Sets the Deployment `name`'s replicas (a merge patch).
+pub async fn scale(client: &Client, namespace: &str, name: &str, replicas: i32) -> anyhow::Result<()> {
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Watches the pods labelled `app=name` until `done` holds for them.
