@@ -8,22 +8,23 @@
 //!   (the same kube-scheduler binary plus the extender), on the same nodes of one test bed, at
 //!   10, 100 and 1,000 kwok nodes (`TKE_BENCH_NODES=10,100,1000`; one test bed, nodes added
 //!   between sizes), `TKE_BENCH_ROUNDS` rounds of each (3 by default), alternating, the first of
-//!   a round alternating too. Both run the same configuration, `deploy/tke-scheduler.yaml`, the
-//!   default scheduler without its `extenders:` section (same client rate, backoff and leader
-//!   election), so the extender is the only difference. The pods require pod affinity to an
-//!   anchor pod that does not exist yet, so both schedulers give up on all of them; the clock
-//!   starts when the anchor is created (bound by name, one write whatever the node count), so
-//!   neither pod creation by the ReplicaSet controller nor cordoning a thousand nodes is
-//!   measured. Per round: pods/s, the 1-minute load average, each scheduler's own figures from
-//!   its `/metrics` (attempts by result; scheduling algorithm time per attempt, which includes
-//!   the extender's HTTP call; the time from a placed pod's scheduling cycle to its binding;
-//!   pods queued by events into the active or backoff queue), the extender's filter time and
-//!   request size from its `/metrics`, the CPU time per pod of each process of the test bed
-//!   above what it uses idle (measured for 10 s before each size's rounds), how busy the whole
-//!   machine was, and the pod watch events and requests the apiserver served per pod. Per size:
-//!   the medians over the rounds, the ratio (median of tke/plain round by round) and the time
-//!   added per pod. `TKE_BINARY` points at another `tke-resilience` (a release build) for the
-//!   extender. No figure is asserted: they depend on the machine.
+//!   a round alternating too, after one round of each that is not counted. Both run the same
+//!   configuration, `deploy/tke-scheduler.yaml`, the default scheduler without its `extenders:`
+//!   section (same client rate, backoff and leader election), so the extender is the only
+//!   difference. The pods require pod affinity to an anchor pod that does not exist yet, so both
+//!   schedulers give up on all of them; the clock starts when the anchor is created (bound by
+//!   name, one write whatever the node count), so neither pod creation by the ReplicaSet
+//!   controller nor cordoning a thousand nodes is measured. Per round: pods/s, the 1-minute load
+//!   average, each scheduler's own figures from its `/metrics` (attempts by result; scheduling
+//!   algorithm time per attempt, which includes the extender's HTTP call; the time from a placed
+//!   pod's scheduling cycle to its binding; pods queued by events into the active or backoff
+//!   queue), the extender's filter time and request size from its `/metrics`, the CPU time per
+//!   pod of each process of the test bed above what it uses idle (measured for 10 s before each
+//!   size's rounds), how busy the whole machine was, and the pod watch events and requests the
+//!   apiserver served per pod. Per size: the medians over the rounds, the ratio (median of
+//!   tke/plain round by round) and the time added per pod. `TKE_BINARY` points at another
+//!   `tke-resilience` (a release build) for the extender. No figure is asserted: they depend on
+//!   the machine.
 //! * The toleration path: how much later a pod refused by the extender (LOCAL_REPLICAS reached,
 //!   no toleration yet) is bound than one whose template already tolerates the virtual node.
 
@@ -588,6 +589,29 @@ async fn throughput_of_500_pods_default_scheduler_vs_tke_scheduler() -> anyhow::
             anyhow::Ok(SchedulerStats::parse(&text, scheduler))
         }
     };
+
+    // One round of each before any is measured: the first pods of a fresh control plane meet
+    // caches still filling and controllers still starting, and were up to twice as slow.
+    let warm_up: Vec<String> = bench_nodes(&group, 1, first)
+        .into_iter()
+        .map(|node| node.name)
+        .collect();
+    for scheduler in ["default-scheduler", extender::SCHEDULER_NAME] {
+        let name = format!("{}-warm-up", scheduler.split('-').next().unwrap_or("pods"));
+        let (placed, _) = place(
+            &client,
+            &ns,
+            &warm_up,
+            pods_for(scheduler, &name, PODS, &group)?,
+            cp.run_dir(),
+            &HashMap::new(),
+        )
+        .await?;
+        eprintln!(
+            "[bench] warm-up, not counted, {scheduler}: {PODS} pods bound in {:.2}s",
+            placed.as_secs_f64()
+        );
+    }
 
     let mut rows = Vec::new();
     let mut names: Vec<String> = Vec::new();
