@@ -99,6 +99,10 @@ pub struct Options {
     /// A second kube-scheduler with this KubeSchedulerConfiguration. Every `${KUBECONFIG}` in it is
     /// replaced by the admin kubeconfig's path.
     pub second_scheduler_config: Option<String>,
+    /// The default scheduler's KubeSchedulerConfiguration, `${KUBECONFIG}` replaced likewise;
+    /// without one it runs with flags only (leader election off, client QPS 200, burst 400).
+    /// A benchmark comparing it with the second scheduler gives both the same settings.
+    pub default_scheduler_config: Option<String>,
     /// Local nodes kwok creates and keeps Ready before `start` returns.
     pub nodes: Vec<NodeSpec>,
 }
@@ -110,6 +114,9 @@ pub struct ControlPlane {
     pki: Pki,
     kubeconfig: PathBuf,
     apiserver_url: String,
+    /// The secure ports of the default scheduler and, when there is one, the second scheduler.
+    scheduler_port: u16,
+    second_scheduler_port: Option<u16>,
     /// How long `start` took from the first process to a healthy cluster.
     pub started_in: Duration,
     procs: Mutex<Vec<Proc>>,
@@ -144,6 +151,8 @@ impl ControlPlane {
         let cp = ControlPlane {
             kubeconfig: run_dir.join("admin.kubeconfig"),
             apiserver_url: String::new(),
+            scheduler_port: 0,
+            second_scheduler_port: None,
             run_dir,
             bin_dir,
             pki,
@@ -282,13 +291,31 @@ impl ControlPlane {
         ]);
         self.spawn("kube-controller-manager", &kcm_args)?;
 
-        let mut sched_args = component_auth(scheduler);
-        sched_args.extend([
-            "--kube-api-qps=200".into(),
-            "--kube-api-burst=400".into(),
-            "--v=1".into(),
-        ]);
+        let sched_args = match &options.default_scheduler_config {
+            Some(config) => {
+                let path = run.join("default-scheduler.yaml");
+                write_file(&path, &config.replace("${KUBECONFIG}", &kubeconfig))?;
+                vec![
+                    format!("--config={}", p(&path)),
+                    format!("--authentication-kubeconfig={kubeconfig}"),
+                    format!("--authorization-kubeconfig={kubeconfig}"),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={scheduler}"),
+                    "--v=1".into(),
+                ]
+            }
+            None => {
+                let mut args = component_auth(scheduler);
+                args.extend([
+                    "--kube-api-qps=200".into(),
+                    "--kube-api-burst=400".into(),
+                    "--v=1".into(),
+                ]);
+                args
+            }
+        };
         self.spawn("kube-scheduler", &sched_args)?;
+        self.scheduler_port = scheduler;
 
         let mut health = vec![
             (
@@ -312,6 +339,7 @@ impl ControlPlane {
                 ],
             )?;
             health.push(("second-scheduler", format!("https://127.0.0.1:{second}/healthz")));
+            self.second_scheduler_port = Some(second);
         }
         self.start_kwok()?;
         for (name, url) in health {
@@ -480,6 +508,49 @@ current-context: testbed
             key = b64(&client.key_pem),
         );
         write_file(path, &yaml)
+    }
+
+    /// The Prometheus text of the default scheduler's `/metrics` (read as the admin user, whom
+    /// the scheduler's delegated authorization lets in).
+    pub async fn scheduler_metrics(&self) -> Result<String> {
+        self.admin_get(self.scheduler_port, "/metrics").await
+    }
+
+    /// The Prometheus text of the second scheduler's `/metrics`, if there is a second scheduler.
+    pub async fn second_scheduler_metrics(&self) -> Result<String> {
+        let port = self
+            .second_scheduler_port
+            .ok_or_else(|| Error::Tools("this control plane has no second scheduler".into()))?;
+        self.admin_get(port, "/metrics").await
+    }
+
+    /// GETs `path` from a component's secure port on loopback with the admin client certificate.
+    async fn admin_get(&self, port: u16, path: &str) -> Result<String> {
+        let identity = reqwest::Identity::from_pem(
+            format!("{}{}", self.pki.admin.cert_pem, self.pki.admin.key_pem).as_bytes(),
+        )
+        .map_err(|e| Error::Tools(format!("admin client identity: {e}")))?;
+        let http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .identity(identity)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Tools(format!("http client: {e}")))?;
+        let url = format!("https://127.0.0.1:{port}{path}");
+        let response = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| Error::Tools(format!("GET {url}: {e}")))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| Error::Tools(format!("GET {url}: {e}")))?;
+        if !status.is_success() {
+            return Err(Error::Tools(format!("GET {url}: {status}: {text}")));
+        }
+        Ok(text)
     }
 
     /// A new client for the admin user, bound to the calling test's runtime.

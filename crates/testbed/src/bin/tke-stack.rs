@@ -79,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let cp = ControlPlane::start(Options {
         second_scheduler_config: Some(scheduler_config),
         nodes,
+        ..Options::default()
     })
     .await
     .context("starting the control plane")?;

@@ -35,9 +35,53 @@ pub async fn control_plane(nodes: Vec<NodeSpec>) -> anyhow::Result<(ControlPlane
     let cp = ControlPlane::start(Options {
         second_scheduler_config: Some(config),
         nodes,
+        ..Options::default()
     })
     .await?;
     Ok((cp, addr))
+}
+
+/// Like [`control_plane`], but the default scheduler runs tke-scheduler's own configuration
+/// without the extender ([`plain_scheduler_config`]), so a benchmark comparing the two measures
+/// the extender and nothing else.
+pub async fn control_plane_for_comparison(
+    nodes: Vec<NodeSpec>,
+) -> anyhow::Result<(ControlPlane, SocketAddr)> {
+    let [port] = tke_testbed::free_ports::<1>()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = scheduler_config(&format!("http://{addr}"))?;
+    let plain = plain_scheduler_config(&config)?;
+    let cp = ControlPlane::start(Options {
+        second_scheduler_config: Some(config),
+        default_scheduler_config: Some(plain),
+        nodes,
+    })
+    .await?;
+    Ok((cp, addr))
+}
+
+/// tke-scheduler's configuration as the cluster's default scheduler without the extender: the
+/// same client rate, backoff and leader election, under the default scheduler's profile and lease
+/// names, and no `extenders:` section.
+pub fn plain_scheduler_config(tke: &str) -> anyhow::Result<String> {
+    let (before, _extenders) = tke
+        .split_once("\nextenders:")
+        .ok_or_else(|| anyhow::anyhow!("tke-scheduler's configuration has no `extenders:` section"))?;
+    let mut plain = format!("{before}\n");
+    for (from, to) in [
+        ("resourceName: tke-scheduler", "resourceName: kube-scheduler"),
+        (
+            &format!("- schedulerName: {SCHEDULER_NAME}") as &str,
+            "- schedulerName: default-scheduler",
+        ),
+    ] {
+        anyhow::ensure!(
+            plain.matches(from).count() == 1,
+            "tke-scheduler's configuration must hold `{from}` once"
+        );
+        plain = plain.replace(from, to);
+    }
+    Ok(plain)
 }
 
 /// A running `tke-resilience scheduler-extender`.
