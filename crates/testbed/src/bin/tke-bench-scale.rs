@@ -226,21 +226,23 @@ async fn main() -> anyhow::Result<()> {
         let o = run_overflow(&cp, &client, &args, &identities, overflow).await?;
         println!();
         println!(
-            "| pods | all tolerated | all bound | all Running | all gone | created → tolerated p50 / p99 | eks-admission RSS idle | peak | steady | per pod | CPU while tolerating | idle CPU | apiserver req/s tolerating | apiserver req/s idle | eklet RSS steady |"
+            "| pods | all tolerated | all bound | all Running | all gone | created → tolerated p50 / p99 | Unschedulable → tolerated p50 / p99 (eks-admission's histogram) | eks-admission RSS idle | peak | steady | per pod | pods gone | CPU while tolerating | idle CPU | apiserver req/s tolerating | apiserver req/s idle | eklet RSS steady |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| {} | {:.1}s | {:.1}s | {:.1}s | {:.1}s | {} | {} MiB | {} MiB | {} MiB | {:.1} KiB | {:.2} | {:.3} | {:.0} | {:.1} | {} MiB |",
+            "| {} | {:.1}s | {:.1}s | {:.1}s | {:.1}s | {} | {} | {} MiB | {} MiB | {} MiB | {:.1} KiB | {} MiB | {:.2} | {:.3} | {:.0} | {:.1} | {} MiB |",
             o.pods,
             o.to_tolerated.as_secs_f64(),
             o.to_bound.as_secs_f64(),
             o.to_running.as_secs_f64(),
             o.to_gone.as_secs_f64(),
             quantiles(&o.created_to_tolerated),
+            o.unschedulable_to_tolerated,
             o.idle_rss_kib / 1024,
             o.peak_rss_kib / 1024,
             o.steady_rss_kib / 1024,
             o.rss_per_pod_kib(),
+            o.gone_rss_kib / 1024,
             o.ramp_cpu_share,
             o.idle_cpu_share,
             o.ramp_apiserver,
@@ -393,6 +395,32 @@ async fn change_to_status(api: &Api<Pod>, cloud: &str, sample: usize) -> anyhow:
     }
     latencies.sort();
     Ok(latencies)
+}
+
+/// `≤ p50 / ≤ p99 (n)` of a Prometheus histogram in `text`, as the bounds of the buckets the
+/// quantiles fall in.
+fn histogram_quantiles(text: &str, name: &str) -> String {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (le, count) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+            Some((le.parse().ok()?, count.trim().parse().ok()?))
+        })
+        .collect();
+    let Some(&(_, total)) = buckets.last() else {
+        return "-".to_owned();
+    };
+    if total == 0.0 {
+        return "-".to_owned();
+    }
+    let at = |q: f64| {
+        buckets
+            .iter()
+            .find(|(_, count)| *count >= q * total)
+            .map_or("-".to_owned(), |(le, _)| format!("≤ {le}s"))
+    };
+    format!("{} / {} ({total})", at(0.5), at(0.99))
 }
 
 fn rates(by_action: &BTreeMap<String, f64>) -> String {
@@ -886,6 +914,10 @@ struct Overflow {
     idle_apiserver: f64,
     /// eklet's resident memory with the pods, for comparison with the bound step of the same size.
     eklet_steady_rss_kib: u64,
+    /// eks-admission's resident memory once the pods are gone.
+    gone_rss_kib: u64,
+    /// eks-admission's own Unschedulable-to-toleration histogram, p50 / p99 as bucket bounds.
+    unschedulable_to_tolerated: String,
 }
 
 impl Overflow {
@@ -910,6 +942,7 @@ async fn run_overflow(
         .kubeconfig(&kubeconfigs.admission)
         .env("RUST_LOG", "warn");
     let health = format!("http://{}/healthz", admission.metrics_addr());
+    let metrics = format!("http://{}/metrics", admission.metrics_addr());
     let mut procs = vec![admission.spawn(cp)?];
     components::wait_http(&mut procs, &health, Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -960,9 +993,12 @@ async fn run_overflow(
     (step.idle_cpu_share, step.idle_apiserver) = (idle.cpu_share, idle.apiserver);
     step.steady_rss_kib = procstat::rss_kib(pid);
     step.eklet_steady_rss_kib = procstat::rss_kib(eklet_pid);
+    let text = reqwest::get(&metrics).await?.error_for_status()?.text().await?;
+    step.unschedulable_to_tolerated = histogram_quantiles(&text, "eks_admission_toleration_latency_seconds");
 
     step.to_gone = delete_all(&api, &mut vn.eklet).await?;
     step.peak_rss_kib = step.peak_rss_kib.max(procstat::peak_rss_kib(pid));
+    step.gone_rss_kib = procstat::rss_kib(pid);
     drop(procs);
     vn.stop(client).await?;
     Ok(step)
