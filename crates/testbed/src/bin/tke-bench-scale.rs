@@ -27,7 +27,7 @@
 //! the figures at the real API's limit (the status loop then shares 20 describes/s).
 //!
 //! Usage: `tke-bench-scale --binary target/release/tke-resilience [--steps 1000,5000,10000]
-//!         [--overflow N] [--cloud-rate-limit 0] [--eklet-env KEY=VALUE]`
+//!         [--overflow N] [--overflow-waves 1] [--cloud-rate-limit 0] [--eklet-env KEY=VALUE]`
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -73,6 +73,8 @@ struct Args {
     /// Pods of the overflow step (eks-admission tolerates them); 0 skips it. The largest step by
     /// default.
     overflow: Option<usize>,
+    /// Waves of the overflow step with the same eks-admission (`--overflow-waves`, 1 by default).
+    overflow_waves: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -81,6 +83,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut cloud_rate_limit = 0;
     let mut eklet_env = Vec::new();
     let mut overflow = None;
+    let mut overflow_waves = 1;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -97,6 +100,7 @@ fn parse_args() -> anyhow::Result<Args> {
                     .collect::<anyhow::Result<_>>()?;
             }
             "--cloud-rate-limit" => cloud_rate_limit = value("--cloud-rate-limit")?.parse()?,
+            "--overflow-waves" => overflow_waves = value("--overflow-waves")?.parse()?,
             "--overflow" => {
                 let n = value("--overflow")?;
                 overflow = Some(
@@ -110,7 +114,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 eklet_env.push((k.to_owned(), v.to_owned()));
             }
             other => bail!(
-                "unknown argument {other:?}; usage: tke-bench-scale --binary PATH [--steps 1000,5000,10000] [--overflow N] [--cloud-rate-limit 0] [--eklet-env K=V]"
+                "unknown argument {other:?}; usage: tke-bench-scale --binary PATH [--steps 1000,5000,10000] [--overflow N] [--overflow-waves 1] [--cloud-rate-limit 0] [--eklet-env K=V]"
             ),
         }
     }
@@ -121,6 +125,7 @@ fn parse_args() -> anyhow::Result<Args> {
         cloud_rate_limit,
         eklet_env,
         overflow,
+        overflow_waves,
     })
 }
 
@@ -249,6 +254,13 @@ async fn main() -> anyhow::Result<()> {
             o.idle_apiserver,
             o.eklet_steady_rss_kib / 1024,
         );
+        for (wave, kib) in o.waves_gone_rss_kib.iter().enumerate() {
+            println!(
+                "eks-admission's resident memory once wave {} of {overflow} pods is gone: {} MiB",
+                wave + 2,
+                kib / 1024
+            );
+        }
     }
     Ok(())
 }
@@ -916,6 +928,8 @@ struct Overflow {
     eklet_steady_rss_kib: u64,
     /// eks-admission's resident memory once the pods are gone.
     gone_rss_kib: u64,
+    /// The same after each further wave (`--overflow-waves`).
+    waves_gone_rss_kib: Vec<u64>,
     /// eks-admission's own Unschedulable-to-toleration histogram, p50 / p99 as bucket bounds.
     unschedulable_to_tolerated: String,
 }
@@ -999,6 +1013,20 @@ async fn run_overflow(
     step.to_gone = delete_all(&api, &mut vn.eklet).await?;
     step.peak_rss_kib = step.peak_rss_kib.max(procstat::peak_rss_kib(pid));
     step.gone_rss_kib = procstat::rss_kib(pid);
+    // The same wave again, to tell memory kept for reuse (no growth) from memory lost (growth).
+    for _ in 1..args.overflow_waves {
+        let ns = cp.namespace("overflow").await?;
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let (seen, watch) = watch_pods(&api);
+        let creating = create_pods(&api, pods, None);
+        let mut watched = [(pid, &mut step.peak_rss_kib)];
+        let running = |seen: &Seen| seen.running.len();
+        wait_for(&seen, "Running", running, pods, &mut vn.eklet, &mut watched).await?;
+        creating.await??;
+        watch.abort();
+        delete_all(&api, &mut vn.eklet).await?;
+        step.waves_gone_rss_kib.push(procstat::rss_kib(pid));
+    }
     drop(procs);
     vn.stop(client).await?;
     Ok(step)
