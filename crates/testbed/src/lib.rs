@@ -291,19 +291,22 @@ impl ControlPlane {
         ]);
         self.spawn("kube-controller-manager", &kcm_args)?;
 
+        // A kube-scheduler run from a KubeSchedulerConfiguration written to `file`, with
+        // `${KUBECONFIG}` filled in, serving on `port`.
+        let configured = |file: &str, config: &str, port: u16| -> Result<Vec<String>> {
+            let path = run.join(file);
+            write_file(&path, &config.replace("${KUBECONFIG}", &kubeconfig))?;
+            Ok(vec![
+                format!("--config={}", p(&path)),
+                format!("--authentication-kubeconfig={kubeconfig}"),
+                format!("--authorization-kubeconfig={kubeconfig}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={port}"),
+                "--v=1".into(),
+            ])
+        };
         let sched_args = match &options.default_scheduler_config {
-            Some(config) => {
-                let path = run.join("default-scheduler.yaml");
-                write_file(&path, &config.replace("${KUBECONFIG}", &kubeconfig))?;
-                vec![
-                    format!("--config={}", p(&path)),
-                    format!("--authentication-kubeconfig={kubeconfig}"),
-                    format!("--authorization-kubeconfig={kubeconfig}"),
-                    "--bind-address=127.0.0.1".into(),
-                    format!("--secure-port={scheduler}"),
-                    "--v=1".into(),
-                ]
-            }
+            Some(config) => configured("default-scheduler.yaml", config, scheduler)?,
             None => {
                 let mut args = component_auth(scheduler);
                 args.extend([
@@ -325,18 +328,9 @@ impl ControlPlane {
             ("kube-scheduler", format!("https://127.0.0.1:{scheduler}/healthz")),
         ];
         if let Some(config) = &options.second_scheduler_config {
-            let path = run.join("second-scheduler.yaml");
-            write_file(&path, &config.replace("${KUBECONFIG}", &kubeconfig))?;
             self.spawn(
                 "second-scheduler",
-                &[
-                    format!("--config={}", p(&path)),
-                    format!("--authentication-kubeconfig={kubeconfig}"),
-                    format!("--authorization-kubeconfig={kubeconfig}"),
-                    "--bind-address=127.0.0.1".into(),
-                    format!("--secure-port={second}"),
-                    "--v=1".into(),
-                ],
+                &configured("second-scheduler.yaml", config, second)?,
             )?;
             health.push(("second-scheduler", format!("https://127.0.0.1:{second}/healthz")));
             self.second_scheduler_port = Some(second);
